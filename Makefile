@@ -1,0 +1,39 @@
+# Everything runs from a private virtualenv in .venv, built on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint unit man bench clean
+
+$(STAMP): setup.cfg setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m maintd._plugincache
+	touch $@
+
+## Run the daemon in the foreground against the built-in simulated cluster.
+demo: $(STAMP)
+	$(BIN)/twistd -n --pidfile= ganeti-maintd --simulate
+
+## Lint, type-check and run the whole trial suite.
+test: lint unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check maintd tests bench twisted
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/trial -j2 tests
+
+man: $(STAMP) man/ganeti-maintd.8
+
+man/ganeti-maintd.8: man/ganeti-maintd.rst
+	$(BIN)/rst2man.py $< $@ 2>/dev/null || $(BIN)/rst2man $< $@
+
+bench: $(STAMP)
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) _trial_temp* build *.egg-info
