@@ -91,6 +91,7 @@ class ControlProtocol(LineOnlyReceiver):
 
     def __init__(self, access: StateAccess) -> None:
         self.access = access
+        self.done = False
 
     def connectionMade(self) -> None:
         uid = peer_uid(self.transport)
@@ -103,10 +104,15 @@ class ControlProtocol(LineOnlyReceiver):
 
     def reply(self, answer: dict[str, Any]) -> None:
         assert self.transport is not None
+        if self.done:
+            return
+        self.done = True
         self.transport.write(json.dumps(answer).encode() + b"\n")
         self.transport.loseConnection()
 
     def lineReceived(self, line: bytes) -> None:
+        if self.done:
+            return
         try:
             request = json.loads(line)
         except ValueError as e:
