@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer, protocol, task
-from twisted.web import resource, server
+from twisted.web import resource
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 

@@ -12,7 +12,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 
 from maintd.model import Node
-from maintd.mond import MAX_BODY, MAX_REPORT, DiagnoseReport, MondClient, MondError, validate_diagnose
+from maintd.mond import (
+    MAX_BODY,
+    MAX_REPORT,
+    DiagnoseReport,
+    MondClient,
+    MondError,
+    validate_diagnose,
+)
 from maintd.state import Action
 
 
