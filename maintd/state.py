@@ -186,9 +186,7 @@ class MaintState:
     def from_json(cls, data: Mapping[str, Any]) -> MaintState:
         schema = data.get("schema")
         if schema != STATE_SCHEMA_VERSION:
-            raise ValueError(
-                f"unsupported state schema {schema!r} (expected {STATE_SCHEMA_VERSION})"
-            )
+            raise ValueError(f"unsupported state schema {schema!r} (expected {STATE_SCHEMA_VERSION})")
         return cls(
             incidents=tuple(Incident.from_json(i) for i in data.get("incidents", [])),
             jobs=data.get("jobs", ()),
