@@ -7,14 +7,21 @@
 
 from __future__ import annotations
 
+import base64
+import datetime
 import json
 import os
 from collections.abc import Callable
 from typing import Any
 
 import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import reactor, ssl
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "rapi")
 
@@ -128,3 +135,69 @@ def run_until(clock: Any, d: Any, step: float = 1.0, limit: int = 1000) -> None:
 
 
 Callback = Callable[[Request], Answer]
+
+
+def make_rapi_pem(path: str) -> None:
+    """A Ganeti-style rapi.pem (key + self-signed certificate) at ``path``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ganeti.example.com")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    with open(path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
+class AuthRecorder(Recorder):
+    """Recorder that answers 401 (Ganeti's body) unless basic auth matches."""
+
+    def __init__(self, user: str, password: str) -> None:
+        super().__init__(read_routes())
+        self.expected = b"Basic " + base64.b64encode(f"{user}:{password}".encode())
+
+    def render(self, request: Any) -> Any:
+        if request.getHeader(b"authorization") != self.expected:
+            request.setResponseCode(401)
+            return err_sample(401, "err-401.json")[1]
+        return super().render(request)
+
+
+class LocalHTTPSRapi:
+    """Mixin for trial TestCases: an HTTPS RAPI on 127.0.0.1 serving the
+    samples with basic auth (maintd / s3cret) and a Ganeti-style rapi.pem;
+    ``other_pem`` is a second, different certificate."""
+
+    def setUp(self) -> None:
+        self.dir = self.mktemp()  # type: ignore[attr-defined]
+        os.makedirs(self.dir)
+        self.server_pem = os.path.join(self.dir, "rapi.pem")
+        self.other_pem = os.path.join(self.dir, "other.pem")
+        make_rapi_pem(self.server_pem)
+        make_rapi_pem(self.other_pem)
+        self.pwfile = os.path.join(self.dir, "password")
+        with open(self.pwfile, "w") as f:
+            f.write("s3cret\n")
+        os.chmod(self.pwfile, 0o600)
+        with open(self.server_pem) as f:
+            options = ssl.PrivateCertificate.loadPEM(f.read()).options()
+        self.resource = AuthRecorder("maintd", "s3cret")
+        site = Site(self.resource)
+        self.port = reactor.listenSSL(0, site, options, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)  # type: ignore[attr-defined]
+        self.url = f"https://127.0.0.1:{self.port.getHost().port}"
+
