@@ -431,23 +431,43 @@ class JobQueue:
             job,
             f" - INFO: Evacuating instances from node '{node.name}': {', '.join(names)}",
         )
-        ops: list[dict[str, Any]] = []
+        ops: list[Any] = []  # opcodes or lists of opcodes (one child job each)
         failed: list[str] = []
         reason = [r for r in op.get("reason", []) if not r[0].startswith("gnt:opcode:")]
         for name in names:
             inst = self.cluster.instances[name]
             if inst.primary == node.name:
                 if inst.disk_template in model.DRBD_TEMPLATES:
-                    ops.append(
-                        {
-                            "OP_ID": "OP_INSTANCE_MIGRATE"
-                            if inst.admin_state == "up"
-                            else "OP_INSTANCE_FAILOVER",
-                            "instance_name": name,
-                            "allow_failover": True,
-                            "reason": reason,
-                        }
+                    move = {
+                        "OP_ID": "OP_INSTANCE_MIGRATE"
+                        if inst.admin_state == "up"
+                        else "OP_INSTANCE_FAILOVER",
+                        "instance_name": name,
+                        "allow_failover": True,
+                        "reason": reason,
+                    }
+                    if mode == "primary-only":
+                        ops.append(move)
+                        continue
+                    # "all": the old primary must not stay the secondary either.
+                    cand = self.allocate(
+                        inst,
+                        exclude={node.name, *inst.secondaries},
+                        need_memory=False,
+                        need_disk=True,
                     )
+                    if cand is None:
+                        failed.append(f"{name} (Can't find any good node: )")
+                        continue
+                    replace = {
+                        "OP_ID": "OP_INSTANCE_REPLACE_DISKS",
+                        "instance_name": name,
+                        "mode": "replace_new_secondary",
+                        "remote_node": cand.name,
+                        "early_release": bool(op.get("early_release", False)),
+                        "reason": reason,
+                    }
+                    ops.append([move, replace])  # type: ignore[arg-type]
                 elif inst.disk_template in model.SHARED_TEMPLATES | model.DISKLESS_TEMPLATES:
                     dest = self.allocate(
                         inst,

@@ -21,7 +21,7 @@ from http import HTTPStatus
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
@@ -327,6 +327,16 @@ class RapiFront:
             return self._error(request, failure.value)
         return failure
 
+    @staticmethod
+    def _drop(failure: Any, request: IRequest) -> Any:
+        """A hung request released at stop: drop the connection, answer nothing."""
+        failure.trap(CancelledError)
+        transport = getattr(getattr(request, "channel", None), "transport", None)
+        if transport is not None:
+            abort = getattr(transport, "abortConnection", None) or transport.loseConnection
+            abort()
+        return None
+
     def _error(self, request: IRequest, err: HttpError) -> bytes:
         request.setResponseCode(err.code)
         request.setHeader(b"Content-Type", b"application/json")
@@ -338,6 +348,7 @@ class RapiFront:
         if fault.kind == "hang":
             d: Deferred[bytes] = Deferred()
             self._hanging.append(d)
+            d.addErrback(self._drop, request)
             return d
         if fault.kind == "garbage":
             request.setHeader(b"Content-Type", b"application/json")
@@ -453,7 +464,8 @@ class RapiFront:
         node = self.sim.cluster.nodes.get(name)
         if node is None:
             raise _not_found()
-        return self.sim.cluster.node_json(node)
+        # rlib2's single-node answer also carries the secondary IP.
+        return {**self.sim.cluster.node_json(node), "secondary_ip": node.sip}
 
     def get_instance(self, rq: Request, name: str) -> Any:
         inst = self.sim.cluster.instances.get(name)
