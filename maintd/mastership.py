@@ -61,8 +61,9 @@ def own_hostname(config: Any) -> str:
 class Mastership:
     """Shared between the mastership check and the round driver.
 
-    ``is_master``: jobs may be submitted now.  ``lost``: final, the daemon
-    is shutting down.  ``verified``: False when voting was skipped
+    ``is_master``: jobs may be submitted now (False while a re-check is
+    undecided, and for good once lost).  ``lost``: final, the daemon is
+    shutting down.  ``verified``: False when voting was skipped
     (``--no-voting --yes-do-it`` or ``--simulate``).
     """
 
@@ -71,24 +72,53 @@ class Mastership:
     is_master: bool = True
     lost: bool = False
     last: Tally | None = None
-    _on_lost: list[Callable[[], object]] = attrs.field(factory=list, init=False, repr=False)
+    _listeners: list[Callable[[bool], object]] = attrs.field(factory=list, init=False, repr=False)
 
-    def on_lost(self, callback: Callable[[], object]) -> None:
-        """Call ``callback()`` once when mastership is lost (e.g. to clear a
-        running round context's ``submitting``)."""
-        self._on_lost.append(callback)
+    def on_change(self, callback: Callable[[bool], object]) -> None:
+        """Call ``callback(is_master)`` whenever ``is_master`` changes."""
+        self._listeners.append(callback)
+
+    def set_master(self, value: bool) -> None:
+        if self.lost or value == self.is_master:
+            return
+        self.is_master = value
+        for cb in self._listeners:
+            try:
+                cb(value)
+            except Exception:
+                log.failure("mastership listener {cb!r} failed", cb=cb)
 
     def mark_lost(self, tally: Tally | None) -> None:
         if self.lost:
             return
-        self.lost = True
-        self.is_master = False
         self.last = tally
-        for cb in self._on_lost:
-            try:
-                cb()
-            except Exception:
-                log.failure("mastership-lost listener {cb!r} failed", cb=cb)
+        self.set_master(False)
+        self.lost = True
+
+
+def attach_runner(runner: Any, mastership: Mastership) -> None:
+    """Make a ``maintd.round.RoundRunner`` submit jobs only while master.
+
+    Each round's context gets ``submitting = mastership.is_master`` at its
+    start, and the context of the round in progress is switched to
+    ``submitting = False`` as soon as mastership becomes uncertain or is lost
+    (never back on mid-round).
+    """
+    current: list[Any] = [None]
+    make_context = runner.context
+
+    def context(number: int) -> Any:
+        ctx = make_context(number)
+        current[0] = ctx
+        return ctx
+
+    def changed(is_master: bool) -> None:
+        if not is_master and current[0] is not None:
+            current[0].submitting = False
+
+    runner.submitting = lambda: mastership.is_master
+    runner.context = context
+    mastership.on_change(changed)
 
 
 # --------------------------------------------------------------------------
@@ -254,7 +284,7 @@ class MastershipService(service.Service):
                 if not self.mastership.is_master:
                     log.info("mastership confirmed again, resuming job submission: {tally}",
                              tally=tally.describe())
-                self.mastership.is_master = True
+                self.mastership.set_master(True)
                 log.debug("mastership confirmed: {tally}", tally=tally.describe())
                 return
             if verdict is Verdict.LOST:
@@ -269,7 +299,7 @@ class MastershipService(service.Service):
                 return
             if self.mastership.is_master:
                 log.warn("mastership uncertain, pausing job submission: {tally}", tally=tally.describe())
-            self.mastership.is_master = False
+            self.mastership.set_master(False)
             try:
                 await task.deferLater(self._clock, self._retry_interval, lambda: None)
             except defer.CancelledError:

@@ -8,7 +8,7 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from maintd.mastership import Mastership, MastershipService, runtime_vote
+from maintd.mastership import Mastership, MastershipService, attach_runner, runtime_vote
 from maintd.voting import EXIT_NOTMASTER, Ballot, NodedTLS, Tally, TwistedNodedClient
 
 from .test_voting_fakes import Certs, start_nodes, write_ssconf
@@ -50,12 +50,8 @@ class ServiceTests(SynchronousTestCase):
         self.clock = task.Clock()
         self.exits: list[int] = []
         self.mastership = Mastership(hostname=ME, verified=True)
-        self.lost_calls = 0
-
-        def lost() -> None:
-            self.lost_calls += 1
-
-        self.mastership.on_lost(lost)
+        self.changes: list[bool] = []
+        self.mastership.on_change(self.changes.append)
 
     def service(self, vote: FakeVote) -> MastershipService:
         svc = MastershipService(
@@ -85,14 +81,14 @@ class ServiceTests(SynchronousTestCase):
         self.clock.advance(60)
         self.assertFalse(self.mastership.is_master)
         self.assertTrue(self.mastership.lost)
-        self.assertEqual(self.lost_calls, 1)
+        self.assertEqual(self.changes, [False])
         self.assertEqual(self.exits, [EXIT_NOTMASTER])
         assert self.mastership.last is not None
         self.assertEqual(self.mastership.last.votes, {OTHER: 2, ME: 1})
         # nothing more happens afterwards
         self.clock.advance(600)
         self.assertEqual(self.exits, [EXIT_NOTMASTER])
-        self.assertEqual(self.lost_calls, 1)
+        self.assertEqual(self.changes, [False])
 
     def test_undecided_pauses_submission_and_resumes_when_won(self) -> None:
         vote = FakeVote("m--", "m--", "mm-")
@@ -106,6 +102,7 @@ class ServiceTests(SynchronousTestCase):
         self.assertTrue(self.mastership.is_master)
         self.assertEqual(vote.calls, 3)
         self.assertEqual(self.exits, [])
+        self.assertEqual(self.changes, [False, True])
 
     def test_undecided_after_retries_exits_11(self) -> None:
         vote = FakeVote("m--")
@@ -168,3 +165,61 @@ class RuntimeVoteTests(TestCase):
         second = yield defer.Deferred.fromCoroutine(vote())
         self.assertEqual(second.votes, {OTHER: 2, ME: 1})
         self.assertEqual(second.verdict.value, "lost")
+
+
+class _Ctx:
+    def __init__(self, number: int, submitting: bool) -> None:
+        self.number = number
+        self.submitting = submitting
+
+
+class _Runner:
+    """The part of maintd.round.RoundRunner that attach_runner relies on."""
+
+    def __init__(self) -> None:
+        self.submitting = lambda: True
+
+    def context(self, number: int) -> _Ctx:
+        return _Ctx(number, self.submitting())
+
+
+class AttachRunnerTests(SynchronousTestCase):
+    """Lost mastership at run time: no further job submission."""
+
+    def test_rounds_stop_submitting_when_mastership_is_lost(self) -> None:
+        clock = task.Clock()
+        mastership = Mastership(hostname=ME, verified=True)
+        runner = _Runner()
+        attach_runner(runner, mastership)
+        exits: list[int] = []
+        vote = FakeVote("mmo", "moo")
+        svc = MastershipService(mastership, vote, clock=clock, interval=60.0, exit=exits.append)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+
+        first = runner.context(1)
+        self.assertTrue(first.submitting)
+        clock.advance(60)  # still master
+        self.assertTrue(first.submitting)
+        clock.advance(60)  # master moved away while round 1 is running
+        self.assertFalse(first.submitting, "the round in progress must stop submitting")
+        self.assertEqual(exits, [EXIT_NOTMASTER])
+        self.assertFalse(runner.context(2).submitting, "and so must any later round")
+
+    def test_uncertain_pauses_the_running_round_and_later_rounds_resume(self) -> None:
+        clock = task.Clock()
+        mastership = Mastership(hostname=ME, verified=True)
+        runner = _Runner()
+        attach_runner(runner, mastership)
+        svc = MastershipService(mastership, FakeVote("m--", "mmm"), clock=clock, interval=60.0,
+                                retry_interval=10.0, exit=self.fail)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        running = runner.context(1)
+        clock.advance(60)
+        self.assertFalse(running.submitting)
+        self.assertFalse(runner.context(2).submitting)
+        clock.advance(10)
+        self.assertTrue(mastership.is_master)
+        self.assertFalse(running.submitting, "never switched back on mid-round")
+        self.assertTrue(runner.context(3).submitting)
