@@ -138,9 +138,13 @@ class Incident:
         return attrs.evolve(self, mtime=now, serial_no=self.serial_no + 1, **changes)
 
 
+def _incidents(value: Iterable[Incident]) -> tuple[Incident, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class MaintState:
-    incidents: tuple[Incident, ...] = attrs.field(default=(), converter=tuple)
+    incidents: tuple[Incident, ...] = attrs.field(default=(), converter=_incidents)
     jobs: tuple[int, ...] = attrs.field(default=(), converter=_ints)
     evacuated: tuple[str, ...] = attrs.field(default=(), converter=_strs)
     #: Free-form facts about the last round (number, times, error, dry-run plan).
