@@ -133,6 +133,7 @@ class MaintDaemon(service.MultiService):
     store: StateStore
     api: StateAPI
     rounds: RoundService
+    control: Any = None
     simulator: Any = None
 
     def __init__(self) -> None:
@@ -219,6 +220,12 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     )
     rounds = RoundService(runner, clock=reactor, round_delay=config.round_delay)
     rounds.setServiceParent(top)
+
+    from maintd.control import ControlService
+
+    control = ControlService(config.ctl_socket, store, reactor)
+    control.setServiceParent(top)
+    top.control = control
 
     top.config = config
     top.store = store
