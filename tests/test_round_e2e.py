@@ -24,6 +24,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from maintd import ctl
 from maintd.config import DaemonConfig
+from maintd.rapi.errors import RapiServerError
 from maintd.sim.embed import EmbeddedSimulator
 from maintd.sim.faults import RapiFault
 from maintd.state import TAG_FAILED, TAG_READY, MaintState, RepairStatus
@@ -373,7 +374,7 @@ class EndToEndTests(TestCase):
         self.assertEqual(sorted(i.node_name for i in d.state.incidents), ["n2", "n4", "n5"])
         before = d.state.incidents
         d.sim.sim.faults.add_rapi(RapiFault(kind="status", status=503, count=None))
-        with self.assertRaises(Exception):
+        with self.assertRaises(RapiServerError):
             await d.round()
         self.assertEqual(d.state.incidents, before, "nothing lost in a failed round")
         # The bulk reads that did not fail first are still in their retry
