@@ -185,6 +185,28 @@ class StubbedClientTests(SynchronousTestCase):
         self.assertEqual(len(out), 10)
         self.assertTrue(all(isinstance(r, MondError) for r in out.values()))
 
+    def test_silent_nodes_are_asked_first_next_time(self) -> None:
+        answers: dict[str, Any] = {f"127.0.3.{i}": ok_body() for i in range(1, 7)}
+        answers["127.0.3.5"] = None
+        monds = Monds(answers)
+        c = self.client(monds, parallel=2)
+        nodes = [node(f"n{i}", f"127.0.3.{i}") for i in range(1, 7)]
+        order: list[str] = []
+
+        async def noting(n: Node) -> DiagnoseReport:
+            order.append(n.name)
+            return await c.diagnose(n)
+
+        d = defer.Deferred.fromCoroutine(c.gather(nodes, noting))
+        self.clock.advance(10)
+        self.assertIsInstance(self.successResultOf(d)["n5"], MondError)
+        self.assertEqual(order, ["n1", "n2", "n3", "n4", "n5", "n6"])
+        order.clear()
+        d = defer.Deferred.fromCoroutine(c.gather(nodes, noting))
+        self.clock.advance(10)
+        self.successResultOf(d)
+        self.assertEqual(order, ["n5", "n1", "n2", "n3", "n4", "n6"])
+
     def test_report(self) -> None:
         body = json.dumps({"name": "cpu-avg-load", "data": {"cpu_total": 1.5}}).encode()
         monds = Monds({"127.0.0.9": body})
