@@ -26,7 +26,6 @@ from typing import Any
 import attrs
 from twisted.application import service, strports
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from maintd.api import StateAPI
 from maintd.config import DaemonConfig
@@ -113,19 +112,6 @@ class _StoreService(service.Service):
         self.store.close()
 
 
-class _Site(Site):
-    """The API's site: request lines are debug events, not twistd's access log."""
-
-    def log(self, request: Any) -> None:
-        log.debug(
-            "{method} {uri} {code} from {client}",
-            method=request.method.decode("ascii", "replace"),
-            uri=request.uri.decode("ascii", "replace"),
-            code=request.code,
-            client=request.getClientAddress(),
-        )
-
-
 class MaintDaemon(service.MultiService):
     """The daemon's top service; its parts stay reachable for tests."""
 
@@ -202,9 +188,7 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
 
     api = StateAPI(store.state)
     store.add_listener(api.update)
-    site = _Site(api.resource())
-    site.displayTracebacks = False
-    site.noisy = False
+    site = api.site(debug=config.debug)
     http = strports.service(endpoint_description(config.port, config.bind), site, reactor=reactor)
     http.setName("http")
     http.setServiceParent(top)
