@@ -24,7 +24,10 @@ import tempfile
 from typing import Any
 
 import attrs
-from twisted.application import service, strports
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from maintd.api import StateAPI
@@ -112,6 +115,23 @@ class _StoreService(service.Service):
         self.store.close()
 
 
+class _HTTPService(StreamServerEndpointService):
+    """Listens for the API; a port in use is a one-line startup error."""
+
+    def __init__(self, endpoint: Any, factory: Any, where: str) -> None:
+        super().__init__(endpoint, factory)
+        self._raiseSynchronously = True
+        self.where = where
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise SystemExit(
+                f"ganeti-maintd: cannot listen on {self.where}: {e.socketError}"
+            ) from None
+
+
 class MaintDaemon(service.MultiService):
     """The daemon's top service; its parts stay reachable for tests."""
 
@@ -163,6 +183,8 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         if config.simulate and "state_dir" not in options.given:
             temp_dir = tempfile.mkdtemp(prefix="ganeti-maintd-sim.")
             config = config.with_state_dir(temp_dir)
+        if config.simulate and "bind" not in options.given:
+            config = attrs.evolve(config, bind="127.0.0.1")  # a demo stays local
 
     top = MaintDaemon()
     top.addService(LogLevelService(config.debug))
@@ -174,9 +196,12 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         try:
             sim, config = _simulator(reactor, config)
         except ImportError as e:
-            raise SystemExit(f"ganeti-maintd: --simulate is not available yet ({e})") from None
-        sim.setServiceParent(top)
-        top.simulator = sim
+            # A build without the simulator still starts (serving its state).
+            log.warn("--simulate: no simulated cluster in this build ({error})", error=e)
+            config = attrs.evolve(config, no_voting=True, yes_do_it=True)
+        else:
+            sim.setServiceParent(top)
+            top.simulator = sim
     else:
         _check_master(config)
 
@@ -189,7 +214,11 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     api = StateAPI(store.state)
     store.add_listener(api.update)
     site = api.site(debug=config.debug)
-    http = strports.service(endpoint_description(config.port, config.bind), site, reactor=reactor)
+    http = _HTTPService(
+        endpoints.serverFromString(reactor, endpoint_description(config.port, config.bind)),
+        site,
+        where=f"{config.bind} port {config.port}",
+    )
     http.setName("http")
     http.setServiceParent(top)
 
