@@ -27,9 +27,10 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import attrs
 from twisted.logger import Logger
 
-from maintd.state import STATE_SCHEMA_VERSION, Incident, MaintState
+from maintd.state import Incident, MaintState
 
 log = Logger()
 
@@ -82,21 +83,18 @@ class IncidentCodec:
 
 
 def encode(state: MaintState, codec: IncidentCodec | None = None) -> bytes:
-    """The state document: one line of compact JSON (``python -m json.tool``
-    pretty-prints it)."""
-    doc: dict[str, Any] = {"format": STATE_FORMAT}
-    doc.update(_head(state))
+    """The state document, ``{"format": ..., **state.to_json()}`` as one line
+    of compact JSON (``python -m json.tool`` pretty-prints it).
+
+    The incident list comes from ``codec`` (each incident encoded once);
+    every other field from ``MaintState.to_json`` itself, so fields added to
+    the state are stored without a change here.
+    """
+    rest = attrs.evolve(state, incidents=()).to_json()
+    rest.pop("incidents", None)
+    doc: dict[str, Any] = {"format": STATE_FORMAT, **rest}
     incidents = (codec or IncidentCodec()).encode(state.incidents)
     return _compact(doc)[:-1] + b',"incidents":' + incidents + b"}\n"
-
-
-def _head(state: MaintState) -> dict[str, Any]:
-    return {
-        "schema": STATE_SCHEMA_VERSION,
-        "jobs": list(state.jobs),
-        "evacuated": list(state.evacuated),
-        "last_round": dict(state.last_round),
-    }
 
 
 def decode(data: bytes, path: str) -> MaintState:

@@ -18,6 +18,7 @@ still starts, with a debug line saying what is missing.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -26,7 +27,7 @@ from typing import Any
 import attrs
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
@@ -147,10 +148,25 @@ class MaintDaemon(service.MultiService):
         #: (twistd starts logging only after makeService).
         self.startup_notes: list[str] = []
 
+        #: Not a child: it filters before the first child starts and until
+        #: the last one has finished stopping (children stop concurrently).
+        self.log_level = LogLevelService(debug=False)
+
     def startService(self) -> None:
+        self.log_level.startService()
         super().startService()
         for note in self.startup_notes:
             log.debug("{note}", note=note)
+
+    def stopService(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.maybeDeferred(super().stopService)
+
+        def unfilter(result: object) -> object:
+            self.log_level.stopService()
+            return result
+
+        d.addBoth(unfilter)
+        return d
 
 
 def _simulator(reactor: Any, config: DaemonConfig) -> tuple[Any, DaemonConfig]:
@@ -187,21 +203,20 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
             config = attrs.evolve(config, bind="127.0.0.1")  # a demo stays local
 
     top = MaintDaemon()
-    top.addService(LogLevelService(config.debug))
+    top.log_level = LogLevelService(config.debug)
     if temp_dir is not None:
-        # Added early so it stops (and removes the dir) last.
+        # Added early so it stops (and removes the dir) last; atexit covers
+        # a failed start (twistd's daemonising parents leave by os._exit).
         _TempDirService(temp_dir).setServiceParent(top)
+        atexit.register(shutil.rmtree, temp_dir, True)
 
     if config.simulate:
         try:
             sim, config = _simulator(reactor, config)
         except ImportError as e:
-            # A build without the simulator still starts (serving its state).
-            log.warn("--simulate: no simulated cluster in this build ({error})", error=e)
-            config = attrs.evolve(config, no_voting=True, yes_do_it=True)
-        else:
-            sim.setServiceParent(top)
-            top.simulator = sim
+            raise SystemExit(f"ganeti-maintd: --simulate is not available yet ({e})") from None
+        sim.setServiceParent(top)
+        top.simulator = sim
     else:
         _check_master(config)
 

@@ -187,6 +187,26 @@ class LogLevelTests(SynchronousTestCase):
         svc.stopService()
         return seen
 
+    def test_connection_pool_chatter_only_with_debug(self) -> None:
+        def emit(debug: bool) -> list[str]:
+            publisher = LogPublisher()
+            seen: list[str] = []
+            publisher.addObserver(lambda e: seen.append(formatEvent(e)))
+            svc = LogLevelService(debug, publisher)
+            svc.startService()
+            publisher(
+                {
+                    "log_level": LogLevel.info,
+                    "log_format": "Starting factory",
+                    "log_namespace": "twisted.web.client._HTTP11ClientFactory",
+                }
+            )
+            svc.stopService()
+            return seen
+
+        self.assertEqual(emit(False), [])
+        self.assertEqual(emit(True), ["Starting factory"])
+
     def test_debug_events_only_with_debug(self) -> None:
         self.assertEqual(self.emit_both(debug=False), ["info"])
         self.assertEqual(self.emit_both(debug=True), ["debug", "info"])
@@ -224,3 +244,27 @@ class PortInUseTests(SynchronousTestCase):
             self.addCleanup(svc.store.close)
             e = self.assertRaises(SystemExit, svc.privilegedStartService)
         self.assertIn(f"cannot listen on 127.0.0.1 port {port}", str(e))
+
+
+class ShutdownLoggingTests(SynchronousTestCase):
+    def test_log_filter_outlives_the_slowest_child(self) -> None:
+        from twisted.application import service
+        from twisted.internet import defer
+
+        slow_stop: defer.Deferred[None] = defer.Deferred()
+
+        class Slow(service.Service):
+            def stopService(self) -> defer.Deferred[None]:
+                super().stopService()
+                return slow_stop
+
+        top = tap.MaintDaemon()
+        top.log_level = LogLevelService(False, LogPublisher())
+        Slow().setServiceParent(top)
+        top.startService()
+        self.assertTrue(top.log_level.running)
+        d = top.stopService()
+        self.assertTrue(top.log_level.running)  # debug events still filtered
+        slow_stop.callback(None)
+        self.successResultOf(d)
+        self.assertFalse(top.log_level.running)
