@@ -21,7 +21,7 @@ import json
 import os
 import random
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -49,7 +49,7 @@ from maintd.rapi.errors import (
     excerpt,
 )
 from maintd.rapi.jobs import JobResult, parse_job
-from maintd.rapi.loader import build_cluster
+from maintd.rapi.loader import build_cluster, decode_instances, decode_nodes
 
 log = Logger()
 
@@ -296,7 +296,12 @@ class RapiClient:
         return response.code, content
 
     async def _once(
-        self, method: str, url: str, params: Sequence[tuple[str, str]], body: Any
+        self,
+        method: str,
+        url: str,
+        params: Sequence[tuple[str, str]],
+        body: Any,
+        decode: Callable[[bytes], Any],
     ) -> Any:
         d = Deferred.fromCoroutine(self._exchange(method, url, params, body))
         d.addTimeout(self.timeout, self.clock)
@@ -309,7 +314,7 @@ class RapiClient:
         if not 200 <= status < 300:
             raise _status_error(method, url, status, content)
         try:
-            return json.loads(content)
+            return decode(content)
         except ValueError:
             raise RapiMalformed(
                 f"HTTP {status} answer is not JSON: {excerpt(content)!r}",
@@ -327,12 +332,13 @@ class RapiClient:
         params: Sequence[tuple[str, str]] = (),
         body: Any = _NO_BODY,
         read: bool,
+        decode: Callable[[bytes], Any] = json.loads,
     ) -> Any:
         url = self.base_url + path
         attempts = 1 + (self.read_retries if read else 0)
         for attempt in range(attempts):
             try:
-                return await self._once(method, url, params, body)
+                return await self._once(method, url, params, body, decode)
             except (RapiTimeout, RapiTLSError):
                 raise
             except (RapiConnectionError, RapiServerError) as e:
@@ -352,13 +358,22 @@ class RapiClient:
                 await task.deferLater(self.clock, delay, lambda: None)
         raise AssertionError("unreachable")
 
-    async def _get(self, path: str, params: Sequence[tuple[str, str]] = ()) -> Any:
-        return await self._call("GET", path, params=params, read=True)
+    async def _get(
+        self,
+        path: str,
+        params: Sequence[tuple[str, str]] = (),
+        decode: Callable[[bytes], Any] = json.loads,
+    ) -> Any:
+        return await self._call("GET", path, params=params, read=True, decode=decode)
 
     async def _get_typed(
-        self, path: str, kind: type[T], params: Sequence[tuple[str, str]] = ()
+        self,
+        path: str,
+        kind: type[T],
+        params: Sequence[tuple[str, str]] = (),
+        decode: Callable[[bytes], Any] = json.loads,
     ) -> T:
-        doc = await self._get(path, params)
+        doc = await self._get(path, params, decode)
         if not isinstance(doc, kind) or isinstance(doc, bool):
             raise RapiMalformed(
                 f"expected a JSON {kind.__name__}, got {excerpt(json.dumps(doc))!r}",
@@ -402,11 +417,15 @@ class RapiClient:
     async def info(self) -> dict[str, Any]:
         return await self._get_typed("/2/info", dict)
 
-    async def nodes_bulk(self) -> list[dict[str, Any]]:
-        return await self._get_typed("/2/nodes", list, [("bulk", "1")])
+    async def nodes_bulk(self, *, trimmed: bool = False) -> list[dict[str, Any]]:
+        """``/2/nodes?bulk=1``; ``trimmed`` keeps only the fields the loader reads."""
+        decode = decode_nodes if trimmed else json.loads
+        return await self._get_typed("/2/nodes", list, [("bulk", "1")], decode)
 
-    async def instances_bulk(self) -> list[dict[str, Any]]:
-        return await self._get_typed("/2/instances", list, [("bulk", "1")])
+    async def instances_bulk(self, *, trimmed: bool = False) -> list[dict[str, Any]]:
+        """``/2/instances?bulk=1``; ``trimmed`` keeps only the fields the loader reads."""
+        decode = decode_instances if trimmed else json.loads
+        return await self._get_typed("/2/instances", list, [("bulk", "1")], decode)
 
     async def groups_bulk(self) -> list[dict[str, Any]]:
         return await self._get_typed("/2/groups", list, [("bulk", "1")])
@@ -419,14 +438,15 @@ class RapiClient:
         reads: list[Deferred[Any]] = [
             Deferred.fromCoroutine(self.info()),
             Deferred.fromCoroutine(self.groups_bulk()),
-            Deferred.fromCoroutine(self.nodes_bulk()),
-            Deferred.fromCoroutine(self.instances_bulk()),
+            Deferred.fromCoroutine(self.nodes_bulk(trimmed=True)),
+            Deferred.fromCoroutine(self.instances_bulk(trimmed=True)),
         ]
         try:
             answers: list[Any] = await defer.gatherResults(reads, consumeErrors=True)
         except defer.FirstError as e:
             e.subFailure.raiseException()
         info, groups, nodes, instances = answers
+        del reads, answers
         try:
             return build_cluster(info, groups, nodes, instances)
         except ValueError as e:

@@ -15,7 +15,8 @@ are skipped (reported) rather than left dangling.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -26,6 +27,43 @@ from maintd.model import Cluster, Group, Instance, Node
 log = Logger()
 
 _ADMIN_STATES = frozenset({"up", "down", "offline"})
+
+
+#: Fields of ``/2/instances?bulk=1`` objects the loader reads.
+INSTANCE_FIELDS = frozenset(
+    {"name", "uuid", "pnode", "snodes", "disk_template", "admin_state", "oper_state",
+     "status", "beparams", "disk.sizes", "disk.spindles", "hypervisor", "os", "tags"}
+)
+#: Fields of ``/2/nodes?bulk=1`` objects the loader reads.
+NODE_FIELDS = frozenset(
+    {"name", "uuid", "group.uuid", "pip", "sip", "offline", "drained", "role",
+     "master_candidate", "master_capable", "vm_capable", "mtotal", "mnode", "mfree",
+     "dtotal", "dfree", "ctotal", "cnos", "sptotal", "spfree", "ndparams", "tags"}
+)
+
+
+def trimming_decoder(marker: str, fields: frozenset[str]) -> Callable[[bytes], Any]:
+    """A JSON decoder keeping only ``fields`` of the objects that have ``marker``.
+
+    Bulk answers carry many fields maintd never reads (NIC lists, hvparams,
+    custom_* copies); dropping them while parsing keeps a 20,000-instance
+    snapshot's memory at a fraction of the full parse.  Objects without the
+    marker (nested ones, or malformed entries) are kept whole.
+    """
+
+    def hook(obj: dict[str, Any]) -> Any:
+        if marker in obj:
+            return {k: obj[k] for k in fields if k in obj}
+        return obj
+
+    def decode(data: bytes) -> Any:
+        return json.loads(data, object_hook=hook)
+
+    return decode
+
+
+decode_instances = trimming_decoder("pnode", INSTANCE_FIELDS)
+decode_nodes = trimming_decoder("group.uuid", NODE_FIELDS)
 
 
 class _Bad(Exception):
