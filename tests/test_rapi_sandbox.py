@@ -123,6 +123,16 @@ task.react(lambda r: Deferred.fromCoroutine(main(r)))
 '''
 
 
+def _system_env() -> dict[str, str]:
+    """This environment minus Python path settings: Ganeti's own tools run on
+    the system Python and must not import this virtualenv's packages (trial
+    -j workers set PYTHONPATH to the parent's sys.path)."""
+    return {
+        k: v for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+    }
+
+
 def _sandbox_up() -> bool:
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
     return "gsb" in ns.stdout and os.path.exists("/var/lib/ganeti/config.data")
@@ -131,6 +141,10 @@ def _sandbox_up() -> bool:
 class RealGanetiTests(SynchronousTestCase):
     """One test: trial has no setUpClass, and under ``trial -j`` separate
     tests could run in separate workers, each trying to own the sandbox."""
+
+    def down(self) -> None:
+        subprocess.run([os.path.join(SANDBOX, "down.sh")], capture_output=True, timeout=300,
+                       env=_system_env())
 
     def run_in_sandbox(self) -> dict[str, Any]:
         with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
@@ -155,19 +169,21 @@ class RealGanetiTests(SynchronousTestCase):
             skip_or_fail(f"RAPI sandbox scripts not found in {SANDBOX}")
         started = False
         if not _sandbox_up():
+            existed = os.path.exists("/var/lib/ganeti/config.data")
             up = subprocess.run(
                 [os.path.join(SANDBOX, "up.sh"), "6"], capture_output=True, text=True,
-                timeout=900,
+                timeout=900, env=_system_env(),
             )
             if up.returncode != 0:
+                if not existed:  # clean up what the failed start left behind
+                    self.down()
                 skip_or_fail(f"RAPI sandbox did not start: {(up.stderr or up.stdout)[-500:]}")
             started = True
         try:
             r = self.run_in_sandbox()
         finally:
             if started:
-                subprocess.run([os.path.join(SANDBOX, "down.sh")], capture_output=True,
-                               timeout=300)
+                self.down()
         self.check(r)
 
     def check(self, r: dict[str, Any]) -> None:
