@@ -1,11 +1,234 @@
-"""Service composition for ``twistd ganeti-maintd`` (filled in by the daemon issue)."""
+"""Service composition for ``twistd ganeti-maintd``.
 
-from twisted.python import usage
+:func:`makeService` builds a ``MultiService`` whose children start in this
+order (and stop in the reverse one):
+
+1. the log level filter (debug events only with ``-d``),
+2. with ``--simulate``: the embedded simulated cluster (``maintd.sim``),
+   whose RAPI URL, credentials, certificate and mond port replace the
+   configured ones,
+3. the HTTP state API on the ``-p``/``-b`` endpoint,
+4. the round service (``maintd.steps.default_steps``), stopped first on
+   shutdown so no round runs against a departed simulator or API.
+
+Parts written by other engineers (steps, RAPI client, mond client, simulator,
+master voting) are imported lazily: when a module is not there yet the daemon
+still starts, with a debug line saying what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import attrs
+from twisted.application import service, strports
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from maintd.api import StateAPI
+from maintd.config import DaemonConfig
+from maintd.logsetup import LogLevelService
+from maintd.options import Options
+from maintd.round import RoundRunner, Step
+from maintd.scheduler import RoundService
+from maintd.store import StateStore, StoreError
+
+log = Logger()
+
+__all__ = ["Options", "makeService", "endpoint_description"]
 
 
-class Options(usage.Options):
-    synopsis = "[options]"
+def endpoint_description(port: int, bind: str) -> str:
+    """A server endpoint string for ``bind:port`` (IPv6 colons escaped)."""
+    kind = "tcp6" if ":" in bind else "tcp"
+    return f"{kind}:port={port}:interface={bind.replace(':', chr(92) + ':')}"
 
 
-def makeService(config: Options):  # type: ignore[no-untyped-def]
-    raise NotImplementedError("ganeti-maintd is under construction")
+def _check_master(config: DaemonConfig) -> None:
+    """Where the master vote goes (the voting part fills this in).
+
+    For now: only the warning that ``--no-voting --yes-do-it`` asks for.
+    """
+    if config.simulate:
+        return
+    if config.no_voting and config.yes_do_it:
+        log.warn("--no-voting given: not checking that this node is the master")
+
+
+def _load_steps(config: DaemonConfig, notes: list[str]) -> list[Step]:
+    try:
+        from maintd.steps import default_steps  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as e:
+        notes.append(f"no round steps yet ({e}): rounds do nothing")
+        return []
+    return list(default_steps(config))
+
+
+def _rapi_client(config: DaemonConfig, reactor: Any, notes: list[str]) -> Any:
+    try:
+        from maintd.rapi.client import RapiClient  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as e:
+        notes.append(f"no RAPI client yet ({e})")
+        return None
+    return RapiClient.from_config(config, reactor)
+
+
+def _mond_client(config: DaemonConfig, reactor: Any, notes: list[str]) -> Any:
+    try:
+        from maintd.mond import MondClient  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as e:
+        notes.append(f"no mond client yet ({e})")
+        return None
+    return MondClient(
+        reactor,
+        port=config.mond_port,
+        timeout=config.mond_timeout,
+        parallel=config.mond_parallel,
+        diagnose_path=config.mond_path,
+    )
+
+
+class _TempDirService(service.Service):
+    """Removes a temporary state dir when the daemon stops."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def stopService(self) -> None:
+        super().stopService()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class _StoreService(service.Service):
+    """Releases the state dir lock when the daemon has stopped."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.store.close()
+
+
+class _Site(Site):
+    """The API's site: request lines are debug events, not twistd's access log."""
+
+    def log(self, request: Any) -> None:
+        log.debug(
+            "{method} {uri} {code} from {client}",
+            method=request.method.decode("ascii", "replace"),
+            uri=request.uri.decode("ascii", "replace"),
+            code=request.code,
+            client=request.getClientAddress(),
+        )
+
+
+class MaintDaemon(service.MultiService):
+    """The daemon's top service; its parts stay reachable for tests."""
+
+    config: DaemonConfig
+    store: StateStore
+    api: StateAPI
+    rounds: RoundService
+    simulator: Any = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Debug lines from makeService, logged once the level filter is on
+        #: (twistd starts logging only after makeService).
+        self.startup_notes: list[str] = []
+
+    def startService(self) -> None:
+        super().startService()
+        for note in self.startup_notes:
+            log.debug("{note}", note=note)
+
+
+def _simulator(reactor: Any, config: DaemonConfig) -> tuple[Any, DaemonConfig]:
+    from maintd.sim.embed import EmbeddedSimulator  # type: ignore[import-not-found,unused-ignore]
+
+    sim = EmbeddedSimulator(reactor, workdir=os.path.join(config.state_dir, "sim"))
+    config = attrs.evolve(
+        config,
+        rapi=sim.rapi_url,
+        rapi_user=sim.rapi_user,
+        rapi_password_file=sim.rapi_password_file,
+        rapi_cert=sim.rapi_cert,
+        mond_port=sim.mond_port,
+        no_voting=True,
+        yes_do_it=True,
+    )
+    return sim, config
+
+
+def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDaemon:
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    temp_dir = None
+    if isinstance(options, DaemonConfig):
+        config = options
+    else:
+        config = options.daemon_config
+        if config.simulate and "state_dir" not in options.given:
+            temp_dir = tempfile.mkdtemp(prefix="ganeti-maintd-sim.")
+            config = config.with_state_dir(temp_dir)
+
+    top = MaintDaemon()
+    top.addService(LogLevelService(config.debug))
+    if temp_dir is not None:
+        # Added early so it stops (and removes the dir) last.
+        _TempDirService(temp_dir).setServiceParent(top)
+
+    if config.simulate:
+        try:
+            sim, config = _simulator(reactor, config)
+        except ImportError as e:
+            raise SystemExit(f"ganeti-maintd: --simulate is not available yet ({e})") from None
+        sim.setServiceParent(top)
+        top.simulator = sim
+    else:
+        _check_master(config)
+
+    try:
+        store = StateStore.open(config.state_dir)
+    except StoreError as e:
+        raise SystemExit(f"ganeti-maintd: {e}; not starting") from None
+    _StoreService(store).setServiceParent(top)
+
+    api = StateAPI(store.state)
+    store.add_listener(api.update)
+    site = _Site(api.resource())
+    site.displayTracebacks = False
+    site.noisy = False
+    http = strports.service(endpoint_description(config.port, config.bind), site, reactor=reactor)
+    http.setName("http")
+    http.setServiceParent(top)
+
+    runner = RoundRunner(
+        config=config,
+        reactor=reactor,
+        store=store,
+        steps=_load_steps(config, top.startup_notes),
+        rapi=_rapi_client(config, reactor, top.startup_notes),
+        mond=_mond_client(config, reactor, top.startup_notes),
+    )
+    rounds = RoundService(runner, clock=reactor, round_delay=config.round_delay)
+    rounds.setServiceParent(top)
+
+    top.config = config
+    top.store = store
+    top.api = api
+    top.rounds = rounds
+    log.info(
+        "ganeti-maintd: HTTP API on {bind} port {port}, state in {state_dir}, RAPI {rapi}",
+        bind=config.bind,
+        port=config.port,
+        state_dir=config.state_dir,
+        rapi=config.rapi,
+    )
+    return top
