@@ -583,7 +583,7 @@ class SimCluster:
             },
             "hvparams": {},
             "oper_state": oper,
-            "oper_ram": i.memory if running else (None if oper is None else 0),
+            "oper_ram": i.memory if running else None,
             "oper_vcpus": i.vcpus if running else None,
             "status": self.instance_status(i),
             "custom_hvparams": {},
