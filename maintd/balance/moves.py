@@ -162,9 +162,26 @@ def _ptags_cur(b: Batch, nodes: np.ndarray, adj: int) -> np.ndarray:
     return pt
 
 
+#: Node columns only real (not forthcoming) instances change.
+REAL_COLS = (
+    "imem", "failn1", "fdsk", "fsp", "instsp", "ucpu", "ucpu_l", "umem_l", "udsk_l",
+    "unet_l", "npri", "nsec", "locscore", "rmem",
+)  # fmt: skip
+
+
+def _forth_only(b: Batch, old: Row, new: Row) -> Row:
+    """For forthcoming instances keep the real columns of ``old`` (htools' *Forth paths)."""
+    fm = b.inst("forth") != 0
+    if not fm.any():
+        return new
+    for col in REAL_COLS:
+        new[col] = np.where(fm, old[col], new[col])
+    return new
+
+
 def remove_pri(b: Batch, r: Row, ls: np.ndarray, adj: int = 0) -> Row:
-    """Node.removePri (real instances)."""
-    r = dict(r)
+    """Node.removePri."""
+    r0, r = r, dict(r)
     mem, dsk, udisk = b.inst("mem"), b.inst("dsk"), b.inst("udisk")
     excl = r["excl"] != 0
     sp, known = b.inst("sp"), b.inst("sp_known") != 0
@@ -189,12 +206,14 @@ def remove_pri(b: Batch, r: Row, ls: np.ndarray, adj: int = 0) -> Row:
     r["fspF"] = np.where(excl, np.where(known, r["fspF"] + sp, r["fspF"]), 0.0)
     r["instspF"] = np.where(excl, 0.0, r["instspF"] - b.inst("su") * udisk)
     r["ucpuF"] = r["ucpuF"] - b.inst("vcpus") * online
-    return r
+    return _forth_only(b, r0, r)
 
 
-def add_pri(b: Batch, r: Row, ls: np.ndarray, strict: np.ndarray, adj: int = 0) -> tuple[Row, np.ndarray]:
-    """Node.addPriEx (real instances); returns the new row and the failure mask."""
-    r = dict(r)
+def add_pri(
+    b: Batch, r: Row, ls: np.ndarray, strict: np.ndarray, adj: int = 0
+) -> tuple[Row, np.ndarray]:
+    """Node.addPriEx; returns the new row and the failure mask."""
+    r0, r = r, dict(r)
     mem, dsk, udisk = b.inst("mem"), b.inst("dsk"), b.inst("udisk") != 0
     excl = r["excl"] != 0
     sp, known = b.inst("sp"), b.inst("sp_known") != 0
@@ -231,6 +250,9 @@ def add_pri(b: Batch, r: Row, ls: np.ndarray, strict: np.ndarray, adj: int = 0) 
     fbad = (new_memF <= 0) | (udisk & (new_dskF <= 0)) | (udisk & (new_dskF < r["lodsk"]))
     fbad |= (udisk & excl & (new_fspF < 0)) | (udisk & (new_ispF > r["hisp"])) | cpuF_bad
     fail |= strict & fbad
+    fm = b.inst("forth") != 0
+    if fm.any():
+        fail = np.where(fm, strict & fbad, fail)
     r["failn1"] = new_failn1.astype(float)
     r["fdsk"] = new_dsk
     r["fsp"] = new_fsp
@@ -244,12 +266,12 @@ def add_pri(b: Batch, r: Row, ls: np.ndarray, strict: np.ndarray, adj: int = 0) 
     r["locscore"] = r["locscore"] + ls + _dsrd(b, r["idx"])
     r["fmemF"], r["fdskF"], r["fspF"] = new_memF, new_dskF, new_fspF
     r["instspF"], r["ucpuF"] = new_ispF, new_ucpuF
-    return r, fail
+    return _forth_only(b, r0, r), fail
 
 
 def remove_sec(b: Batch, r: Row, pnode: np.ndarray) -> Row:
     """Node.removeSec; ``pnode`` is the instance's primary (the peer entry)."""
-    r = dict(r)
+    r0, r = r, dict(r)
     dsk, udisk = b.inst("dsk"), b.inst("udisk")
     excl = r["excl"] != 0
     sp, known = b.inst("sp"), b.inst("sp_known") != 0
@@ -269,7 +291,7 @@ def remove_sec(b: Batch, r: Row, pnode: np.ndarray) -> Row:
     r["fdskF"] = r["fdskF"] + dsk * udisk
     r["fspF"] = np.where(excl, np.where(known, r["fspF"] + sp, r["fspF"]), 0.0)
     r["instspF"] = np.where(excl, 0.0, r["instspF"] - b.inst("su") * udisk)
-    return r
+    return _forth_only(b, r0, r)
 
 
 def add_sec(
@@ -280,7 +302,7 @@ def add_sec(
     ignore_disks: np.ndarray | bool = False,
 ) -> tuple[Row, np.ndarray]:
     """Node.addSecExEx for DRBD instances; ``pdx`` is the (new) primary."""
-    r = dict(r)
+    r0, r = r, dict(r)
     dsk, udisk = b.inst("dsk"), b.inst("udisk") != 0
     excl = r["excl"] != 0
     sp, known = b.inst("sp"), b.inst("sp_known") != 0
@@ -304,13 +326,16 @@ def add_sec(
     fbad = (new_dskF <= 0) | (new_dskF < r["lodsk"]) | (excl & (new_fspF < 0))
     fbad |= (new_ispF > r["hisp"]) | (secmem >= r["fmemF"])
     fail |= strict & fbad
+    fm = b.inst("forth") != 0
+    if fm.any():
+        fail = np.where(fm, strict & fbad, fail)
     r["nsec"] = r["nsec"] + 1
     r["fdsk"], r["fsp"], r["instsp"] = new_dsk, new_fsp, new_isp
     r["rmem"] = new_rmem
     r["failn1"] = new_failn1.astype(float)
     r["udsk_l"] = r["udsk_l"] + b.inst("util_d")
     r["fdskF"], r["fspF"], r["instspF"] = new_dskF, new_fspF, new_ispF
-    return r, fail
+    return _forth_only(b, r0, r), fail
 
 
 @attrs.frozen
@@ -465,8 +490,9 @@ def apply_move(state: State, tops: PeerTops, inst: int, move: Move, target: int)
     p_old = int(st.inst["pnode"][inst])
     s_old = int(st.inst["snode"][inst])
     new_p, new_s = int(out.new_p[0]), int(out.new_s[0])
+    forth = bool(st.inst["forth"][inst])
     # gmap before the primary changes
-    if st.has_tags and st.has_locations and new_p != p_old:
+    if st.has_tags and st.has_locations and new_p != p_old and not forth:
         on = st.in_group & (st.node["offline"] == 0)
         x = st.excl[inst].astype(np.int64)
         if on[p_old]:
@@ -483,7 +509,7 @@ def apply_move(state: State, tops: PeerTops, inst: int, move: Move, target: int)
             st.node[col][k] = row[col][0]
         changed.append(k)
     secmem = int(st.inst["secmem"][inst])
-    if s_old >= 0:
+    if s_old >= 0 and not forth:
         st.peers[s_old, p_old] -= secmem
         st.peers[new_s, new_p] += secmem
         tops.update(st.peers, sorted({s_old, new_s}))

@@ -15,7 +15,15 @@ from collections.abc import Callable, Collection, Mapping
 import attrs
 import numpy as np
 
-from maintd.balance.moves import Batch, Move, PeerTops, apply_move, cluster_stats, score_outcome, simulate
+from maintd.balance.moves import (
+    Batch,
+    Move,
+    PeerTops,
+    apply_move,
+    cluster_stats,
+    score_outcome,
+    simulate,
+)
 from maintd.balance.score import (
     MIRROR_EXTERNAL,
     MIRROR_INTERNAL,
@@ -138,7 +146,9 @@ def best_move(
     best: tuple[float, tuple[int, int], int, Move, int] | None = None
     tol = 1e-12
 
-    def consider(scores: np.ndarray, keys: np.ndarray, ii: np.ndarray, move: Move, tt: np.ndarray) -> None:
+    def consider(
+        scores: np.ndarray, keys: np.ndarray, ii: np.ndarray, move: Move, tt: np.ndarray
+    ) -> None:
         nonlocal best
         if len(scores) == 0:
             return
@@ -230,7 +240,10 @@ def plan(
             break
         new_cv, inst, move, target = found
         # The batch scores are incremental sums: demand a gain above float noise.
-        if not (new_cv < cur_cv - 1e-10 * max(1.0, abs(cur_cv)) and (cur_cv > opts.min_gain_limit or cur_cv - new_cv >= opts.min_gain)):
+        if not (
+            new_cv < cur_cv - 1e-10 * max(1.0, abs(cur_cv))
+            and (cur_cv > opts.min_gain_limit or cur_cv - new_cv >= opts.min_gain)
+        ):
             break
         old_p = int(state.inst["pnode"][inst])
         old_s = int(state.inst["snode"][inst])
