@@ -219,6 +219,7 @@ def plan(
     group: str | None = None,
     util: Mapping[str, Util] | None = None,
     on_move: Callable[[PlannedMove], None] | None = None,
+    on_start: Callable[[float], None] | None = None,
 ) -> Plan:
     """Balance ``group`` of ``cluster`` (all nodes when None) like hbal would."""
     opts = opts or Options()
@@ -232,6 +233,8 @@ def plan(
     ini_cv = compute_cv(state)
     opt_cv = optimal_cv(state)
     cur_cv = ini_cv
+    if on_start is not None:
+        on_start(ini_cv)
     moves: list[PlannedMove] = []
     min_score = opt_cv + opts.min_score
     while (opts.max_length < 0 or len(moves) < opts.max_length) and cur_cv > min_score:

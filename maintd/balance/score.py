@@ -154,7 +154,7 @@ def _prefixed(tags: Any, prefix: str) -> list[str]:
 
 
 def _node_tag_set(ctags: Sequence[str], prefix: str, ntags: Any) -> set[str]:
-    out = set()
+    out: set[str] = set()
     for p in _prefixed(ctags, prefix):
         out.update(t for t in ntags if t.startswith(p + ":"))
     return out
@@ -304,7 +304,7 @@ def build_state(
         movable[i] = it.disk_template in _MOVABLE_TEMPLATES and it.auto_balance
         if snode >= 0:
             vals["ls"][i] = float(np.sum(loc[nidx[it.primary]] & loc[snode]))
-            if cluster.nodes[it.primary].group != cluster.nodes[it.secondary].group:
+            if cluster.nodes[it.primary].group != cluster.nodes[node_names[snode]].group:
                 movable[i] = False
 
     # setPri / setSec in instance order (Loader.fixNodes).
