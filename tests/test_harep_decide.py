@@ -172,7 +172,7 @@ class PlanStepTests(SynchronousTestCase):
         blocked = plan_step(cl, inst, Repair.FAILOVER, 0, ALL - {"n3"})
         self.assertIn("n3", blocked.why)
 
-    def test_reinstall_drbd_recreates_on_two_new_nodes_then_reinstalls(self) -> None:
+    def test_reinstall_drbd_recreates_on_two_new_nodes_shuts_down_reinstalls(self) -> None:
         inst = drbd()
         cl = make_cluster(offline=["n2", "n3"], instances=[inst], dfree={"n4": 200000})
         plan = plan_step(cl, inst, Repair.REINSTALL, 0, ALL)
@@ -184,8 +184,10 @@ class PlanStepTests(SynchronousTestCase):
         moved = drbd(primary=nodes[0], secondary=nodes[1])
         cl2 = make_cluster(offline=["n2", "n3"], instances=[moved])
         step2 = plan_step(cl2, moved, Repair.REINSTALL, 1, ALL)
+        self.assertEqual([o.method for o in step2.ops], ["shutdown_instance"])
+        step3 = plan_step(cl2, moved, Repair.REINSTALL, 2, ALL)
         self.assertEqual(
-            [(o.method, dict(o.kwargs)) for o in step2.ops],
+            [(o.method, dict(o.kwargs)) for o in step3.ops],
             [("reinstall_instance", {"start": True})],
         )
 
@@ -309,17 +311,31 @@ class PendingTests(SynchronousTestCase):
         d = self.decide(with_tags(drbd(), pending("failover", "a", 10, "")), (), {})
         self.assertEqual(d.add_tag.result, RepairResult.SUCCESS)
 
-    def test_own_reinstall_continues_with_second_step(self) -> None:
+    def test_own_reinstall_continues_step_by_step(self) -> None:
         rid = repair_id("inst1", RepairType.REINSTALL, 10)
-        inst = with_tags(drbd(primary="n4", secondary="n5"), pending("reinstall", rid, 10, "7"))
+        moved = drbd(primary="n4", secondary="n5")
+        inst = with_tags(moved, pending("reinstall", rid, 10, "7"))
         d = self.decide(inst, (7,), {7: "success"}, offline=["n2", "n3"])
         self.assertEqual(d.verdict, Verdict.CONTINUE)
-        self.assertEqual(d.ops[0].method, "reinstall_instance")
+        self.assertEqual(d.ops[0].method, "shutdown_instance")
         self.assertEqual(d.touched, {"n4", "n5"})
-        # Both steps done: success with both jobs.
-        inst2 = with_tags(drbd(primary="n4", secondary="n5"), pending("reinstall", rid, 10, "7+8"))
-        d2 = self.decide(inst2, (7, 8), {7: "success", 8: "success"})
-        self.assertEqual((d2.verdict, d2.add_tag.jobs), (Verdict.FINISHED, (7, 8)))
+        # After the shutdown the instance is marked down; the recorded start wins.
+        inst = with_tags(
+            drbd(primary="n4", secondary="n5", admin_state="down"),
+            pending("reinstall", rid, 10, "7+8"),
+        )
+        cl = make_cluster(instances=[inst])
+        st = tag_state(inst.name, inst.tags)
+        d = plan_pending(cl, inst, st, (7, 8), {7: "success", 8: "success"}, NOW, ALL, True)
+        self.assertEqual(
+            [(o.method, dict(o.kwargs)) for o in d.ops], [("reinstall_instance", {"start": True})]
+        )
+        d = plan_pending(cl, inst, st, (7, 8), {7: "success", 8: "success"}, NOW, ALL)
+        self.assertEqual(d.ops[0].kwargs, {"start": False})
+        # All three steps done: success with all jobs.
+        inst3 = with_tags(moved, pending("reinstall", rid, 10, "7+8+9"))
+        d3 = self.decide(inst3, (7, 8, 9), {7: "success", 8: "success", 9: "success"})
+        self.assertEqual((d3.verdict, d3.add_tag.jobs), (Verdict.FINISHED, (7, 8, 9)))
 
     def test_second_step_waits_while_suspended(self) -> None:
         rid = repair_id("inst1", RepairType.REINSTALL, 10)

@@ -93,6 +93,9 @@ class FakeRapi:
     async def recreate_disks(self, name: str, **kw: Any) -> int:
         return self._repair("recreate_disks", name, kw)
 
+    async def shutdown_instance(self, name: str, **kw: Any) -> int:
+        return self._repair("shutdown_instance", name, kw)
+
     async def reinstall_instance(self, name: str, **kw: Any) -> int:
         return self._repair("reinstall_instance", name, kw)
 
@@ -242,7 +245,7 @@ class RepairFlowTests(SynchronousTestCase):
         self.assertEqual(call[2], {"mode": "live"})
         self.assertFalse({"n2", "n3"} & ctx.free_nodes)
 
-    def test_two_step_reinstall(self) -> None:
+    def test_three_step_reinstall(self) -> None:
         w = World(make_cluster(offline=["n2"], cluster_tags=[P + "reinstall"], instances=[plain()]))
         w.round()
         (rec,) = [c for c in w.rapi.calls if c[0] == "recreate_disks"]
@@ -251,11 +254,21 @@ class RepairFlowTests(SynchronousTestCase):
         w.move("inst1", primary=target)
         w.round()
         self.assertEqual(
-            [c for c in w.rapi.calls if c[0] == "reinstall_instance"][0][2], {"start": True}
+            [c[0] for c in w.rapi.calls if c[1] == "inst1"][-3:],
+            ["shutdown_instance", "add_tags", "remove_tags"],
         )
         (pending,) = w.repair_tags("inst1")
         self.assertEqual((pending.result, len(pending.jobs)), (None, 2))
         w.rapi.status[pending.jobs[1]] = "success"
+        w.move("inst1", admin_state="down")
+        w.round()
+        # The instance was up when the repair began: the reinstall starts it.
+        self.assertEqual(
+            [c[2] for c in w.rapi.calls if c[0] == "reinstall_instance"], [{"start": True}]
+        )
+        (pending,) = w.repair_tags("inst1")
+        self.assertEqual(len(pending.jobs), 3)
+        w.rapi.status[pending.jobs[2]] = "success"
         w.round()
         (result,) = w.repair_tags("inst1")
         self.assertEqual((result.result, result.jobs), (RepairResult.SUCCESS, pending.jobs))

@@ -16,15 +16,21 @@ it fails over (or even reinstalls) where a live migration is enough.  Here:
 instance                       repair type         operations
 =============================  ==================  ===============================
 DRBD, both nodes offline       reinstall           recreate disks on two free
-                                                   nodes, then reinstall
+                                                   nodes, shutdown, reinstall
 DRBD, primary offline          failover            failover (ignore consistency)
 DRBD, secondary offline or     fix-storage         replace disks, new secondary =
 drained                                            a free node of the group
 DRBD, primary drained          migrate (running)   live migration
                                failover (stopped)  failover
 plain, primary offline         reinstall           recreate disks on a free node,
-                                                   then reinstall
+                                                   shutdown, reinstall
 =============================  ==================  ===============================
+
+RAPI runs one operation per job, so a reinstall takes three jobs, one a
+round: recreate the disks on new nodes (allowed while the instance is marked
+up because its old primary is offline), shut it down (Ganeti reinstalls only
+instances marked down; harep's own recreate+reinstall job fails there for
+instances marked up), then reinstall, starting it again if it was up.
 
 A plain instance on a drained (online) primary is left alone: it still runs,
 and reinstalling it would destroy its data.  Other disk templates are not
@@ -248,7 +254,7 @@ STEPS = {
     RepairType.FIX_STORAGE: 1,
     RepairType.MIGRATE: 1,
     RepairType.FAILOVER: 1,
-    RepairType.REINSTALL: 2,
+    RepairType.REINSTALL: 3,
 }
 
 
@@ -316,16 +322,26 @@ def _online(cluster: Cluster, names: Iterable[str | None]) -> set[str]:
 
 
 def plan_step(
-    cluster: Cluster, inst: Instance, repair: Repair, step: int, free: frozenset[str]
+    cluster: Cluster,
+    inst: Instance,
+    repair: Repair,
+    step: int,
+    free: frozenset[str],
+    start: bool | None = None,
 ) -> Plan | Blocked:
     """Operation number ``step`` of ``repair`` on ``inst``, touching free nodes only.
 
     Every online node of the instance and every new node must be free.
+    ``start``: whether the reinstall step starts the instance (default: it
+    is marked up now).
     """
     current = _online(cluster, [inst.primary, *inst.secondaries])
-    if repair is Repair.REINSTALL and step == 1:
-        # Disks were recreated on new nodes: reinstall there.
-        ops: tuple[Op, ...] = (Op("reinstall_instance", {"start": inst.running}),)
+    if repair is Repair.REINSTALL and step >= 1:
+        # Disks were recreated on new nodes: mark down, then reinstall there.
+        if step == 1:
+            ops: tuple[Op, ...] = (Op("shutdown_instance"),)
+        else:
+            ops = (Op("reinstall_instance", {"start": inst.running if start is None else start}),)
         touched = set(current)
     elif repair is Repair.REINSTALL:
         count = 2 if inst.disk_template == "drbd" else 1
@@ -522,6 +538,7 @@ def plan_pending(
     statuses: Mapping[int, str],
     now: float,
     free: frozenset[str],
+    start: bool | None = None,
 ) -> Decision:
     """Decision for an instance with a pending repair.
 
@@ -529,7 +546,8 @@ def plan_pending(
     while the tag update is still queued), ``statuses`` their job statuses
     ("lost" for jobs Ganeti no longer knows).  Runs whatever the policy says:
     jobs submitted before a suspension are allowed to finish; a further
-    step of one of maintd's own repairs waits while suspended.
+    step of one of maintd's own repairs waits while suspended.  ``start``
+    is passed to the reinstall step (recorded when the repair began).
     """
     name = inst.name
     cur = state.current
@@ -566,7 +584,7 @@ def plan_pending(
                 repair,
                 problems=state.problems,
             )
-        plan = plan_step(cluster, inst, repair, step, free)
+        plan = plan_step(cluster, inst, repair, step, free, start)
         if isinstance(plan, Blocked):
             return Decision(
                 name,

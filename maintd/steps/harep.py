@@ -43,11 +43,7 @@ from maintd.harep.decide import (
 )
 from maintd.harep.tags import RepairTag, TagError, parse
 from maintd.model import Instance
-
-try:
-    from maintd.rapi.errors import RapiError
-except ImportError:  # pragma: no cover - until the RAPI part is merged
-    RapiError = OSError  # type: ignore[misc,assignment]
+from maintd.rapi.errors import RapiError
 
 log = Logger()
 
@@ -111,7 +107,17 @@ async def _instance(ctx: Any, inst: Instance) -> None:
         if jobs:
             seen = await ctx.rapi.wait_jobs(list(jobs), timeout=0)
             statuses = {j: r.status for j, r in seen.items()}
-        decision = plan_pending(ctx.cluster, inst, state, jobs, statuses, ctx.now, free)
+        start = record.get("start") if record is not None else None
+        decision = plan_pending(
+            ctx.cluster,
+            inst,
+            state,
+            jobs,
+            statuses,
+            ctx.now,
+            free,
+            start if isinstance(start, bool) else None,
+        )
     else:
         decision = decide_without_jobs(ctx.cluster, inst, state, ctx.now, free)
     await _carry_out(ctx, inst, decision, record)
@@ -252,7 +258,9 @@ async def _start_repair(ctx: Any, inst: Instance, decision: Decision, jobs: list
         return
     # 2. The repair job; its id is durable at once (with the repair record).
     repair_job = await _submit(ctx, name, decision.ops[0])
-    harep = _with_record(ctx, placeholder.id, instance=name, jobs=[repair_job], tag_jobs=[])
+    harep = _with_record(
+        ctx, placeholder.id, instance=name, jobs=[repair_job], tag_jobs=[], start=inst.running
+    )
     await _commit_job(ctx, repair_job, jobs, harep)
     log.info(
         "harep: instance {instance}: {op} submitted as job {job}",
