@@ -166,6 +166,12 @@ class PlanStepTests(SynchronousTestCase):
         blocked = plan_step(cl, inst, Repair.REPLACE_SECONDARY, 0, ALL)
         self.assertIn("room", blocked.why)
 
+    def test_failover_to_drained_secondary_waits(self) -> None:
+        inst = drbd()
+        cl = make_cluster(offline=["n2"], drained=["n3"], instances=[inst])
+        blocked = plan_step(cl, inst, Repair.FAILOVER, 0, ALL)
+        self.assertIn("drained", blocked.why)
+
     def test_busy_instance_node_blocks(self) -> None:
         inst = drbd()
         cl = make_cluster(offline=["n2"], instances=[inst])

@@ -32,6 +32,10 @@ up because its old primary is offline), shut it down (Ganeti reinstalls only
 instances marked down; harep's own recreate+reinstall job fails there for
 instances marked up), then reinstall, starting it again if it was up.
 
+A DRBD instance whose primary is offline and whose secondary is drained
+waits (Ganeti fails over only to undrained nodes), where harep, seeing two
+"offline" nodes, would recreate its disks and reinstall it.
+
 A plain instance on a drained (online) primary is left alone: it still runs,
 and reinstalling it would destroy its data.  Other disk templates are not
 repaired (as in harep).
@@ -370,10 +374,14 @@ def plan_step(
         touched = set(current) | {new[0].name}
     else:
         target = cluster.nodes.get(inst.secondary or "")
-        if target is None or (repair is Repair.MIGRATE and not target.usable):
-            return Blocked(f"secondary {inst.secondary} cannot take the instance")
-        if target.offline:
-            return Blocked(f"secondary {inst.secondary} is offline")
+        if target is None or target.offline:
+            return Blocked(f"secondary {inst.secondary} is offline or unknown")
+        if not target.usable:
+            # Ganeti refuses to fail over or migrate to a drained node.
+            return Blocked(
+                f"secondary {target.name} is drained or not vm capable; "
+                "undrain it to let the repair proceed"
+            )
         if target.mfree < _needs_memory(inst):
             return Blocked(
                 f"secondary {target.name} has {target.mfree} MiB free, "
