@@ -335,3 +335,66 @@ class PolicyTests(TestCase):
         self.assertIn(note, h.state.last_round["notes"])
         after = yield defer.ensureDeferred(h.instance("web"))
         self.assertEqual(after["pnode"], "n2")
+
+
+class RealHarepTakesOverTests(TestCase):
+    """After maintd's rounds, the real harep reads the cluster's tags as maintd does."""
+
+    timeout = 120
+
+    async def harep_on(self, h: SimHarness, jobs: dict[int, str]) -> str:
+        import os
+        import shutil
+        import tempfile
+
+        from twisted.internet import utils
+
+        from tests.harep_luxi import FakeLuxi
+        from tests.tools import find_tool
+
+        harep = find_tool("harep")
+        tmp = tempfile.mkdtemp(prefix="maintd-luxi-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        sock = os.path.join(tmp, "luxi")
+        cluster = await h.rapi.load_cluster()
+        port = reactor.listenUNIX(sock, FakeLuxi(cluster, jobs))
+        self.addCleanup(port.stopListening)
+        out, err, code = await utils.getProcessOutputAndValue(
+            harep, [f"--luxi={sock}", "--dry-run"], env={"PATH": "/usr/bin:/bin"}
+        )
+        self.assertEqual(code, 0, (out + err).decode())
+        return out.decode()
+
+    @defer.inlineCallbacks
+    def test_harep_follows_a_repair_maintd_started(self):  # type: ignore[no-untyped-def]
+        scen = scenario(
+            offline=("n2",), instances=[drbd("web", "n2", "n3")], cluster_tags=(P + "failover",)
+        )
+        h = SimHarness(self, scen)
+        ctx = yield defer.ensureDeferred(h.round())
+        yield defer.ensureDeferred(h.settle())
+        (note,) = harep_notes(ctx, "web")
+        repair_job = note["jobs"][1]
+        (pending,) = yield defer.ensureDeferred(h.repair_tags("web"))
+        # While the job runs harep leaves the repair alone ...
+        out = yield defer.ensureDeferred(self.harep_on(h, {repair_job: "running"}))
+        self.assertIn("Pending repair: 1", out)
+        self.assertNotIn("Executing", out)
+        # ... and once it is done harep would close it exactly as maintd does.
+        out = yield defer.ensureDeferred(self.harep_on(h, {repair_job: "success"}))
+        self.assertIn('Moving web from "Pending repair" to "Healthy"', out)
+        self.assertIn(
+            f'"{pending.format()}"', out.split("Removing the following tags from web", 1)[1]
+        )
+        yield defer.ensureDeferred(h.round())
+        yield defer.ensureDeferred(h.settle())
+        (result,) = yield defer.ensureDeferred(h.repair_tags("web"))
+        self.assertEqual(result.result, RepairResult.SUCCESS)
+        # The old primary is now an offline secondary: both harep and maintd
+        # go on with fix-storage (the design's failover-then-replace-disks).
+        out = yield defer.ensureDeferred(self.harep_on(h, {}))
+        self.assertIn("Executing ArFixStorage repair on web\n", out)
+        ctx = yield defer.ensureDeferred(h.round())
+        (note,) = harep_notes(ctx, "web")
+        self.assertEqual((note["harep"], note["type"]), ("repair", "fix-storage"))
+        self.assertIn("replace_disks(web", note["ops"][0])
