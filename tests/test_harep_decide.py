@@ -314,8 +314,20 @@ class PendingTests(SynchronousTestCase):
         self.assertEqual(d.add_tag.jobs, (9,))
 
     def test_empty_pending_resolves_as_success_like_harep(self) -> None:
-        d = self.decide(with_tags(drbd(), pending("failover", "a", 10, "")), (), {})
+        d = self.decide(with_tags(drbd(), pending("failover", "a", 10, "")), (), {}, offline=["n2"])
         self.assertEqual(d.add_tag.result, RepairResult.SUCCESS)
+
+    def test_own_placeholder_without_jobs_starts_the_repair(self) -> None:
+        rid = repair_id("inst1", RepairType.FAILOVER, 10)
+        inst = with_tags(drbd(), pending("failover", rid, 10, ""), P + "failover")
+        d = self.decide(inst, (), {}, offline=["n2"])
+        self.assertEqual((d.verdict, d.ops[0].method), (Verdict.CONTINUE, "failover_instance"))
+        # No longer broken: closed; no longer allowed: enoperm.
+        d = self.decide(inst, (), {})
+        self.assertEqual((d.verdict, d.add_tag.result), (Verdict.FINISHED, RepairResult.SUCCESS))
+        lowered = with_tags(drbd(), pending("failover", rid, 10, ""), P + "fix-storage")
+        d = self.decide(lowered, (), {}, offline=["n2"])
+        self.assertEqual(d.add_tag.result, RepairResult.ENOPERM)
 
     def test_own_reinstall_continues_step_by_step(self) -> None:
         rid = repair_id("inst1", RepairType.REINSTALL, 10)

@@ -273,6 +273,26 @@ class RepairFlowTests(SynchronousTestCase):
         (result,) = w.repair_tags("inst1")
         self.assertEqual((result.result, result.jobs), (RepairResult.SUCCESS, pending.jobs))
 
+    def test_slow_pending_tag_repair_starts_next_round(self) -> None:
+        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))
+        w.rapi.tag_job_status = "running"
+        ctx = w.round()
+        self.assertEqual([c[0] for c in w.rapi.writes()], ["add_tags"])
+        self.assertEqual(ctx.notes[-1]["harep"], "error")
+        # The tag job lands after the round; the next round starts that repair.
+        placeholder = w.rapi.calls[0][2]["tags"][0]
+        w.rapi.tags_of["inst1"].add(placeholder)
+        w.rapi.tag_job_status = "success"
+        ctx = w.round()
+        self.assertEqual(ctx.notes[0]["harep"], "continue")
+        self.assertEqual(
+            [c[0] for c in w.rapi.writes()][1:], ["failover_instance", "add_tags", "remove_tags"]
+        )
+        (pending,) = w.repair_tags("inst1")
+        self.assertEqual(pending.format().rsplit(":", 1)[0], placeholder.rsplit(":", 1)[0])
+        self.assertEqual(len(pending.jobs), 1)
+        self.assertIn(pending.id, ctx.state.harep)
+
     def test_placeholder_with_record_waits_for_recorded_job(self) -> None:
         w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))
         w.round()

@@ -552,7 +552,9 @@ def plan_pending(
 
     ``jobs`` are the repair's jobs (from the tag, or from maintd's own record
     while the tag update is still queued), ``statuses`` their job statuses
-    ("lost" for jobs Ganeti no longer knows).  Runs whatever the policy says:
+    ("lost" for jobs Ganeti no longer knows).  A pending tag with no jobs is
+    finished as a success (harep's reading), unless it is one of maintd's
+    own: that repair is started now if it is still needed.  Runs whatever the policy says:
     jobs submitted before a suspension are allowed to finish; a further
     step of one of maintd's own repairs waits while suspended.  ``start``
     is passed to the reinstall step (recorded when the repair began).
@@ -581,7 +583,34 @@ def plan_pending(
             problems=state.problems,
         )
     step = len(jobs)
-    if jobs and is_own(name, cur) and step < STEPS[cur.type]:
+    own = is_own(name, cur)
+    if own and not jobs:
+        # maintd's own pending tag whose first job never got submitted (the
+        # daemon stopped in between, or the tag job was slow): the design's
+        # "pending, no job run yet".  Start it if it is still needed and
+        # allowed; otherwise close it.
+        found = detect(cluster, inst)
+        if found is None or found.repair.rtype is not cur.type:
+            return Decision(
+                name,
+                Verdict.FINISHED,
+                f"repair {cur.id} ({cur.type.wire}) no longer needed",
+                add_tag=cur.with_result(RepairResult.SUCCESS, ts),
+                remove_tags=remove,
+                problems=state.problems,
+            )
+        policy = policy_for(cluster, inst, now)
+        if policy.kind is not PolicyKind.SUSPENDED and not policy.allows(cur.type):
+            return Decision(
+                name,
+                Verdict.FINISHED,
+                f"repair {cur.id} ({cur.type.wire}) not started: {policy.describe()}",
+                found.repair,
+                add_tag=cur.with_result(RepairResult.ENOPERM, ts),
+                remove_tags=remove,
+                problems=state.problems,
+            )
+    if own and step < STEPS[cur.type]:
         repair = _REPAIR_OF_TYPE[cur.type]
         policy = policy_for(cluster, inst, now)
         if policy.kind is PolicyKind.SUSPENDED:

@@ -292,7 +292,15 @@ async def _continue_repair(
         done_jobs = current.jobs
     job = await _submit(ctx, name, decision.ops[0])
     all_jobs = (*done_jobs, job)
-    harep = _with_record(ctx, current.id, instance=name, jobs=list(all_jobs), tag_jobs=[])
+    start = record.get("start") if record is not None else None
+    harep = _with_record(
+        ctx,
+        current.id,
+        instance=name,
+        jobs=list(all_jobs),
+        tag_jobs=[],
+        start=start if isinstance(start, bool) else inst.running,
+    )
     await _commit_job(ctx, job, jobs, harep)
     updated: RepairTag = attrs.evolve(current, jobs=all_jobs)
     tag_jobs = await _set_tags(ctx, name, [updated.format()], state.current_group, jobs)
