@@ -362,6 +362,22 @@ class GuardTests(SynchronousTestCase):
         self.assertEqual(ctx.notes[0]["harep"], "malformed-tag")
         self.assertIn("inst1", ctx.notes[0]["message"])
 
+    def test_malformed_group_and_cluster_tags_noted_with_object(self) -> None:
+        w = World(
+            make_cluster(
+                offline=["n2"],
+                cluster_tags=[P + "failover", P + "suspend:someday"],
+                group_tags=[P + "sometimes"],
+                instances=[drbd()],
+            )
+        )
+        ctx = w.round()
+        bad = [n for n in ctx.notes if n["harep"] == "malformed-tag"]
+        self.assertEqual({n.get("cluster") or n.get("group") for n in bad}, {"cluster", "g1"})
+        self.assertTrue(any("someday" in n["message"] for n in bad))
+        # The good cluster tag still applies.
+        self.assertIn("failover_instance", [c[0] for c in w.rapi.calls])
+
     def test_two_pending_is_an_error_for_that_instance_only(self) -> None:
         bad = with_tags(drbd("bad"), P + "pending:failover:a:1:5", P + "pending:failover:b:2:6")
         good = drbd("good", "n2", "n4")

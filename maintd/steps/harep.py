@@ -41,7 +41,7 @@ from maintd.harep.decide import (
     plan_pending,
     tag_state,
 )
-from maintd.harep.tags import RepairTag, TagError, parse
+from maintd.harep.tags import RepairTag, TagError, parse, parse_all
 from maintd.model import Instance
 from maintd.rapi.errors import RapiError
 
@@ -63,12 +63,33 @@ async def harep_step(ctx: Any) -> None:
         log.warn("harep: no cluster snapshot this round; skipping")
         return
     await _forget_stale(ctx)
+    _report_policy_tags(ctx)
     for inst in sorted(cluster.instances.values(), key=lambda i: i.name):
         try:
             await _instance(ctx, inst)
         except RapiError as err:
             log.error("harep: instance {instance}: {error}", instance=inst.name, error=err)
             _note(ctx, {"instance": inst.name, "harep": "error", "message": f"RAPI: {err}"})
+
+
+def _report_policy_tags(ctx: Any) -> None:
+    """Report malformed auto-repair tags of the cluster and the node groups."""
+    objects = [("cluster", ctx.cluster.name, ctx.cluster.tags)]
+    objects += [("group", g.name, g.tags) for g in ctx.cluster.groups.values()]
+    for kind, name, tags in objects:
+        _good, problems = parse_all(tags)
+        for problem in problems:
+            log.warn(
+                "harep: {kind} {name}: ignoring {problem}", kind=kind, name=name, problem=problem
+            )
+            _note(
+                ctx,
+                {
+                    kind: name,
+                    "harep": "malformed-tag",
+                    "message": f"{kind} {name}: ignoring {problem}",
+                },
+            )
 
 
 def _note(ctx: Any, fields: dict[str, Any]) -> None:
