@@ -121,6 +121,10 @@ class DetectTests(SynchronousTestCase):
         self.check(plain(), None, drained=["n2"])
         self.check(plain(), None)
 
+    def test_instances_marked_offline_untouched(self) -> None:
+        self.check(drbd(admin_state="offline"), None, offline=["n2"])
+        self.check(plain(admin_state="offline"), None, offline=["n2"])
+
     def test_other_templates_untouched(self) -> None:
         for template in ("diskless", "file", "rbd", "sharedfile"):
             inst = plain(disk_template=template)

@@ -206,7 +206,12 @@ def _node_state(cluster: Cluster, name: str | None) -> str | None:
 
 
 def detect(cluster: Cluster, inst: Instance) -> Detected | None:
-    """What repair ``inst`` needs, judging by its nodes' flags; None if none."""
+    """What repair ``inst`` needs, judging by its nodes' flags; None if none.
+
+    Instances marked offline are left alone (Ganeti refuses to move them).
+    """
+    if inst.admin_state == "offline":
+        return None
     pstate = _node_state(cluster, inst.primary)
     if pstate is None:
         return None
