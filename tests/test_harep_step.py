@@ -210,6 +210,23 @@ class RepairFlowTests(SynchronousTestCase):
         self.assertEqual(result.ts, int(ctx.now))
         self.assertEqual(ctx.state.harep, {})
 
+    def test_one_wait_for_all_pending_tags_then_the_repairs(self) -> None:
+        insts = [drbd("a", "n2", "n3"), drbd("b", "n2", "n4"), drbd("c", "n5", "n2")]
+        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=insts))
+        w.round()
+        kinds = [c[0] for c in w.rapi.calls]
+        waits = [c for c in w.rapi.calls if c[0] == "wait_jobs"]
+        self.assertEqual(len(waits), 1)
+        self.assertEqual(len(waits[0][2]["jobs"]), 3)
+        first_repair = min(
+            kinds.index(m) for m in ("failover_instance", "replace_disks") if m in kinds
+        )
+        self.assertLess(kinds.index("wait_jobs"), first_repair)
+        # Every repair job found its instance's pending tag already set.
+        for job, tags in w.rapi.tags_at_submit.items():
+            self.assertTrue(any("pending" in t for t in tags), job)
+        self.assertEqual(len(w.rapi.tags_at_submit), 3)
+
     def test_failed_job_gives_failure_and_hands_off(self) -> None:
         w = World(make_cluster(offline=["n3"], group_tags=[P + "fix-storage"], instances=[drbd()]))
         w.round()

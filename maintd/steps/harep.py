@@ -7,7 +7,8 @@ truthful for harep and for maintd's next round:
 
 * a new repair: the ``pending`` tag (no jobs yet, as the design allows) is
   put on the instance and its tag job must succeed *before* the repair job is
-  submitted; then the tag is replaced by one listing the repair job (that
+  submitted (the pending tags of all new repairs go first and are waited for
+  together, bounded by ``--job-wait``); then the tag is replaced by one listing the repair job (that
   tag job queues behind the repair's instance lock, so maintd also keeps the
   job ids in ``MaintState.harep`` until the repair is finished);
 * a pending repair whose jobs are final: the ``result`` tag (success or
@@ -64,12 +65,46 @@ async def harep_step(ctx: Any) -> None:
         return
     await _forget_stale(ctx)
     _report_policy_tags(ctx)
+    # New repairs go in two phases: every pending tag first (one wait for
+    # all their tag jobs), then the repair jobs.
+    starting: list[_Starting] = []
     for inst in sorted(cluster.instances.values(), key=lambda i: i.name):
         try:
-            await _instance(ctx, inst)
+            started = await _instance(ctx, inst)
         except RapiError as err:
-            log.error("harep: instance {instance}: {error}", instance=inst.name, error=err)
-            _note(ctx, {"instance": inst.name, "harep": "error", "message": f"RAPI: {err}"})
+            _rapi_error(ctx, inst.name, err)
+            continue
+        if started is not None:
+            starting.append(started)
+    if not starting:
+        return
+    tag_jobs = [s.tag_job for s in starting]
+    try:
+        done = await ctx.rapi.wait_jobs(tag_jobs, timeout=ctx.config.job_wait)
+    except RapiError as err:
+        for s in starting:
+            _rapi_error(ctx, s.inst.name, err)
+        return
+    for s in starting:
+        try:
+            await _launch_repair(ctx, s, done.get(s.tag_job))
+        except RapiError as err:
+            _rapi_error(ctx, s.inst.name, err)
+
+
+def _rapi_error(ctx: Any, name: str, err: Exception) -> None:
+    log.error("harep: instance {instance}: {error}", instance=name, error=err)
+    _note(ctx, {"instance": name, "harep": "error", "message": f"RAPI: {err}"})
+
+
+@attrs.frozen
+class _Starting:
+    """A new repair whose pending tag job was submitted."""
+
+    inst: Instance
+    decision: Decision
+    tag_job: int
+    jobs: list[int]  # the decision note's job list
 
 
 def _report_policy_tags(ctx: Any) -> None:
@@ -111,7 +146,7 @@ def _int_list(value: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in value if isinstance(v, int) and not isinstance(v, bool))
 
 
-async def _instance(ctx: Any, inst: Instance) -> None:
+async def _instance(ctx: Any, inst: Instance) -> _Starting | None:
     state = tag_state(inst.name, inst.tags)
     for problem in state.problems:
         log.warn("harep: {problem}", problem=problem)
@@ -141,7 +176,7 @@ async def _instance(ctx: Any, inst: Instance) -> None:
         )
     else:
         decision = decide_without_jobs(ctx.cluster, inst, state, ctx.now, free)
-    await _carry_out(ctx, inst, decision, record)
+    return await _carry_out(ctx, inst, decision, record)
 
 
 def _log_decision(decision: Decision, dry: bool) -> None:
@@ -166,22 +201,22 @@ def _log_decision(decision: Decision, dry: bool) -> None:
 
 async def _carry_out(
     ctx: Any, inst: Instance, decision: Decision, record: Mapping[str, Any] | None
-) -> None:
+) -> _Starting | None:
     if decision.verdict in _QUIET:
-        return
+        return None
     dry = bool(ctx.config.dry_run)
     _log_decision(decision, dry)
     note = decision.to_json()
     if decision.verdict not in _WRITES:
         _note(ctx, note)
-        return
+        return None
     # Claim the nodes even in dry-run, so the balancing plan sees the same picture.
     ctx.free_nodes.difference_update(decision.touched)
     if dry or not ctx.submitting:
         if not dry:
             note["message"] += " (not submitted: this daemon may not submit jobs now)"
         _note(ctx, note)
-        return
+        return None
     jobs: list[int] = []
     note["jobs"] = jobs
     _note(ctx, note)
@@ -189,11 +224,12 @@ async def _carry_out(
         assert decision.add_tag is not None
         await _set_tags(ctx, inst.name, [decision.add_tag.format()], decision.remove_tags, jobs)
     elif decision.verdict is Verdict.REPAIR:
-        await _start_repair(ctx, inst, decision, jobs)
+        return await _tag_new_repair(ctx, inst, decision, jobs)
     elif decision.verdict is Verdict.CONTINUE:
         await _continue_repair(ctx, inst, decision, record, jobs)
     else:
         await _finish_repair(ctx, inst, decision, record, jobs)
+    return None
 
 
 # --- writes -------------------------------------------------------------------
@@ -246,11 +282,13 @@ async def _submit(ctx: Any, name: str, op: Op) -> int:
     return int(await method(name, **dict(op.kwargs), reason=reason(name)))
 
 
-async def _start_repair(ctx: Any, inst: Instance, decision: Decision, jobs: list[int]) -> None:
+async def _tag_new_repair(
+    ctx: Any, inst: Instance, decision: Decision, jobs: list[int]
+) -> _Starting:
+    """Phase 1 of a new repair: the pending tag (no jobs yet) goes on first."""
     name = inst.name
     placeholder = decision.add_tag
     assert placeholder is not None and decision.ops
-    # 1. The pending tag goes on first, and must be there before any repair job.
     tag_job = await ctx.rapi.add_tags("instance", name, [placeholder.format()], reason=reason(name))
     await _commit_job(ctx, tag_job, jobs)
     if decision.remove_tags:
@@ -258,8 +296,20 @@ async def _start_repair(ctx: Any, inst: Instance, decision: Decision, jobs: list
             "instance", name, list(decision.remove_tags), reason=reason(name)
         )
         await _commit_job(ctx, job, jobs)
-    done = await ctx.rapi.wait_jobs([tag_job], timeout=ctx.config.job_wait)
-    result = done.get(tag_job)
+    return _Starting(inst, decision, tag_job, jobs)
+
+
+async def _launch_repair(ctx: Any, starting: _Starting, result: Any) -> None:
+    """Phase 2: the repair job, only once its pending tag is on the instance."""
+    inst, decision, tag_job, jobs = (
+        starting.inst,
+        starting.decision,
+        starting.tag_job,
+        starting.jobs,
+    )
+    name = inst.name
+    placeholder = decision.add_tag
+    assert placeholder is not None and decision.ops
     if result is None or not result.ok:
         status = result.status if result is not None else "unknown"
         log.error(
