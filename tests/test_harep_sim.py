@@ -398,3 +398,87 @@ class RealHarepTakesOverTests(TestCase):
         (note,) = harep_notes(ctx, "web")
         self.assertEqual((note["harep"], note["type"]), ("repair", "fix-storage"))
         self.assertIn("replace_disks(web", note["ops"][0])
+
+
+class WithIncidentHandlingTests(TestCase):
+    """harep inside the full default round: nodes under an incident are not its to touch."""
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def test_instances_on_an_evacuated_node_are_left_to_incident_handling(self):  # type: ignore[no-untyped-def]
+        from maintd.mond import MondClient
+        from maintd.sim.embed import free_port
+        from maintd.steps import default_steps
+
+        doc = {
+            "name": "harep.sim.test",
+            "master": "n1",
+            "tags": [P + "migrate"],
+            "groups": [{"name": "g1"}],
+            "nodes": [{"name": f"n{i}", "group": "g1"} for i in range(1, 7)],
+            "instances": [
+                drbd("busy", "n4", "n5"),
+                # n3 is drained by the admin: harep's to repair (migrate).
+                drbd("mine", "n3", "n6"),
+            ],
+        }
+        doc["nodes"][3]["diagnose"] = {"status": "evacuate", "command": "", "details": "test"}
+        doc["nodes"][2]["drained"] = True
+        scen = scenario_mod.from_scenario(doc, "harep-incident-test")
+        port = free_port()
+        workdir = self.mktemp()
+        sim = EmbeddedSimulator(reactor, workdir, loaded=scen, job_seconds=0.05, mond_port=port)
+        sim.startService()
+        self.addCleanup(sim.stopService)
+        rapi = RapiClient.create(
+            sim.rapi_url,
+            reactor=reactor,
+            user=sim.rapi_user,
+            password_file=sim.rapi_password_file,
+            cert=sim.rapi_cert,
+        )
+        self.addCleanup(lambda: defer.ensureDeferred(rapi.close()))
+        mond = MondClient(reactor, port=port, timeout=5.0)
+        self.addCleanup(lambda: defer.ensureDeferred(mond.close()))
+        state = MaintState()
+        config = DaemonConfig.for_tests(state_dir=self.mktemp(), job_wait=30.0, mond_port=port)
+        steps = [s for s in default_steps(config) if "balance" not in getattr(s, "__name__", "")]
+        self.assertIn(harep_step, steps)
+        busy_tags: list[str] = []
+        mine_repairs: list[str] = []
+        busy_verdicts: list[str] = []
+        for number in range(1, 5):
+            ctx = RoundContext(
+                number=number,
+                now=time.time(),
+                config=config,
+                reactor=reactor,
+                state=state,
+                rapi=rapi,
+                mond=mond,
+            )
+            yield defer.ensureDeferred(run_round(ctx, steps))
+            state = ctx.state
+            if state.jobs:
+                yield defer.ensureDeferred(rapi.wait_jobs(list(state.jobs), timeout=30.0))
+            busy_tags.extend((yield defer.ensureDeferred(rapi.tags("instance", "busy"))))
+            # harep never plans on the node the incident claimed.
+            for note in harep_notes(ctx, "busy"):
+                busy_verdicts.append(note["harep"])
+                self.assertNotIn(note["harep"], ("repair", "continue", "enoperm"), note)
+            mine_repairs += [
+                n["repair"] for n in harep_notes(ctx, "mine") if n["harep"] == "repair"
+            ]
+        self.assertTrue(state.incidents, "the evacuate report made an incident")
+        # harep saw the drained node under "busy" and kept out of the incident's way.
+        self.assertIn("blocked", busy_verdicts)
+        self.assertEqual([t for t in busy_tags if t.startswith(P)], [])
+        # The admin-drained primary: live migration, then a new secondary
+        # for the (now drained) secondary.
+        self.assertEqual(mine_repairs, ["migrate", "replace-secondary"])
+        mine = yield defer.ensureDeferred(rapi.tags("instance", "mine"))
+        (result,) = [parse(t) for t in mine if t.startswith(P + "result:")]
+        self.assertEqual(
+            (result.type, result.result), (RepairType.FIX_STORAGE, RepairResult.SUCCESS)
+        )
