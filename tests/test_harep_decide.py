@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 from twisted.trial.unittest import SynchronousTestCase
 
 from maintd.harep.decide import (
@@ -13,10 +15,11 @@ from maintd.harep.decide import (
     is_own,
     plan_pending,
     plan_step,
+    policy_for,
     repair_id,
     tag_state,
 )
-from maintd.harep.tags import RepairResult, RepairType, parse
+from maintd.harep.tags import RepairResult, RepairTag, RepairType, parse
 from tests.harep_fixtures import P, drbd, make_cluster, plain, with_tags
 
 NOW = 2_000_000.0
@@ -372,3 +375,63 @@ class PendingTests(SynchronousTestCase):
         inst = with_tags(drbd(), pending("reinstall", "harep-uuid", 10, "7"))
         d = self.decide(inst, (7,), {7: "success"})
         self.assertEqual(d.verdict, Verdict.FINISHED)
+
+
+# --- properties ------------------------------------------------------------------
+
+_PROPERTY = settings(derandomize=True, max_examples=300, deadline=None, database=None)
+_repair_tags = hs.builds(
+    RepairTag,
+    hs.sampled_from(RepairType),
+    hs.sampled_from(["a", "b", "c"]),
+    hs.integers(min_value=0, max_value=50),
+    hs.lists(hs.integers(min_value=0, max_value=9), max_size=3).map(tuple),
+    hs.none() | hs.sampled_from(RepairResult),
+).map(lambda t: t.format())
+_policy_tags = hs.sampled_from(
+    [
+        P + "fix-storage",
+        P + "migrate",
+        P + "failover",
+        P + "reinstall",
+        P + "suspend",
+        P + "suspend:5",
+    ]
+)
+_any_tags = hs.lists(_repair_tags | _policy_tags | hs.text(max_size=20), max_size=6)
+_nodes = hs.sets(hs.sampled_from(["n1", "n2", "n3", "n4", "n5"]), max_size=3)
+
+
+class DecisionProperties(SynchronousTestCase):
+    @_PROPERTY
+    @given(
+        _any_tags,
+        _nodes,
+        _nodes,
+        _nodes,
+        hs.booleans(),
+        hs.dictionaries(
+            hs.integers(0, 9), hs.sampled_from(["running", "success", "error", "lost"])
+        ),
+    )
+    def test_decisions_are_safe(self, tags, offline, drained, busy, is_drbd, statuses) -> None:
+        inst = drbd(tags=tags) if is_drbd else plain(tags=tags)
+        cl = make_cluster(offline=offline, drained=drained - offline, instances=[inst])
+        free = ALL - busy
+        st = tag_state(inst.name, inst.tags)
+        if st.status is Status.PENDING:
+            d = plan_pending(cl, inst, st, st.current.jobs, statuses, NOW, free)
+        else:
+            d = decide_without_jobs(cl, inst, st, NOW, free)
+        # Tags written parse back; tags removed are the instance's own.
+        if d.add_tag is not None:
+            self.assertEqual(parse(d.add_tag.format()), d.add_tag)
+        self.assertLessEqual(set(d.remove_tags), set(inst.tags))
+        # Operations only touch free nodes, and only when a repair is started or continued.
+        self.assertLessEqual(d.touched, free)
+        if d.ops:
+            self.assertIn(d.verdict, (Verdict.REPAIR, Verdict.CONTINUE))
+        # A repair is only ever started within the instance's own permission.
+        if d.verdict is Verdict.REPAIR:
+            assert d.repair is not None
+            self.assertTrue(policy_for(cl, inst, NOW).allows(d.repair.rtype))
