@@ -167,6 +167,14 @@ class PlanStepTests(SynchronousTestCase):
         plan = plan_step(cl, inst, Repair.REPLACE_SECONDARY, 0, ALL - {"n5"})
         self.assertEqual(plan.ops[0].kwargs["remote_node"], "n4")
 
+    def test_replace_secondary_counts_drbd_metadata(self) -> None:
+        inst = drbd()  # one 10240 MiB disk: 10368 MiB with its DRBD metadata
+        cl = make_cluster(
+            offline=["n3"], instances=[inst], dfree={"n1": 5, "n4": 10367, "n5": 10368}
+        )
+        plan = plan_step(cl, inst, Repair.REPLACE_SECONDARY, 0, ALL)
+        self.assertEqual(plan.ops[0].kwargs["remote_node"], "n5")
+
     def test_replace_secondary_needs_room(self) -> None:
         inst = drbd()
         cl = make_cluster(offline=["n3"], instances=[inst], dfree={"n1": 5, "n4": 5, "n5": 10239})

@@ -290,6 +290,15 @@ def _needs_memory(inst: Instance) -> int:
     return inst.minmem or inst.memory
 
 
+#: DRBD metadata volume per disk (MiB), as Ganeti allocates it.
+DRBD_META_MIB = 128
+
+
+def _disk_need(inst: Instance) -> int:
+    meta = DRBD_META_MIB * len(inst.disk_sizes) if inst.is_drbd else 0
+    return inst.disk + meta
+
+
 def _candidates(
     cluster: Cluster,
     inst: Instance,
@@ -304,7 +313,7 @@ def _candidates(
         if n.usable
         and n.name in free
         and n.name not in skip
-        and n.dfree >= inst.disk
+        and n.dfree >= _disk_need(inst)
         and n.mfree >= memory
     ]
     return sorted(found, key=lambda n: (-n.dfree, -n.mfree, n.name))
