@@ -114,6 +114,8 @@ class Instance:
     hypervisor: str = ""
     os: str = ""
     tags: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset)
+    #: Ganeti 2.16+ forthcoming instance (reserved, not yet created).
+    forthcoming: bool = False
 
     @property
     def disk(self) -> int:

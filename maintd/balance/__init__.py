@@ -1,0 +1,1 @@
+"""hbal-equivalent cluster balancing: text format, score, moves, planner, jobsets, live load."""
