@@ -125,7 +125,7 @@ class DaemonLifeCycleTests(TestCase):
             await self.wait_for(lambda: not pid_alive(pid), "daemon exit")
             log = open(self.logfile).read()
             self.assertIn("Server Shut Down.", log)
-            self.assertNotIn("Traceback", log)
+            self.assertNotIn("Unhandled", log)
 
         return defer.Deferred.fromCoroutine(run())
 
