@@ -198,11 +198,13 @@ def verify_by_vote(
     retries: int = VOTING_RETRIES,
     interval: float = VOTING_RETRY_INTERVAL,
     sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[Tally, int], None] | None = None,
 ) -> Tally:
     """Vote until decided: return the winning :class:`Tally` or raise :class:`NotMasterError`.
 
     Blocking; ``gather`` asks every node once.  An undecided vote is repeated
-    ``retries`` times, ``interval`` seconds apart (``sleep`` is injected).
+    ``retries`` times, ``interval`` seconds apart (``sleep`` is injected;
+    ``on_retry(tally, attempt)`` is told before each wait).
     """
     attempt = 0
     while True:
@@ -226,6 +228,8 @@ def verify_by_vote(
             retries=retries,
             interval=interval,
         )
+        if on_retry is not None:
+            on_retry(tally, attempt)
         sleep(interval)
 
 

@@ -220,6 +220,8 @@ class StartupCheckTests(SynchronousTestCase, _Fixture):
         self.assertEqual(self.slept, [10.0] * 6)
         self.assertEqual(len(self.nodes[0].requests), 7)
         self.assertIn("undecided after 7 attempts", err.getvalue())
+        self.assertEqual(err.getvalue().count("asking again in 10s"), 6, err.getvalue())
+        self.assertIn("(retry 6/6)", err.getvalue())
         self.assertIn("node2.example.com (node node2.example.com: answer is not JSON", err.getvalue())
         self.assertIn("node3.example.com (", err.getvalue())
 
