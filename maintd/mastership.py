@@ -223,6 +223,9 @@ def exit_after_shutdown(reactor: Any, status: int) -> None:
 
 Vote = Callable[[], Awaitable[Tally]]
 
+MIN_CHECK_INTERVAL = 0.1
+"""Seconds; a zero interval would make the LoopingCall spin."""
+
 
 class MastershipService(service.Service):
     """Re-verify mastership every ``interval`` seconds; exit 11 when lost."""
@@ -360,5 +363,5 @@ def mastership_service(config: Any, mastership: Mastership, reactor: Any) -> Mas
         mastership,
         runtime_vote(config, reactor, mastership.hostname),
         clock=reactor,
-        interval=float(config.master_check_interval),
+        interval=max(float(config.master_check_interval), MIN_CHECK_INTERVAL),
     )
