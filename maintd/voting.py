@@ -450,6 +450,8 @@ class BlockingNodedClient:
                 return Ballot(node=node, master=self.ask(node, address, port))
             except NodedError as e:
                 return Ballot.missing(node, str(e))
+            except Exception as e:  # whatever a node does, it is only a missing vote
+                return Ballot.missing(node, f"node {node} ({address}): {type(e).__name__}: {e}")
 
         nodes = list(endpoints)
         if not nodes:
@@ -557,6 +559,8 @@ class TwistedNodedClient:
                 return Ballot(node=node, master=await self.ask(node, address, port))
             except NodedError as e:
                 return Ballot.missing(node, str(e))
+            except Exception as e:  # whatever a node does, it is only a missing vote
+                return Ballot.missing(node, f"node {node} ({address}): {type(e).__name__}: {e}")
 
         ds = [defer.Deferred.fromCoroutine(one(n)) for n in endpoints]
         results = await defer.gatherResults(ds, consumeErrors=True)
