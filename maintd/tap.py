@@ -34,6 +34,12 @@ from twisted.logger import Logger
 from maintd.api import StateAPI
 from maintd.config import DaemonConfig
 from maintd.logsetup import LogLevelService
+from maintd.mastership import (
+    Mastership,
+    attach_runner,
+    check_at_startup_or_exit,
+    mastership_service,
+)
 from maintd.options import Options
 from maintd.round import RoundRunner, Step
 from maintd.scheduler import RoundService
@@ -50,15 +56,14 @@ def endpoint_description(port: int, bind: str) -> str:
     return f"{kind}:port={port}:interface={bind.replace(':', chr(92) + ':')}"
 
 
-def _check_master(config: DaemonConfig) -> None:
-    """Where the master vote goes (the voting part fills this in).
+def _check_master(config: DaemonConfig) -> Mastership:
+    """The master vote (maintd.mastership; voting part, issue 9).
 
-    For now: only the warning that ``--no-voting --yes-do-it`` asks for.
+    Runs here, in makeService, before twistd daemonises: when this host is
+    not the master the process exits 11 (12 on unusable ssconf/certificates)
+    with the votes on stderr, leaving no pid file and no bound port.
     """
-    if config.simulate:
-        return
-    if config.no_voting and config.yes_do_it:
-        log.warn("--no-voting given: not checking that this node is the master")
+    return check_at_startup_or_exit(config)
 
 
 def _load_steps(config: DaemonConfig, notes: list[str]) -> list[Step]:
@@ -141,6 +146,7 @@ class MaintDaemon(service.MultiService):
     api: StateAPI
     rounds: RoundService
     simulator: Any = None
+    mastership: Mastership
 
     def __init__(self) -> None:
         super().__init__()
@@ -217,8 +223,9 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
             raise SystemExit(f"ganeti-maintd: --simulate is not available yet ({e})") from None
         sim.setServiceParent(top)
         top.simulator = sim
+        mastership = Mastership(hostname=config.hostname, verified=False)
     else:
-        _check_master(config)
+        mastership = _check_master(config)
 
     try:
         store = StateStore.open(config.state_dir)
@@ -247,6 +254,13 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     )
     rounds = RoundService(runner, clock=reactor, round_delay=config.round_delay)
     rounds.setServiceParent(top)
+    # --- voting part (issue 9): rounds submit jobs only while this host is
+    # the master; re-check every --master-check-interval, exit 11 when lost.
+    attach_runner(runner, mastership)
+    recheck = mastership_service(config, mastership, reactor)
+    if recheck is not None:
+        recheck.setServiceParent(top)
+    top.mastership = mastership
 
     top.config = config
     top.store = store
