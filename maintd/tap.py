@@ -145,6 +145,7 @@ class MaintDaemon(service.MultiService):
     store: StateStore
     api: StateAPI
     rounds: RoundService
+    control: Any = None
     simulator: Any = None
     mastership: Mastership
 
@@ -261,6 +262,12 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     if recheck is not None:
         recheck.setServiceParent(top)
     top.mastership = mastership
+
+    from maintd.control import ControlService
+
+    control = ControlService(config.ctl_socket, store, reactor)
+    control.setServiceParent(top)
+    top.control = control
 
     top.config = config
     top.store = store
