@@ -15,22 +15,27 @@ Target: snapshot + collect + decide < 2 s plus one per-node timeout.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import random
-import secrets
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-from typing import Any
 
-import attrs
-from twisted.internet import defer, task
+# Run as a script, this directory comes first on sys.path, and bench/http.py
+# would shadow the standard library's http: use the repository root instead.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [_ROOT] + [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(
+    os.path.abspath(__file__))]
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import argparse  # noqa: E402
+import json  # noqa: E402
+import random  # noqa: E402
+import secrets  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import attrs  # noqa: E402
+from twisted.internet import defer, task  # noqa: E402
 
 from maintd import incidents as I  # noqa: E402
 from maintd.mond import MondClient  # noqa: E402
