@@ -146,12 +146,13 @@ class EndToEndTests(TestCase):
         await response.content()
         # rounds go on (and fail against the unreachable RAPI once the steps
         # exist) while the API keeps answering
-        for _ in range(200):
+        # (each failing round spends a few seconds in the RAPI client's retries)
+        for _ in range(int(TIMEOUT / 0.1)):
             code, _, last = await self.get_json(base + "/1/last-round")
             assert isinstance(last, dict)
             if last.get("number", 0) >= 2:
                 break
-            await deferLater(0.05)
+            await deferLater(0.1)
         self.assertGreaterEqual(last["number"], 2, proto.output.decode())
         proto.transport.signalProcess(signal.SIGTERM)  # type: ignore[union-attr]
         reason = await proto.ended.addTimeout(TIMEOUT, reactor)
