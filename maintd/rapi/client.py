@@ -750,3 +750,7 @@ class RapiClient:
     async def startup_instance(self, name: str, *, reason: str | None) -> int:
         """``PUT /2/instances/I/startup`` (``OpInstanceStartup``)."""
         return await self._write("PUT", f"/2/instances/{_quote(name)}/startup", reason=reason)
+
+    async def shutdown_instance(self, name: str, *, reason: str | None) -> int:
+        """``PUT /2/instances/I/shutdown`` (``OpInstanceShutdown``): marks it down too."""
+        return await self._write("PUT", f"/2/instances/{_quote(name)}/shutdown", reason=reason)
