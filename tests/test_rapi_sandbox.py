@@ -177,6 +177,16 @@ def _rapi_ready(tries: int = 30) -> bool:
     return False
 
 
+def _fingerprint() -> tuple[int, int] | None:
+    """Identity of the running sandbox cluster (its server.pem, written once
+    by ``gnt-cluster init``), to notice a restart by someone else."""
+    try:
+        st = os.stat("/var/lib/ganeti/server.pem")
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
+
+
 def _sandbox_up() -> bool:
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
     return "gsb" in ns.stdout and os.path.exists("/var/lib/ganeti/config.data")
@@ -233,7 +243,16 @@ class RealGanetiTests(SynchronousTestCase):
         try:
             if not _rapi_ready():
                 skip_or_fail("RAPI sandbox is up but its RAPI does not accept maintd's login")
-            return self.run_in_sandbox()
+            before = _fingerprint()
+            try:
+                return self.run_in_sandbox()
+            except AssertionError:
+                if _fingerprint() != before or not _sandbox_up():
+                    skip_or_fail(
+                        "the RAPI sandbox was stopped or restarted by another process during "
+                        "the test (a test run without the sandbox lock?)"
+                    )
+                raise
         finally:
             if started:
                 self.down()
