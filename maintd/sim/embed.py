@@ -44,6 +44,15 @@ def _write_secret(path: str, text: str) -> None:
         f.write(text)
 
 
+class QuietSite(server.Site):
+    """A Site without per-request access log lines (the simulator logs what matters)."""
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
 class EmbeddedSimulator(service.Service):
     def __init__(
         self,
@@ -106,8 +115,7 @@ class EmbeddedSimulator(service.Service):
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
-        site = server.Site(self.front.resource())
-        site.noisy = False
+        site = QuietSite(self.front.resource())
         if self.plain_http:
             self._rapi_listener = self.reactor.listenTCP(
                 self.rapi_port, site, interface="127.0.0.1"

@@ -143,6 +143,13 @@ class MondResource(resource.Resource):
                 transport.abortConnection()
 
 
+class _QuietSite(server.Site):
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
 class MondFronts:
     """One listening mond per node; follows the simulation's mond modes."""
 
@@ -170,8 +177,7 @@ class MondFronts:
 
     def _listen(self, name: str) -> None:
         node = self.sim.cluster.nodes[name]
-        site = server.Site(self.resources[name])
-        site.noisy = False
+        site = _QuietSite(self.resources[name])
         self.ports[name] = self.reactor.listenTCP(self.port, site, interface=node.pip)
 
     def _mode_changed(self, name: str, mode: str) -> None:
