@@ -161,3 +161,84 @@ class MondTests(EmbeddedTestBase):
             self.assertEqual(code, 200)
 
         return defer.ensureDeferred(go())
+
+
+class RehearsalTests(EmbeddedTestBase):
+    """A snapshot taken through RAPI becomes a simulator that answers the same."""
+
+    def test_snapshot_of_a_cluster_simulates_the_same_cluster(self) -> defer.Deferred[None]:
+        from maintd import model
+
+        async def go() -> None:
+            client = RapiClient.create(
+                self.sim.rapi_url,
+                reactor=reactor,
+                user=self.sim.rapi_user,
+                password_file=self.sim.rapi_password_file,
+                cert=self.sim.rapi_cert,
+                timeout=5,
+            )
+            self.addCleanup(lambda: defer.ensureDeferred(client.close()))
+            original = await client.load_cluster()
+            path = os.path.join(self.workdir, "snapshot.json")
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(model.to_json(original), f)
+            copy = EmbeddedSimulator(
+                reactor,
+                os.path.join(self.workdir, "copy"),
+                scenario=path,
+                mond_port=free_port(),
+                clock=task.Clock(),
+            )
+            copy.startService()
+            self.addCleanup(copy.stopService)
+            client2 = RapiClient.create(
+                copy.rapi_url,
+                reactor=reactor,
+                user=copy.rapi_user,
+                password_file=copy.rapi_password_file,
+                cert=copy.rapi_cert,
+                timeout=5,
+            )
+            self.addCleanup(lambda: defer.ensureDeferred(client2.close()))
+            rehearsed = await client2.load_cluster()
+
+            def essentials(c: model.Cluster) -> Any:
+                return (
+                    {
+                        n.name: (
+                            n.group,
+                            n.mtotal,
+                            n.mnode,
+                            n.mfree,
+                            n.dtotal,
+                            n.dfree,
+                            n.offline,
+                            n.drained,
+                            n.master,
+                            sorted(n.primaries),
+                            sorted(n.secondaries),
+                            n.uuid,
+                        )
+                        for n in c.nodes.values()
+                    },
+                    {
+                        i.name: (
+                            i.primary,
+                            i.secondaries,
+                            i.disk_template,
+                            i.memory,
+                            i.disk_sizes,
+                            i.admin_state,
+                            i.status,
+                            i.uuid,
+                        )
+                        for i in c.instances.values()
+                    },
+                    {g.name: (g.uuid, g.alloc_policy) for g in c.groups.values()},
+                    c.master,
+                )
+
+            self.assertEqual(essentials(rehearsed), essentials(original))
+
+        return defer.ensureDeferred(go())

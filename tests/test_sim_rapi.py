@@ -465,6 +465,39 @@ class FaultTests(RapiTestBase):
         return d(go())
 
 
+class ControlTests(RapiTestBase):
+    def test_node_dies_and_comes_back(self) -> None:
+        async def go() -> None:
+            self.assertEqual((await self.call("PUT", "/sim/nodes/n3/offline", True))[0], 200)
+            _, node = await self.call("GET", "/2/nodes/n3")
+            self.assertEqual((node["offline"], node["role"], node["mtotal"]), (True, "O", None))
+            _, inst = await self.call("GET", "/2/instances/d2")
+            self.assertEqual((inst["status"], inst["oper_state"]), ("ERROR_nodeoffline", None))
+            self.assertEqual(self.sim.faults.mond_mode("n3"), "down")
+            await self.call("PUT", "/sim/nodes/n3/offline", False)
+            _, inst = await self.call("GET", "/2/instances/d2")
+            self.assertEqual(inst["status"], "running")
+            self.assertEqual(self.sim.faults.mond_mode("n3"), "up")
+            code, body = await self.call("PUT", "/sim/nodes/n1/offline", True)
+            self.assertEqual(code, 400)
+            self.assertIn("master", body["message"])
+
+        return d(go())
+
+    def test_events_applied_now_and_bad_ones_rejected(self) -> None:
+        async def go() -> None:
+            event = {"node": "n2", "diagnose": {"status": "evacuate-failover"}}
+            self.assertEqual((await self.call("PUT", "/sim/events", event))[0], 200)
+            self.assertEqual(self.sim.cluster.nodes["n2"].diagnose["status"], "evacuate-failover")
+            code, body = await self.call("PUT", "/sim/events", {"node": "zz", "mond": "down"})
+            self.assertEqual(code, 400)
+            self.assertIn("zz", body["message"])
+            self.assertEqual((await self.call("GET", "/sim/nothing"))[0], 404)
+            self.assertEqual((await self.call("DELETE", "/sim/state"))[0], 501)
+
+        return d(go())
+
+
 class CacheTests(RapiTestBase):
     def test_bulk_answer_follows_changes(self) -> None:
         async def go() -> None:
