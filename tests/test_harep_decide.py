@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 from twisted.trial.unittest import SynchronousTestCase
 
 from maintd.harep.decide import (
@@ -13,10 +15,11 @@ from maintd.harep.decide import (
     is_own,
     plan_pending,
     plan_step,
+    policy_for,
     repair_id,
     tag_state,
 )
-from maintd.harep.tags import RepairResult, RepairType, parse
+from maintd.harep.tags import RepairResult, RepairTag, RepairType, parse
 from tests.harep_fixtures import P, drbd, make_cluster, plain, with_tags
 
 NOW = 2_000_000.0
@@ -121,6 +124,10 @@ class DetectTests(SynchronousTestCase):
         self.check(plain(), None, drained=["n2"])
         self.check(plain(), None)
 
+    def test_instances_marked_offline_untouched(self) -> None:
+        self.check(drbd(admin_state="offline"), None, offline=["n2"])
+        self.check(plain(admin_state="offline"), None, offline=["n2"])
+
     def test_other_templates_untouched(self) -> None:
         for template in ("diskless", "file", "rbd", "sharedfile"):
             inst = plain(disk_template=template)
@@ -160,11 +167,25 @@ class PlanStepTests(SynchronousTestCase):
         plan = plan_step(cl, inst, Repair.REPLACE_SECONDARY, 0, ALL - {"n5"})
         self.assertEqual(plan.ops[0].kwargs["remote_node"], "n4")
 
+    def test_replace_secondary_counts_drbd_metadata(self) -> None:
+        inst = drbd()  # one 10240 MiB disk: 10368 MiB with its DRBD metadata
+        cl = make_cluster(
+            offline=["n3"], instances=[inst], dfree={"n1": 5, "n4": 10367, "n5": 10368}
+        )
+        plan = plan_step(cl, inst, Repair.REPLACE_SECONDARY, 0, ALL)
+        self.assertEqual(plan.ops[0].kwargs["remote_node"], "n5")
+
     def test_replace_secondary_needs_room(self) -> None:
         inst = drbd()
         cl = make_cluster(offline=["n3"], instances=[inst], dfree={"n1": 5, "n4": 5, "n5": 10239})
         blocked = plan_step(cl, inst, Repair.REPLACE_SECONDARY, 0, ALL)
         self.assertIn("room", blocked.why)
+
+    def test_failover_to_drained_secondary_waits(self) -> None:
+        inst = drbd()
+        cl = make_cluster(offline=["n2"], drained=["n3"], instances=[inst])
+        blocked = plan_step(cl, inst, Repair.FAILOVER, 0, ALL)
+        self.assertIn("drained", blocked.why)
 
     def test_busy_instance_node_blocks(self) -> None:
         inst = drbd()
@@ -172,7 +193,7 @@ class PlanStepTests(SynchronousTestCase):
         blocked = plan_step(cl, inst, Repair.FAILOVER, 0, ALL - {"n3"})
         self.assertIn("n3", blocked.why)
 
-    def test_reinstall_drbd_recreates_on_two_new_nodes_then_reinstalls(self) -> None:
+    def test_reinstall_drbd_recreates_on_two_new_nodes_shuts_down_reinstalls(self) -> None:
         inst = drbd()
         cl = make_cluster(offline=["n2", "n3"], instances=[inst], dfree={"n4": 200000})
         plan = plan_step(cl, inst, Repair.REINSTALL, 0, ALL)
@@ -184,8 +205,10 @@ class PlanStepTests(SynchronousTestCase):
         moved = drbd(primary=nodes[0], secondary=nodes[1])
         cl2 = make_cluster(offline=["n2", "n3"], instances=[moved])
         step2 = plan_step(cl2, moved, Repair.REINSTALL, 1, ALL)
+        self.assertEqual([o.method for o in step2.ops], ["shutdown_instance"])
+        step3 = plan_step(cl2, moved, Repair.REINSTALL, 2, ALL)
         self.assertEqual(
-            [(o.method, dict(o.kwargs)) for o in step2.ops],
+            [(o.method, dict(o.kwargs)) for o in step3.ops],
             [("reinstall_instance", {"start": True})],
         )
 
@@ -306,20 +329,46 @@ class PendingTests(SynchronousTestCase):
         self.assertEqual(d.add_tag.jobs, (9,))
 
     def test_empty_pending_resolves_as_success_like_harep(self) -> None:
-        d = self.decide(with_tags(drbd(), pending("failover", "a", 10, "")), (), {})
+        d = self.decide(with_tags(drbd(), pending("failover", "a", 10, "")), (), {}, offline=["n2"])
         self.assertEqual(d.add_tag.result, RepairResult.SUCCESS)
 
-    def test_own_reinstall_continues_with_second_step(self) -> None:
+    def test_own_placeholder_without_jobs_starts_the_repair(self) -> None:
+        rid = repair_id("inst1", RepairType.FAILOVER, 10)
+        inst = with_tags(drbd(), pending("failover", rid, 10, ""), P + "failover")
+        d = self.decide(inst, (), {}, offline=["n2"])
+        self.assertEqual((d.verdict, d.ops[0].method), (Verdict.CONTINUE, "failover_instance"))
+        # No longer broken: closed; no longer allowed: enoperm.
+        d = self.decide(inst, (), {})
+        self.assertEqual((d.verdict, d.add_tag.result), (Verdict.FINISHED, RepairResult.SUCCESS))
+        lowered = with_tags(drbd(), pending("failover", rid, 10, ""), P + "fix-storage")
+        d = self.decide(lowered, (), {}, offline=["n2"])
+        self.assertEqual(d.add_tag.result, RepairResult.ENOPERM)
+
+    def test_own_reinstall_continues_step_by_step(self) -> None:
         rid = repair_id("inst1", RepairType.REINSTALL, 10)
-        inst = with_tags(drbd(primary="n4", secondary="n5"), pending("reinstall", rid, 10, "7"))
+        moved = drbd(primary="n4", secondary="n5")
+        inst = with_tags(moved, pending("reinstall", rid, 10, "7"))
         d = self.decide(inst, (7,), {7: "success"}, offline=["n2", "n3"])
         self.assertEqual(d.verdict, Verdict.CONTINUE)
-        self.assertEqual(d.ops[0].method, "reinstall_instance")
+        self.assertEqual(d.ops[0].method, "shutdown_instance")
         self.assertEqual(d.touched, {"n4", "n5"})
-        # Both steps done: success with both jobs.
-        inst2 = with_tags(drbd(primary="n4", secondary="n5"), pending("reinstall", rid, 10, "7+8"))
-        d2 = self.decide(inst2, (7, 8), {7: "success", 8: "success"})
-        self.assertEqual((d2.verdict, d2.add_tag.jobs), (Verdict.FINISHED, (7, 8)))
+        # After the shutdown the instance is marked down; the recorded start wins.
+        inst = with_tags(
+            drbd(primary="n4", secondary="n5", admin_state="down"),
+            pending("reinstall", rid, 10, "7+8"),
+        )
+        cl = make_cluster(instances=[inst])
+        st = tag_state(inst.name, inst.tags)
+        d = plan_pending(cl, inst, st, (7, 8), {7: "success", 8: "success"}, NOW, ALL, True)
+        self.assertEqual(
+            [(o.method, dict(o.kwargs)) for o in d.ops], [("reinstall_instance", {"start": True})]
+        )
+        d = plan_pending(cl, inst, st, (7, 8), {7: "success", 8: "success"}, NOW, ALL)
+        self.assertEqual(d.ops[0].kwargs, {"start": False})
+        # All three steps done: success with all jobs.
+        inst3 = with_tags(moved, pending("reinstall", rid, 10, "7+8+9"))
+        d3 = self.decide(inst3, (7, 8, 9), {7: "success", 8: "success", 9: "success"})
+        self.assertEqual((d3.verdict, d3.add_tag.jobs), (Verdict.FINISHED, (7, 8, 9)))
 
     def test_second_step_waits_while_suspended(self) -> None:
         rid = repair_id("inst1", RepairType.REINSTALL, 10)
@@ -334,3 +383,63 @@ class PendingTests(SynchronousTestCase):
         inst = with_tags(drbd(), pending("reinstall", "harep-uuid", 10, "7"))
         d = self.decide(inst, (7,), {7: "success"})
         self.assertEqual(d.verdict, Verdict.FINISHED)
+
+
+# --- properties ------------------------------------------------------------------
+
+_PROPERTY = settings(derandomize=True, max_examples=300, deadline=None, database=None)
+_repair_tags = hs.builds(
+    RepairTag,
+    hs.sampled_from(RepairType),
+    hs.sampled_from(["a", "b", "c"]),
+    hs.integers(min_value=0, max_value=50),
+    hs.lists(hs.integers(min_value=0, max_value=9), max_size=3).map(tuple),
+    hs.none() | hs.sampled_from(RepairResult),
+).map(lambda t: t.format())
+_policy_tags = hs.sampled_from(
+    [
+        P + "fix-storage",
+        P + "migrate",
+        P + "failover",
+        P + "reinstall",
+        P + "suspend",
+        P + "suspend:5",
+    ]
+)
+_any_tags = hs.lists(_repair_tags | _policy_tags | hs.text(max_size=20), max_size=6)
+_nodes = hs.sets(hs.sampled_from(["n1", "n2", "n3", "n4", "n5"]), max_size=3)
+
+
+class DecisionProperties(SynchronousTestCase):
+    @_PROPERTY
+    @given(
+        _any_tags,
+        _nodes,
+        _nodes,
+        _nodes,
+        hs.booleans(),
+        hs.dictionaries(
+            hs.integers(0, 9), hs.sampled_from(["running", "success", "error", "lost"])
+        ),
+    )
+    def test_decisions_are_safe(self, tags, offline, drained, busy, is_drbd, statuses) -> None:
+        inst = drbd(tags=tags) if is_drbd else plain(tags=tags)
+        cl = make_cluster(offline=offline, drained=drained - offline, instances=[inst])
+        free = ALL - busy
+        st = tag_state(inst.name, inst.tags)
+        if st.status is Status.PENDING:
+            d = plan_pending(cl, inst, st, st.current.jobs, statuses, NOW, free)
+        else:
+            d = decide_without_jobs(cl, inst, st, NOW, free)
+        # Tags written parse back; tags removed are the instance's own.
+        if d.add_tag is not None:
+            self.assertEqual(parse(d.add_tag.format()), d.add_tag)
+        self.assertLessEqual(set(d.remove_tags), set(inst.tags))
+        # Operations only touch free nodes, and only when a repair is started or continued.
+        self.assertLessEqual(d.touched, free)
+        if d.ops:
+            self.assertIn(d.verdict, (Verdict.REPAIR, Verdict.CONTINUE))
+        # A repair is only ever started within the instance's own permission.
+        if d.verdict is Verdict.REPAIR:
+            assert d.repair is not None
+            self.assertTrue(policy_for(cl, inst, NOW).allows(d.repair.rtype))

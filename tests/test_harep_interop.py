@@ -78,9 +78,9 @@ class InteropTests(TestCase):
             with_tags(
                 drbd("finished", **healthy), own_pending("finished", RepairType.FAILOVER, (8,))
             ),
-            # maintd's own two-step reinstall pending after step 1.
+            # maintd's own three-step reinstall, all steps done.
             with_tags(
-                drbd("reinst", **healthy), own_pending("reinst", RepairType.REINSTALL, (9, 10))
+                drbd("reinst", **healthy), own_pending("reinst", RepairType.REINSTALL, (9, 10, 11))
             ),
             # A failure result keeps harep's hands off a broken instance.
             with_tags(
@@ -98,7 +98,7 @@ class InteropTests(TestCase):
         ]
         cluster = make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=insts)
         result = yield self.run_harep(
-            cluster, {7: "running", 8: "success", 9: "success", 10: "success"}
+            cluster, {7: "running", 8: "success", 9: "success", 10: "success", 11: "success"}
         )
         self.assertEqual(result.code, 0, result.out + result.err)
         self.assertIn('Moving finished from "Pending repair" to "Healthy"', result.out)

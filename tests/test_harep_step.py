@@ -93,6 +93,9 @@ class FakeRapi:
     async def recreate_disks(self, name: str, **kw: Any) -> int:
         return self._repair("recreate_disks", name, kw)
 
+    async def shutdown_instance(self, name: str, **kw: Any) -> int:
+        return self._repair("shutdown_instance", name, kw)
+
     async def reinstall_instance(self, name: str, **kw: Any) -> int:
         return self._repair("reinstall_instance", name, kw)
 
@@ -207,6 +210,23 @@ class RepairFlowTests(SynchronousTestCase):
         self.assertEqual(result.ts, int(ctx.now))
         self.assertEqual(ctx.state.harep, {})
 
+    def test_one_wait_for_all_pending_tags_then_the_repairs(self) -> None:
+        insts = [drbd("a", "n2", "n3"), drbd("b", "n2", "n4"), drbd("c", "n5", "n2")]
+        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=insts))
+        w.round()
+        kinds = [c[0] for c in w.rapi.calls]
+        waits = [c for c in w.rapi.calls if c[0] == "wait_jobs"]
+        self.assertEqual(len(waits), 1)
+        self.assertEqual(len(waits[0][2]["jobs"]), 3)
+        first_repair = min(
+            kinds.index(m) for m in ("failover_instance", "replace_disks") if m in kinds
+        )
+        self.assertLess(kinds.index("wait_jobs"), first_repair)
+        # Every repair job found its instance's pending tag already set.
+        for job, tags in w.rapi.tags_at_submit.items():
+            self.assertTrue(any("pending" in t for t in tags), job)
+        self.assertEqual(len(w.rapi.tags_at_submit), 3)
+
     def test_failed_job_gives_failure_and_hands_off(self) -> None:
         w = World(make_cluster(offline=["n3"], group_tags=[P + "fix-storage"], instances=[drbd()]))
         w.round()
@@ -242,7 +262,7 @@ class RepairFlowTests(SynchronousTestCase):
         self.assertEqual(call[2], {"mode": "live"})
         self.assertFalse({"n2", "n3"} & ctx.free_nodes)
 
-    def test_two_step_reinstall(self) -> None:
+    def test_three_step_reinstall(self) -> None:
         w = World(make_cluster(offline=["n2"], cluster_tags=[P + "reinstall"], instances=[plain()]))
         w.round()
         (rec,) = [c for c in w.rapi.calls if c[0] == "recreate_disks"]
@@ -251,14 +271,44 @@ class RepairFlowTests(SynchronousTestCase):
         w.move("inst1", primary=target)
         w.round()
         self.assertEqual(
-            [c for c in w.rapi.calls if c[0] == "reinstall_instance"][0][2], {"start": True}
+            [c[0] for c in w.rapi.calls if c[1] == "inst1"][-3:],
+            ["shutdown_instance", "add_tags", "remove_tags"],
         )
         (pending,) = w.repair_tags("inst1")
         self.assertEqual((pending.result, len(pending.jobs)), (None, 2))
         w.rapi.status[pending.jobs[1]] = "success"
+        w.move("inst1", admin_state="down")
+        w.round()
+        # The instance was up when the repair began: the reinstall starts it.
+        self.assertEqual(
+            [c[2] for c in w.rapi.calls if c[0] == "reinstall_instance"], [{"start": True}]
+        )
+        (pending,) = w.repair_tags("inst1")
+        self.assertEqual(len(pending.jobs), 3)
+        w.rapi.status[pending.jobs[2]] = "success"
         w.round()
         (result,) = w.repair_tags("inst1")
         self.assertEqual((result.result, result.jobs), (RepairResult.SUCCESS, pending.jobs))
+
+    def test_slow_pending_tag_repair_starts_next_round(self) -> None:
+        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))
+        w.rapi.tag_job_status = "running"
+        ctx = w.round()
+        self.assertEqual([c[0] for c in w.rapi.writes()], ["add_tags"])
+        self.assertEqual(ctx.notes[-1]["harep"], "error")
+        # The tag job lands after the round; the next round starts that repair.
+        placeholder = w.rapi.calls[0][2]["tags"][0]
+        w.rapi.tags_of["inst1"].add(placeholder)
+        w.rapi.tag_job_status = "success"
+        ctx = w.round()
+        self.assertEqual(ctx.notes[0]["harep"], "continue")
+        self.assertEqual(
+            [c[0] for c in w.rapi.writes()][1:], ["failover_instance", "add_tags", "remove_tags"]
+        )
+        (pending,) = w.repair_tags("inst1")
+        self.assertEqual(pending.format().rsplit(":", 1)[0], placeholder.rsplit(":", 1)[0])
+        self.assertEqual(len(pending.jobs), 1)
+        self.assertIn(pending.id, ctx.state.harep)
 
     def test_placeholder_with_record_waits_for_recorded_job(self) -> None:
         w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))
@@ -328,6 +378,22 @@ class GuardTests(SynchronousTestCase):
         ctx = w.round()
         self.assertEqual(ctx.notes[0]["harep"], "malformed-tag")
         self.assertIn("inst1", ctx.notes[0]["message"])
+
+    def test_malformed_group_and_cluster_tags_noted_with_object(self) -> None:
+        w = World(
+            make_cluster(
+                offline=["n2"],
+                cluster_tags=[P + "failover", P + "suspend:someday"],
+                group_tags=[P + "sometimes"],
+                instances=[drbd()],
+            )
+        )
+        ctx = w.round()
+        bad = [n for n in ctx.notes if n["harep"] == "malformed-tag"]
+        self.assertEqual({n.get("cluster") or n.get("group") for n in bad}, {"cluster", "g1"})
+        self.assertTrue(any("someday" in n["message"] for n in bad))
+        # The good cluster tag still applies.
+        self.assertIn("failover_instance", [c[0] for c in w.rapi.calls])
 
     def test_two_pending_is_an_error_for_that_instance_only(self) -> None:
         bad = with_tags(drbd("bad"), P + "pending:failover:a:1:5", P + "pending:failover:b:2:6")

@@ -16,15 +16,25 @@ it fails over (or even reinstalls) where a live migration is enough.  Here:
 instance                       repair type         operations
 =============================  ==================  ===============================
 DRBD, both nodes offline       reinstall           recreate disks on two free
-                                                   nodes, then reinstall
+                                                   nodes, shutdown, reinstall
 DRBD, primary offline          failover            failover (ignore consistency)
 DRBD, secondary offline or     fix-storage         replace disks, new secondary =
 drained                                            a free node of the group
 DRBD, primary drained          migrate (running)   live migration
                                failover (stopped)  failover
 plain, primary offline         reinstall           recreate disks on a free node,
-                                                   then reinstall
+                                                   shutdown, reinstall
 =============================  ==================  ===============================
+
+RAPI runs one operation per job, so a reinstall takes three jobs, one a
+round: recreate the disks on new nodes (allowed while the instance is marked
+up because its old primary is offline), shut it down (Ganeti reinstalls only
+instances marked down; harep's own recreate+reinstall job fails there for
+instances marked up), then reinstall, starting it again if it was up.
+
+A DRBD instance whose primary is offline and whose secondary is drained
+waits (Ganeti fails over only to undrained nodes), where harep, seeing two
+"offline" nodes, would recreate its disks and reinstall it.
 
 A plain instance on a drained (online) primary is left alone: it still runs,
 and reinstalling it would destroy its data.  Other disk templates are not
@@ -196,7 +206,12 @@ def _node_state(cluster: Cluster, name: str | None) -> str | None:
 
 
 def detect(cluster: Cluster, inst: Instance) -> Detected | None:
-    """What repair ``inst`` needs, judging by its nodes' flags; None if none."""
+    """What repair ``inst`` needs, judging by its nodes' flags; None if none.
+
+    Instances marked offline are left alone (Ganeti refuses to move them).
+    """
+    if inst.admin_state == "offline":
+        return None
     pstate = _node_state(cluster, inst.primary)
     if pstate is None:
         return None
@@ -248,7 +263,7 @@ STEPS = {
     RepairType.FIX_STORAGE: 1,
     RepairType.MIGRATE: 1,
     RepairType.FAILOVER: 1,
-    RepairType.REINSTALL: 2,
+    RepairType.REINSTALL: 3,
 }
 
 
@@ -275,6 +290,15 @@ def _needs_memory(inst: Instance) -> int:
     return inst.minmem or inst.memory
 
 
+#: DRBD metadata volume per disk (MiB), as Ganeti allocates it.
+DRBD_META_MIB = 128
+
+
+def _disk_need(inst: Instance) -> int:
+    meta = DRBD_META_MIB * len(inst.disk_sizes) if inst.is_drbd else 0
+    return inst.disk + meta
+
+
 def _candidates(
     cluster: Cluster,
     inst: Instance,
@@ -289,7 +313,7 @@ def _candidates(
         if n.usable
         and n.name in free
         and n.name not in skip
-        and n.dfree >= inst.disk
+        and n.dfree >= _disk_need(inst)
         and n.mfree >= memory
     ]
     return sorted(found, key=lambda n: (-n.dfree, -n.mfree, n.name))
@@ -316,16 +340,26 @@ def _online(cluster: Cluster, names: Iterable[str | None]) -> set[str]:
 
 
 def plan_step(
-    cluster: Cluster, inst: Instance, repair: Repair, step: int, free: frozenset[str]
+    cluster: Cluster,
+    inst: Instance,
+    repair: Repair,
+    step: int,
+    free: frozenset[str],
+    start: bool | None = None,
 ) -> Plan | Blocked:
     """Operation number ``step`` of ``repair`` on ``inst``, touching free nodes only.
 
     Every online node of the instance and every new node must be free.
+    ``start``: whether the reinstall step starts the instance (default: it
+    is marked up now).
     """
     current = _online(cluster, [inst.primary, *inst.secondaries])
-    if repair is Repair.REINSTALL and step == 1:
-        # Disks were recreated on new nodes: reinstall there.
-        ops: tuple[Op, ...] = (Op("reinstall_instance", {"start": inst.running}),)
+    if repair is Repair.REINSTALL and step >= 1:
+        # Disks were recreated on new nodes: mark down, then reinstall there.
+        if step == 1:
+            ops: tuple[Op, ...] = (Op("shutdown_instance"),)
+        else:
+            ops = (Op("reinstall_instance", {"start": inst.running if start is None else start}),)
         touched = set(current)
     elif repair is Repair.REINSTALL:
         count = 2 if inst.disk_template == "drbd" else 1
@@ -354,10 +388,14 @@ def plan_step(
         touched = set(current) | {new[0].name}
     else:
         target = cluster.nodes.get(inst.secondary or "")
-        if target is None or (repair is Repair.MIGRATE and not target.usable):
-            return Blocked(f"secondary {inst.secondary} cannot take the instance")
-        if target.offline:
-            return Blocked(f"secondary {inst.secondary} is offline")
+        if target is None or target.offline:
+            return Blocked(f"secondary {inst.secondary} is offline or unknown")
+        if not target.usable:
+            # Ganeti refuses to fail over or migrate to a drained node.
+            return Blocked(
+                f"secondary {target.name} is drained or not vm capable; "
+                "undrain it to let the repair proceed"
+            )
         if target.mfree < _needs_memory(inst):
             return Blocked(
                 f"secondary {target.name} has {target.mfree} MiB free, "
@@ -522,14 +560,18 @@ def plan_pending(
     statuses: Mapping[int, str],
     now: float,
     free: frozenset[str],
+    start: bool | None = None,
 ) -> Decision:
     """Decision for an instance with a pending repair.
 
     ``jobs`` are the repair's jobs (from the tag, or from maintd's own record
     while the tag update is still queued), ``statuses`` their job statuses
-    ("lost" for jobs Ganeti no longer knows).  Runs whatever the policy says:
+    ("lost" for jobs Ganeti no longer knows).  A pending tag with no jobs is
+    finished as a success (harep's reading), unless it is one of maintd's
+    own: that repair is started now if it is still needed.  Runs whatever the policy says:
     jobs submitted before a suspension are allowed to finish; a further
-    step of one of maintd's own repairs waits while suspended.
+    step of one of maintd's own repairs waits while suspended.  ``start``
+    is passed to the reinstall step (recorded when the repair began).
     """
     name = inst.name
     cur = state.current
@@ -555,7 +597,34 @@ def plan_pending(
             problems=state.problems,
         )
     step = len(jobs)
-    if jobs and is_own(name, cur) and step < STEPS[cur.type]:
+    own = is_own(name, cur)
+    if own and not jobs:
+        # maintd's own pending tag whose first job never got submitted (the
+        # daemon stopped in between, or the tag job was slow): the design's
+        # "pending, no job run yet".  Start it if it is still needed and
+        # allowed; otherwise close it.
+        found = detect(cluster, inst)
+        if found is None or found.repair.rtype is not cur.type:
+            return Decision(
+                name,
+                Verdict.FINISHED,
+                f"repair {cur.id} ({cur.type.wire}) no longer needed",
+                add_tag=cur.with_result(RepairResult.SUCCESS, ts),
+                remove_tags=remove,
+                problems=state.problems,
+            )
+        policy = policy_for(cluster, inst, now)
+        if policy.kind is not PolicyKind.SUSPENDED and not policy.allows(cur.type):
+            return Decision(
+                name,
+                Verdict.FINISHED,
+                f"repair {cur.id} ({cur.type.wire}) not started: {policy.describe()}",
+                found.repair,
+                add_tag=cur.with_result(RepairResult.ENOPERM, ts),
+                remove_tags=remove,
+                problems=state.problems,
+            )
+    if own and step < STEPS[cur.type]:
         repair = _REPAIR_OF_TYPE[cur.type]
         policy = policy_for(cluster, inst, now)
         if policy.kind is PolicyKind.SUSPENDED:
@@ -566,7 +635,7 @@ def plan_pending(
                 repair,
                 problems=state.problems,
             )
-        plan = plan_step(cluster, inst, repair, step, free)
+        plan = plan_step(cluster, inst, repair, step, free, start)
         if isinstance(plan, Blocked):
             return Decision(
                 name,

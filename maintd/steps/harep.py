@@ -7,7 +7,8 @@ truthful for harep and for maintd's next round:
 
 * a new repair: the ``pending`` tag (no jobs yet, as the design allows) is
   put on the instance and its tag job must succeed *before* the repair job is
-  submitted; then the tag is replaced by one listing the repair job (that
+  submitted (the pending tags of all new repairs go first and are waited for
+  together, bounded by ``--job-wait``); then the tag is replaced by one listing the repair job (that
   tag job queues behind the repair's instance lock, so maintd also keeps the
   job ids in ``MaintState.harep`` until the repair is finished);
 * a pending repair whose jobs are final: the ``result`` tag (success or
@@ -41,13 +42,9 @@ from maintd.harep.decide import (
     plan_pending,
     tag_state,
 )
-from maintd.harep.tags import RepairTag, TagError, parse
+from maintd.harep.tags import RepairTag, TagError, parse, parse_all
 from maintd.model import Instance
-
-try:
-    from maintd.rapi.errors import RapiError
-except ImportError:  # pragma: no cover - until the RAPI part is merged
-    RapiError = OSError  # type: ignore[misc,assignment]
+from maintd.rapi.errors import RapiError
 
 log = Logger()
 
@@ -67,12 +64,67 @@ async def harep_step(ctx: Any) -> None:
         log.warn("harep: no cluster snapshot this round; skipping")
         return
     await _forget_stale(ctx)
+    _report_policy_tags(ctx)
+    # New repairs go in two phases: every pending tag first (one wait for
+    # all their tag jobs), then the repair jobs.
+    starting: list[_Starting] = []
     for inst in sorted(cluster.instances.values(), key=lambda i: i.name):
         try:
-            await _instance(ctx, inst)
+            started = await _instance(ctx, inst)
         except RapiError as err:
-            log.error("harep: instance {instance}: {error}", instance=inst.name, error=err)
-            _note(ctx, {"instance": inst.name, "harep": "error", "message": f"RAPI: {err}"})
+            _rapi_error(ctx, inst.name, err)
+            continue
+        if started is not None:
+            starting.append(started)
+    if not starting:
+        return
+    tag_jobs = [s.tag_job for s in starting]
+    try:
+        done = await ctx.rapi.wait_jobs(tag_jobs, timeout=ctx.config.job_wait)
+    except RapiError as err:
+        for s in starting:
+            _rapi_error(ctx, s.inst.name, err)
+        return
+    for s in starting:
+        try:
+            await _launch_repair(ctx, s, done.get(s.tag_job))
+        except RapiError as err:
+            _rapi_error(ctx, s.inst.name, err)
+
+
+def _rapi_error(ctx: Any, name: str, err: Exception) -> None:
+    log.error("harep: instance {instance}: {error}", instance=name, error=err)
+    _note(ctx, {"instance": name, "harep": "error", "message": f"RAPI: {err}"})
+
+
+@attrs.frozen
+class _Starting:
+    """A new repair whose pending tag job was submitted."""
+
+    inst: Instance
+    decision: Decision
+    tag_job: int
+    jobs: list[int]  # the decision note's job list
+
+
+def _report_policy_tags(ctx: Any) -> None:
+    """Report malformed auto-repair tags of the cluster and the node groups."""
+    objects = [("cluster", ctx.cluster.name, ctx.cluster.tags)]
+    objects += [("group", g.name, g.tags) for g in ctx.cluster.groups.values()]
+    for kind, name, tags in objects:
+        _good, problems = parse_all(tags)
+        for problem in problems:
+            log.warn(
+                "harep: {kind} {name}: ignoring {problem}", kind=kind, name=name, problem=problem
+            )
+            _note(
+                ctx,
+                {
+                    kind: name,
+                    "harep": "malformed-tag",
+                    "message": f"{kind} {name}: ignoring {problem}",
+                },
+            )
 
 
 def _note(ctx: Any, fields: dict[str, Any]) -> None:
@@ -94,7 +146,7 @@ def _int_list(value: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in value if isinstance(v, int) and not isinstance(v, bool))
 
 
-async def _instance(ctx: Any, inst: Instance) -> None:
+async def _instance(ctx: Any, inst: Instance) -> _Starting | None:
     state = tag_state(inst.name, inst.tags)
     for problem in state.problems:
         log.warn("harep: {problem}", problem=problem)
@@ -111,10 +163,20 @@ async def _instance(ctx: Any, inst: Instance) -> None:
         if jobs:
             seen = await ctx.rapi.wait_jobs(list(jobs), timeout=0)
             statuses = {j: r.status for j, r in seen.items()}
-        decision = plan_pending(ctx.cluster, inst, state, jobs, statuses, ctx.now, free)
+        start = record.get("start") if record is not None else None
+        decision = plan_pending(
+            ctx.cluster,
+            inst,
+            state,
+            jobs,
+            statuses,
+            ctx.now,
+            free,
+            start if isinstance(start, bool) else None,
+        )
     else:
         decision = decide_without_jobs(ctx.cluster, inst, state, ctx.now, free)
-    await _carry_out(ctx, inst, decision, record)
+    return await _carry_out(ctx, inst, decision, record)
 
 
 def _log_decision(decision: Decision, dry: bool) -> None:
@@ -139,22 +201,22 @@ def _log_decision(decision: Decision, dry: bool) -> None:
 
 async def _carry_out(
     ctx: Any, inst: Instance, decision: Decision, record: Mapping[str, Any] | None
-) -> None:
+) -> _Starting | None:
     if decision.verdict in _QUIET:
-        return
+        return None
     dry = bool(ctx.config.dry_run)
     _log_decision(decision, dry)
     note = decision.to_json()
     if decision.verdict not in _WRITES:
         _note(ctx, note)
-        return
+        return None
     # Claim the nodes even in dry-run, so the balancing plan sees the same picture.
     ctx.free_nodes.difference_update(decision.touched)
     if dry or not ctx.submitting:
         if not dry:
             note["message"] += " (not submitted: this daemon may not submit jobs now)"
         _note(ctx, note)
-        return
+        return None
     jobs: list[int] = []
     note["jobs"] = jobs
     _note(ctx, note)
@@ -162,11 +224,12 @@ async def _carry_out(
         assert decision.add_tag is not None
         await _set_tags(ctx, inst.name, [decision.add_tag.format()], decision.remove_tags, jobs)
     elif decision.verdict is Verdict.REPAIR:
-        await _start_repair(ctx, inst, decision, jobs)
+        return await _tag_new_repair(ctx, inst, decision, jobs)
     elif decision.verdict is Verdict.CONTINUE:
         await _continue_repair(ctx, inst, decision, record, jobs)
     else:
         await _finish_repair(ctx, inst, decision, record, jobs)
+    return None
 
 
 # --- writes -------------------------------------------------------------------
@@ -219,11 +282,13 @@ async def _submit(ctx: Any, name: str, op: Op) -> int:
     return int(await method(name, **dict(op.kwargs), reason=reason(name)))
 
 
-async def _start_repair(ctx: Any, inst: Instance, decision: Decision, jobs: list[int]) -> None:
+async def _tag_new_repair(
+    ctx: Any, inst: Instance, decision: Decision, jobs: list[int]
+) -> _Starting:
+    """Phase 1 of a new repair: the pending tag (no jobs yet) goes on first."""
     name = inst.name
     placeholder = decision.add_tag
     assert placeholder is not None and decision.ops
-    # 1. The pending tag goes on first, and must be there before any repair job.
     tag_job = await ctx.rapi.add_tags("instance", name, [placeholder.format()], reason=reason(name))
     await _commit_job(ctx, tag_job, jobs)
     if decision.remove_tags:
@@ -231,8 +296,20 @@ async def _start_repair(ctx: Any, inst: Instance, decision: Decision, jobs: list
             "instance", name, list(decision.remove_tags), reason=reason(name)
         )
         await _commit_job(ctx, job, jobs)
-    done = await ctx.rapi.wait_jobs([tag_job], timeout=ctx.config.job_wait)
-    result = done.get(tag_job)
+    return _Starting(inst, decision, tag_job, jobs)
+
+
+async def _launch_repair(ctx: Any, starting: _Starting, result: Any) -> None:
+    """Phase 2: the repair job, only once its pending tag is on the instance."""
+    inst, decision, tag_job, jobs = (
+        starting.inst,
+        starting.decision,
+        starting.tag_job,
+        starting.jobs,
+    )
+    name = inst.name
+    placeholder = decision.add_tag
+    assert placeholder is not None and decision.ops
     if result is None or not result.ok:
         status = result.status if result is not None else "unknown"
         log.error(
@@ -252,7 +329,9 @@ async def _start_repair(ctx: Any, inst: Instance, decision: Decision, jobs: list
         return
     # 2. The repair job; its id is durable at once (with the repair record).
     repair_job = await _submit(ctx, name, decision.ops[0])
-    harep = _with_record(ctx, placeholder.id, instance=name, jobs=[repair_job], tag_jobs=[])
+    harep = _with_record(
+        ctx, placeholder.id, instance=name, jobs=[repair_job], tag_jobs=[], start=inst.running
+    )
     await _commit_job(ctx, repair_job, jobs, harep)
     log.info(
         "harep: instance {instance}: {op} submitted as job {job}",
@@ -284,7 +363,15 @@ async def _continue_repair(
         done_jobs = current.jobs
     job = await _submit(ctx, name, decision.ops[0])
     all_jobs = (*done_jobs, job)
-    harep = _with_record(ctx, current.id, instance=name, jobs=list(all_jobs), tag_jobs=[])
+    start = record.get("start") if record is not None else None
+    harep = _with_record(
+        ctx,
+        current.id,
+        instance=name,
+        jobs=list(all_jobs),
+        tag_jobs=[],
+        start=start if isinstance(start, bool) else inst.running,
+    )
     await _commit_job(ctx, job, jobs, harep)
     updated: RepairTag = attrs.evolve(current, jobs=all_jobs)
     tag_jobs = await _set_tags(ctx, name, [updated.format()], state.current_group, jobs)
