@@ -132,18 +132,18 @@ class MondTests(EmbeddedTestBase):
     def test_diagnose_change_down_and_garbage(self) -> defer.Deferred[None]:
         async def go() -> None:
             report = {"status": "evacuate", "command": "", "details": "bad disk"}
-            self.sim.sim.set_diagnose("n3", report)
+            self.sim.set_diagnose("n3", report)
             code, body = await self.mond("n3", "/1/report/node/diagnose")
             self.assertEqual(json.loads(body)["data"], report)
-            self.sim.sim.set_mond("n3", "garbage")
+            self.sim.set_mond("n3", "garbage")
             code, body = await self.mond("n3", "/1/report/node/diagnose")
             self.assertRaises(ValueError, json.loads, body)
-            self.sim.sim.set_mond("n3", "down")
+            self.sim.set_mond("n3", "down")
             with self.assertRaises(ConnectionRefusedError):
                 await self.mond("n3", "/1/report/node/diagnose")
             code, _ = await self.mond("n2", "/1/report/node/diagnose")
             self.assertEqual(code, 200)
-            self.sim.sim.set_mond("n3", "up")
+            self.sim.set_mond("n3", "up")
             code, _ = await self.mond("n3", "/1/report/node/diagnose")
             self.assertEqual(code, 200)
 
@@ -152,7 +152,7 @@ class MondTests(EmbeddedTestBase):
     def test_slow_mond_answers_after_the_delay(self) -> defer.Deferred[None]:
         async def go() -> None:
             self.sim.sim.faults.mond_delay = 30
-            self.sim.sim.set_mond("n2", "slow")
+            self.sim.set_mond("n2", "slow")
             pending = defer.ensureDeferred(self.mond("n2", "/1/report/node/diagnose"))
             await task.deferLater(reactor, 0.05, lambda: None)
             self.assertNoResult(pending)
@@ -240,5 +240,31 @@ class RehearsalTests(EmbeddedTestBase):
                 )
 
             self.assertEqual(essentials(rehearsed), essentials(original))
+
+        return defer.ensureDeferred(go())
+
+
+class FaultConvenienceTests(EmbeddedTestBase):
+    plain_http = True
+
+    def test_rapi_fault_and_failed_job_seen_by_a_client(self) -> defer.Deferred[None]:
+        async def go() -> None:
+            auth = (self.sim.rapi_user, self.sim.generated_password)
+            self.sim.rapi_fault({"status": 500, "count": 1})
+            resp = await self.http.get(self.sim.rapi_url + "/2/info", auth=auth)
+            self.assertEqual(resp.code, 500)
+            self.assertEqual(json.loads(await resp.content())["code"], 500)
+            resp = await self.http.get(self.sim.rapi_url + "/2/info", auth=auth)
+            self.assertEqual(resp.code, 200)
+            await resp.content()
+            self.sim.fail_next_jobs(1)
+            resp = await self.http.put(self.sim.rapi_url + "/2/tags?tag=x", auth=auth)
+            job_id = json.loads(await resp.content())
+            self.clock.advance(0)
+            self.clock.advance(0)
+            state = self.sim.state()
+            self.assertEqual(state["jobs"]["by_status"], {"error": 1})
+            self.assertEqual(state["tags"], [])
+            self.assertEqual(self.sim.sim.jobs.jobs[job_id].status, "error")
 
         return defer.ensureDeferred(go())
