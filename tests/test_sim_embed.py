@@ -56,8 +56,14 @@ class ConstructionTests(EmbeddedTestBase):
         for path in (self.sim.rapi_password_file, self.sim.rapi_cert):
             assert path is not None
             self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
-        with open(self.sim.rapi_cert, encoding="ascii") as f:
-            self.assertIn("BEGIN CERTIFICATE", f.read())
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        with open(self.sim.rapi_cert, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        # Ganeti's fixed subject; no subjectAltName, so clients must pin the certificate.
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        self.assertEqual(cn, "ganeti.example.com")
 
     def test_each_node_has_its_own_loopback_address(self) -> None:
         pips = [n.pip for n in self.sim.cluster.nodes.values()]

@@ -51,11 +51,18 @@ class RapiTestBase(TestCase):
         self.addCleanup(self.sim.stop)
 
     async def call(
-        self, method: str, path: str, body: Any = None, auth: Any = WRITER, raw: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        auth: Any = WRITER,
+        raw: bytes | None = None,
+        ctype: bytes = b"application/json",
     ) -> tuple[int, Any]:
         kwargs: dict[str, Any] = {}
         if auth is not None:
             kwargs["auth"] = auth
+        kwargs["headers"] = {b"Content-Type": [ctype]}
         if raw is not None:
             kwargs["data"] = raw
         elif body is not None:
@@ -320,7 +327,11 @@ class WriteTests(RapiTestBase):
             self.assertEqual(code, 400)
             self.assertIn("bogus", body["message"])
             code, body = await self.call("PUT", "/2/instances/d1/migrate", raw=b"{not json")
-            self.assertEqual(code, 400)
+            self.assertEqual((code, body["message"]), (400, "Unable to parse JSON data"))
+            code, body = await self.call(
+                "PUT", "/2/instances/d1/migrate", {"mode": "live"}, ctype=b"text/plain"
+            )
+            self.assertEqual((code, body["message"]), (415, "Unsupported Media Type"))
             self.assertEqual(self.sim.jobs.jobs, {})
 
         return d(go())

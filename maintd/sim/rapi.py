@@ -379,10 +379,15 @@ class RapiFront:
         return args
 
     @staticmethod
-    def _body(request: IRequest) -> Any:
+    def _body(request: IRequest, strict: bool = True) -> Any:
         raw = request.content.read() if request.content is not None else b""
-        if not raw.strip():
+        if not raw:
             return None
+        # Like Ganeti's RAPI server: a body must be declared as JSON (the
+        # /sim/ API is lenient, for curl -d).
+        ctype = request.getHeader(b"content-type") or b"application/octet-stream"
+        if strict and ctype.split(b";")[0].strip().lower() != b"application/json":
+            raise HttpError(415)
         try:
             return json.loads(raw)
         except ValueError:
@@ -416,7 +421,7 @@ class RapiFront:
 
     def _control(self, request: IRequest, method: str, path: str) -> Any:
         self._authorize(request, write=True)
-        body = self._body(request)
+        body = self._body(request, strict=False)
         request.setHeader(b"Content-Type", b"application/json")
         try:
             result = self.control.handle(method, path, body)
