@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from maintd.sim import control
+from maintd.sim.cluster import gc_paused
 from maintd.sim.jobs import FINAL, lost_job_json
 from maintd.sim.runtime import Simulation
 from maintd.sim.users import REALM, User, parse_basic_auth
@@ -436,7 +437,8 @@ class RapiFront:
         hit = self._cache.get(key)
         if hit is not None and hit[0] == gen:
             return hit[1]
-        data = json.dumps(build()).encode()
+        with gc_paused():
+            data = json.dumps(build()).encode()
         self._cache[key] = (gen, data)
         return data
 
@@ -455,7 +457,8 @@ class RapiFront:
             gen = c.generation
             hit = self._cache.get("instances-bulk")
             if hit is None or hit[0] != gen:
-                hit = (gen, self._encode_instances())
+                with gc_paused():
+                    hit = (gen, self._encode_instances())
                 self._cache["instances-bulk"] = hit
             return hit[1]
         return self._cached(
