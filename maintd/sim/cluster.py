@@ -177,6 +177,7 @@ class SimInstance:
     ctime: float = 0.0
     mtime: float = 0.0
     serial_no: int = 1
+    nic_uuid: str = attrs.field(factory=new_uuid)
 
     @property
     def disk_usage(self) -> int:
@@ -586,7 +587,7 @@ class SimCluster:
             "nic.ips": [None],
             "nic.macs": ["aa:00:00:00:00:00"],
             "nic.modes": ["bridged"],
-            "nic.uuids": [i.uuid[:24] + "0000" + i.uuid[28:]],
+            "nic.uuids": [i.nic_uuid],
             "nic.names": [None],
             "nic.links": ["br0"],
             "nic.networks": [None],
