@@ -44,6 +44,15 @@ class EmbeddedTestBase(TestCase):
         self.http = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
         self.addCleanup(self.pool.closeCachedConnections)
 
+    async def held(self, node: str) -> None:
+        """Wait (bounded) until ``node``'s mond holds a request (hang or slow)."""
+        res = self.sim.monds.resources[node]
+        for _ in range(1000):
+            if res.hung or res.delayed:
+                return
+            await task.deferLater(reactor, 0.01, lambda: None)
+        self.fail(f"mond of {node} never received the request")
+
     async def mond(self, node: str, path: str) -> tuple[int, bytes]:
         pip = self.sim.cluster.nodes[node].pip
         resp = await self.http.get(f"http://{pip}:{self.sim.mond_port}{path}", timeout=5)
@@ -160,7 +169,7 @@ class MondTests(EmbeddedTestBase):
             self.sim.sim.faults.mond_delay = 30
             self.sim.set_mond("n2", "slow")
             pending = defer.ensureDeferred(self.mond("n2", "/1/report/node/diagnose"))
-            await task.deferLater(reactor, 0.05, lambda: None)
+            await self.held("n2")
             self.assertNoResult(pending)
             self.clock.advance(30)
             code, body = await pending
@@ -272,5 +281,25 @@ class FaultConvenienceTests(EmbeddedTestBase):
             self.assertEqual(state["jobs"]["by_status"], {"error": 1})
             self.assertEqual(state["tags"], [])
             self.assertEqual(self.sim.sim.jobs.jobs[job_id].status, "error")
+
+        return defer.ensureDeferred(go())
+
+
+class MondHangTests(EmbeddedTestBase):
+    plain_http = True
+
+    def test_hung_mond_never_answers_until_mode_changes(self) -> defer.Deferred[None]:
+        from twisted.web._newclient import ResponseNeverReceived
+
+        async def go() -> None:
+            self.sim.set_mond("n2", "hang")
+            pending = defer.ensureDeferred(self.mond("n2", "/1/report/node/diagnose"))
+            await self.held("n2")
+            self.assertNoResult(pending)
+            self.sim.set_mond("n2", "up")
+            with self.assertRaises(ResponseNeverReceived):
+                await pending
+            code, _ = await self.mond("n2", "/1/report/node/diagnose")
+            self.assertEqual(code, 200)
 
         return defer.ensureDeferred(go())
