@@ -388,12 +388,17 @@ class WriteTests(RapiTestBase):
             self.assertEqual(
                 (code, got), (200, {"job_info": ["queued", ["queued"]], "log_entries": []})
             )
-            waiting = self.call(
-                "GET",
-                f"/2/jobs/{job_id}/wait",
-                dict(body, previous_job_info=["queued", ["queued"]]),
+            waiting = defer.ensureDeferred(
+                self.call(
+                    "GET",
+                    f"/2/jobs/{job_id}/wait",
+                    dict(body, previous_job_info=["queued", ["queued"]]),
+                )
             )
+            self.http.flush()
+            self.assertNoResult(waiting)  # long-polls until the job changes
             self.sim.clock.advance(0)
+            self.http.flush()
             code, got = await waiting
             self.assertEqual(got["job_info"], ["running", ["running"]])
             self.sim.clock.advance(1)
@@ -403,6 +408,21 @@ class WriteTests(RapiTestBase):
                 dict(body, previous_job_info=["running", ["running"]]),
             )
             self.assertEqual(got, sample("job-wait.json"))
+
+        return d(go())
+
+    def test_job_wait_answers_null_when_nothing_changes(self) -> None:
+        async def go() -> None:
+            self.sim.jobs.job_seconds = 100
+            _, job_id = await self.call("PUT", "/2/tags?tag=a")
+            self.sim.clock.advance(0)
+            body = {"fields": ["status"], "previous_job_info": ["running"]}
+            waiting = defer.ensureDeferred(self.call("GET", f"/2/jobs/{job_id}/wait", body))
+            self.http.flush()
+            self.assertNoResult(waiting)
+            self.sim.clock.advance(10)  # Ganeti's wait timeout
+            self.http.flush()
+            self.assertEqual(await waiting, (200, None))
 
         return d(go())
 
