@@ -299,12 +299,45 @@ class WriteTests(RapiTestBase):
             await self.finish_jobs()
             _, job = await self.call("GET", f"/2/jobs/{job_id}")
             real = sample("job-migrate-file.json")
-            self.assertEqual(
-                sorted(job["ops"][0]), sorted([k for k in real["ops"][0] if k != "instance_uuid"])
-            )
+            self.assertEqual(sorted(job["ops"][0]), sorted(real["ops"][0]))
             self.assertEqual(job["status"], "error")
             self.assertEqual(job["opresult"][0][0], "OpPrereqError")
             self.assertEqual(job["opresult"][0][1][1], "wrong_state")
+
+        return d(go())
+
+    def test_replace_disks_of_plain_gives_ganetis_error_job(self) -> None:
+        async def go() -> None:
+            _, job_id = await self.call(
+                "POST", "/2/instances/p1/replace-disks", {"mode": "replace_new_secondary"}
+            )
+            await self.finish_jobs()
+            _, job = await self.call("GET", f"/2/jobs/{job_id}")
+            real = sample("job-replace-disks-file.json")
+            self.assertEqual(sorted(job["ops"][0]), sorted(real["ops"][0]))
+            self.assertEqual(job["ops"][0]["iallocator"], "hail")
+            self.assertEqual(job["ops"][0]["instance_uuid"], self.sim.cluster.instances["p1"].uuid)
+            self.assertEqual(job["opresult"], real["opresult"])
+
+        return d(go())
+
+    def test_failover_and_evacuate_opcodes_have_the_real_fields(self) -> None:
+        async def go() -> None:
+            for method, path, body, name in [
+                ("PUT", "/2/instances/x1/failover", {}, "job-failover-diskless.json"),
+                (
+                    "POST",
+                    "/2/nodes/n2/evacuate",
+                    {"mode": "primary-only"},
+                    "job-node-evacuate.json",
+                ),
+            ]:
+                _, job_id = await self.call(method, path, body)
+                await self.finish_jobs()
+                _, job = await self.call("GET", f"/2/jobs/{job_id}")
+                real = sample(name)["ops"][0]
+                self.assertEqual(sorted(job["ops"][0]), sorted(real), name)
+                self.assertEqual(job["ops"][0]["iallocator"], real["iallocator"])
 
         return d(go())
 
