@@ -138,13 +138,20 @@ class Incident:
         return attrs.evolve(self, mtime=now, serial_no=self.serial_no + 1, **changes)
 
 
+def _incidents(value: Iterable[Incident]) -> tuple[Incident, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class MaintState:
-    incidents: tuple[Incident, ...] = attrs.field(default=(), converter=tuple)
+    incidents: tuple[Incident, ...] = attrs.field(default=(), converter=_incidents)
     jobs: tuple[int, ...] = attrs.field(default=(), converter=_ints)
     evacuated: tuple[str, ...] = attrs.field(default=(), converter=_strs)
     #: Free-form facts about the last round (number, times, error, dry-run plan).
     last_round: Mapping[str, Any] = attrs.field(factory=dict)
+    #: harep repairs maintd started and has not finished, by repair id:
+    #: ``{"instance": name, "jobs": [repair job ids], "tag_jobs": [tag update job ids]}``.
+    harep: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
 
     def incident(self, uuid: str) -> Incident | None:
         for inc in self.incidents:
@@ -176,6 +183,7 @@ class MaintState:
             "jobs": list(self.jobs),
             "evacuated": list(self.evacuated),
             "last_round": dict(self.last_round),
+            "harep": {k: dict(v) for k, v in self.harep.items()},
         }
 
     @classmethod
@@ -188,4 +196,5 @@ class MaintState:
             jobs=data.get("jobs", ()),
             evacuated=data.get("evacuated", ()),
             last_round=data.get("last_round", {}),
+            harep=data.get("harep", {}),
         )

@@ -1,0 +1,141 @@
+"""In-process simulator: a Twisted service for ``--simulate`` and for tests.
+
+Right after construction the RAPI URL, the user, the password file and the
+certificate file are known (the constructor picks a free 127.0.0.1 port when
+``rapi_port`` is 0 and writes the files into ``workdir``);
+:meth:`startService` listens (RAPI on 127.0.0.1, one mond per node on its own
+127.a.b.c address) and starts the scenario's timed events on ``clock``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, ssl
+from twisted.logger import Logger
+from twisted.web import server
+
+from maintd.sim import scenario as scenario_mod
+from maintd.sim import tls
+from maintd.sim.cluster import SimCluster, pip_block
+from maintd.sim.mond import MondFronts
+from maintd.sim.rapi import RapiFront
+from maintd.sim.runtime import Simulation
+from maintd.sim.users import User, load_users
+
+log = Logger()
+
+DEFAULT_USER = "maintd"
+
+
+def free_port(interface: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((interface, 0))
+        return int(s.getsockname()[1])
+
+
+def _write_secret(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+class EmbeddedSimulator(service.Service):
+    def __init__(
+        self,
+        reactor: Any,
+        workdir: str,
+        *,
+        scenario: str | None = None,
+        job_seconds: float = 2.0,
+        mond_port: int = 1815,
+        rapi_port: int = 0,
+        plain_http: bool = False,
+        clock: Any = None,
+        rapi_users: str | None = None,
+        anonymous_reads: bool = False,
+        mond: bool = True,
+        loaded: scenario_mod.Scenario | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.scenario = loaded or scenario_mod.load(scenario)
+        self.cluster = SimCluster.from_model(self.scenario.cluster, pip_block())
+        for name, report in self.scenario.diagnose.items():
+            self.cluster.nodes[name].diagnose = report
+        for name, load in self.scenario.cpu_load.items():
+            self.cluster.nodes[name].cpu_load = load
+        self.sim = Simulation(
+            self.cluster, self.clock, job_seconds=job_seconds, events=list(self.scenario.events)
+        )
+        self.sim.faults.mond.update(self.scenario.mond)
+        self.mond_port = mond_port
+        self.mond_enabled = mond
+        self.plain_http = plain_http
+        self.rapi_port = rapi_port or free_port()
+        scheme = "http" if plain_http else "https"
+        self.rapi_url = f"{scheme}://127.0.0.1:{self.rapi_port}"
+        self.rapi_cert = os.path.join(workdir, "rapi.pem")
+        self._pem = b"" if plain_http else tls.write_pem(self.rapi_cert)
+        if rapi_users:
+            users = load_users(rapi_users)
+            writers = [u for u in users.values() if u.write]
+            self.rapi_user: str | None = writers[0].name if writers else None
+            self.rapi_password_file: str | None = None
+            self.users_file = rapi_users
+        else:
+            password = secrets.token_urlsafe(18)
+            users = {DEFAULT_USER: User(DEFAULT_USER, password, write=True)}
+            self.rapi_user = DEFAULT_USER
+            self.rapi_password_file = os.path.join(workdir, "rapi-password")
+            _write_secret(self.rapi_password_file, password + "\n")
+            self.users_file = os.path.join(workdir, "rapi-users")
+            _write_secret(self.users_file, f"{DEFAULT_USER} {password} write\n")
+            self.generated_password: str | None = password
+        if rapi_users:
+            self.generated_password = None
+        self.front = RapiFront(self.sim, users, anonymous_reads=anonymous_reads)
+        self.monds = MondFronts(self.sim, reactor, mond_port)
+        self._rapi_listener: Any = None
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        site = server.Site(self.front.resource())
+        site.noisy = False
+        if self.plain_http:
+            self._rapi_listener = self.reactor.listenTCP(
+                self.rapi_port, site, interface="127.0.0.1"
+            )
+        else:
+            cert = ssl.PrivateCertificate.loadPEM(self._pem.decode("ascii"))
+            self._rapi_listener = self.reactor.listenSSL(
+                self.rapi_port, site, cert.options(), interface="127.0.0.1"
+            )
+        if self.mond_enabled:
+            self.monds.start()
+        self.sim.start()
+        log.info(
+            "ganeti-sim: cluster {name}: {nodes} nodes, {insts} instances; RAPI at {url},"
+            " mond on port {port} of each node's 127.x address",
+            name=self.cluster.name,
+            nodes=len(self.cluster.nodes),
+            insts=len(self.cluster.instances),
+            url=self.rapi_url,
+            port=self.mond_port,
+        )
+
+    def stopService(self) -> defer.Deferred[Any]:  # noqa: N802
+        super().stopService()
+        self.sim.stop()
+        self.front.stop()
+        waits = [self.monds.stop()]
+        if self._rapi_listener is not None:
+            listener, self._rapi_listener = self._rapi_listener, None
+            waits.append(defer.maybeDeferred(listener.stopListening))
+        return defer.gatherResults(waits).addCallback(lambda _: None)

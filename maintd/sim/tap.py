@@ -1,0 +1,76 @@
+"""``twistd -n ganeti-sim``: the simulated cluster as a standalone service."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from typing import Any
+
+from twisted.application import service
+from twisted.python import usage
+
+from maintd.sim.scenario import ScenarioError
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Simulated Ganeti 3.0 cluster: RAPI on 127.0.0.1 (HTTPS with a generated"
+        " self-signed certificate unless --plain-http) and one monitoring daemon per"
+        " node on its own 127.x.y.z address."
+    )
+    optParameters = [
+        ["scenario", "s", None, "Scenario JSON/YAML, hbal text file or snapshot (default: demo)"],
+        ["rapi-port", None, 0, "RAPI port on 127.0.0.1 (0: a free one)", int],
+        ["mond-port", None, 1815, "Port of each node's monitoring daemon", int],
+        ["job-seconds", None, 2.0, "How long a job runs (seconds)", float],
+        ["rapi-users", None, None, "Ganeti users file (default: generate a write user)"],
+        ["workdir", None, None, "Where to write the certificate and password files"],
+    ]
+    optFlags = [
+        ["anonymous-reads", None, "Answer GETs without credentials (for hbal -m)"],
+        ["plain-http", None, "Serve RAPI over plain HTTP"],
+    ]
+
+    def postOptions(self) -> None:  # noqa: N802
+        if self["job-seconds"] < 0:
+            raise usage.UsageError("--job-seconds must not be negative")
+        for key in ("rapi-port", "mond-port"):
+            if not 0 <= self[key] <= 65535:
+                raise usage.UsageError(f"--{key} must be a port number")
+        if self["scenario"] and not os.path.exists(self["scenario"]):
+            raise usage.UsageError(f"scenario file {self['scenario']} does not exist")
+
+
+def makeService(config: Options, reactor: Any = None) -> service.IService:  # noqa: N802
+    from maintd.sim.embed import EmbeddedSimulator
+
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    workdir = config["workdir"] or tempfile.mkdtemp(prefix="ganeti-sim-")
+    try:
+        sim = EmbeddedSimulator(
+            reactor,
+            workdir,
+            scenario=config["scenario"],
+            job_seconds=config["job-seconds"],
+            mond_port=config["mond-port"],
+            rapi_port=config["rapi-port"],
+            plain_http=config["plain-http"],
+            rapi_users=config["rapi-users"],
+            anonymous_reads=config["anonymous-reads"],
+        )
+    except (ScenarioError, ValueError) as err:
+        raise SystemExit(f"ganeti-sim: {err}") from err
+    out = sys.stdout
+    out.write(f"ganeti-sim RAPI: {sim.rapi_url}\n")
+    if not config["plain-http"]:
+        out.write(f"ganeti-sim certificate: {sim.rapi_cert}\n")
+    if sim.generated_password:
+        out.write(f"ganeti-sim RAPI user: {sim.rapi_user} password: {sim.generated_password}\n")
+        out.write(f"ganeti-sim password file: {sim.rapi_password_file}\n")
+    out.flush()
+    return sim

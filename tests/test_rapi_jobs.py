@@ -1,0 +1,51 @@
+"""maintd.rapi.jobs: job objects of a real Ganeti 3.0 cluster."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from maintd.rapi.jobs import JobResult, format_op_error, parse_job
+from tests.test_rapi_helpers import sample
+
+
+class ParseJobTests(SynchronousTestCase):
+    def test_success(self) -> None:
+        r = parse_job(20, sample("job-success.json"))
+        self.assertEqual(r, JobResult(20, "success", ""))
+        self.assertTrue(r.final and r.ok)
+
+    def test_error_texts(self) -> None:
+        r = parse_job(27, sample("job-node-drain-master.json"))
+        self.assertEqual(r.status, "error")
+        self.assertEqual(
+            r.error,
+            "OpPrereqError: The master role can be changed only via master-failover "
+            "(wrong_input)",
+        )
+        self.assertTrue(r.final)
+        self.assertFalse(r.ok)
+        r = parse_job(28, sample("job-node-evacuate.json"))
+        self.assertTrue(r.error.startswith("OpExecError: Unable to evacuate instances"))
+        r = parse_job(24, sample("job-migrate-file.json"))
+        self.assertIn("does not allow migrations", r.error)
+
+    def test_all_null_is_lost_not_success(self) -> None:
+        r = parse_job(999999, sample("err-404-job.json"))
+        self.assertEqual(r.status, "lost")
+        self.assertTrue(r.final)
+        self.assertFalse(r.ok)
+
+    def test_pending(self) -> None:
+        for status in ("queued", "waiting", "running", "canceling"):
+            doc = dict(sample("job-success.json"), status=status)
+            r = parse_job(20, doc)
+            self.assertFalse(r.final, status)
+            self.assertEqual(r.error, "")
+
+    def test_bad_objects(self) -> None:
+        self.assertRaises(ValueError, parse_job, 1, [1, 2])
+        self.assertRaises(ValueError, parse_job, 1, {"status": "exploded"})
+
+    def test_format_op_error_fallbacks(self) -> None:
+        self.assertEqual(format_op_error(["OpExecError", "x"]), "OpExecError: x")
+        self.assertEqual(format_op_error("plain"), "plain")

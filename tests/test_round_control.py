@@ -1,0 +1,185 @@
+"""Admin control socket (real UNIX socket) and the ganeti-maintd-ctl tool; executors."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import sys
+from typing import Any
+
+from twisted.internet import defer, reactor, threads
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from maintd import ctl
+from maintd.control import ControlService, track
+from maintd.executor import CommandExecutor, NoExecutor
+from maintd.model import Node
+from maintd.state import Action, MaintState, RepairStatus
+from tests.test_round_incidents import incident
+
+
+class FakeStore:
+    def __init__(self, state: MaintState) -> None:
+        self.state = state
+        self.commits = 0
+
+    def commit(self, new: MaintState) -> None:
+        self.commits += 1
+        self.state = new
+
+
+class LiveCtx:
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+        self.state = store.state
+
+
+class ControlTests(TestCase):
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        os.makedirs(self.dir, mode=0o700)
+        self.path = os.path.join(self.dir, "ctl.sock")
+        inc_a = incident("node-a", Action.EVACUATE, uuid="aaaa", jobs=(4, 5),
+                         status=RepairStatus.PENDING, mtime=1.7e9)
+        inc_b = incident("node-b", Action.LIVE_REPAIR, uuid="bbbb", status=RepairStatus.FAILED,
+                         reason="no repair command")
+        self.store = FakeStore(MaintState(incidents=(inc_a, inc_b), jobs=(5,),
+                                          evacuated=("inst1",)))
+        self.svc = ControlService(self.path, self.store, reactor)
+        self.svc.startService()
+        self.addCleanup(self.svc.stopService)
+
+    def ctl(self, *argv: str) -> defer.Deferred[tuple[int, str, str]]:
+        def run() -> tuple[int, str, str]:
+            out, err = io.StringIO(), io.StringIO()
+            code = ctl.main(["--socket", self.path, *argv], out, err)
+            return code, out.getvalue(), err.getvalue()
+
+        return threads.deferToThread(run)
+
+    async def _socket_mode(self) -> None:
+        mode = stat.S_IMODE(os.stat(self.path).st_mode)
+        self.assertEqual(mode, 0o600)
+
+    def test_socket_mode(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._socket_mode())
+
+    async def _list(self) -> None:
+        code, out, err = await self.ctl("list")
+        self.assertEqual((code, err), (0, ""))
+        lines = out.splitlines()
+        self.assertEqual(lines[0].split(), ["UUID", "NODE", "ACTION", "STATUS", "JOBS", "CHANGED",
+                                            "REASON"])
+        self.assertTrue(lines[1].startswith("aaaa  node-a  evacuate     pending"), lines[1])
+        self.assertIn("4,5", lines[1])
+        self.assertIn("no repair command", lines[2])
+        self.assertIn("Awaited jobs: 5", out)
+        self.assertIn("Evacuated instances: inst1", out)
+        code, out, _ = await self.ctl("list", "--json")
+        self.assertEqual(code, 0)
+        self.assertEqual(json.loads(out), self.store.state.to_json())
+
+    def test_list(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._list())
+
+    async def _cancel_forget(self) -> None:
+        live = LiveCtx(self.store)
+        track(live)
+        code, out, err = await self.ctl("cancel", "aaaa")
+        self.assertEqual((code, out), (0, "Incident aaaa canceled.\n"), err)
+        inc = self.store.state.incident("aaaa")
+        assert inc is not None
+        self.assertEqual(inc.status, RepairStatus.CANCELED)
+        self.assertIs(live.state, self.store.state, "a running round sees the change")
+        code, out, err = await self.ctl("cancel", "bbbb")
+        self.assertEqual(code, 1)
+        self.assertIn("already failed", err)
+        code, out, err = await self.ctl("forget", "bbbb")
+        self.assertEqual(code, 0)
+        self.assertIsNone(self.store.state.incident("bbbb"))
+        code, out, err = await self.ctl("forget", "nope")
+        self.assertEqual(code, 1)
+        self.assertIn("no incident nope", err)
+
+    def test_cancel_forget(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._cancel_forget())
+
+    async def _bad_requests(self) -> None:
+        def raw(payload: bytes) -> dict[str, Any]:
+            import socket
+
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(self.path)
+            s.sendall(payload)
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+            s.close()
+            return json.loads(data)  # type: ignore[no-any-return]
+
+        for payload, needle in [(b"{oops\n", "malformed request"),
+                                (b"[1]\n", "JSON object"),
+                                (b'{"op": "reboot"}\n', "unknown op"),
+                                (b'{"op": "cancel"}\n', "needs an incident"),
+                                (b"x" * 5000 + b"\n", "longer than")]:
+            answer = await threads.deferToThread(raw, payload)
+            self.assertFalse(answer["ok"])
+            self.assertIn(needle, answer["error"])
+        self.assertEqual(self.store.commits, 0)
+
+    def test_bad_requests(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._bad_requests())
+
+
+class CtlNoDaemonTests(SynchronousTestCase):
+    def test_no_daemon(self) -> None:
+        err = io.StringIO()
+        code = ctl.main(["--socket", "/nonexistent/ctl.sock", "list"], io.StringIO(), err)
+        self.assertEqual(code, 2)
+        self.assertIn("cannot connect to /nonexistent/ctl.sock", err.getvalue())
+
+
+class ExecutorTests(TestCase):
+    node = Node(name="node1", uuid="u1", group="g")
+
+    def test_no_executor(self) -> None:
+        r = self.successResultOf(NoExecutor().execute(self.node, "fix", {}))
+        self.assertEqual((r.ok, r.reason), (False, "no repair executor configured"))
+
+    async def _command(self) -> None:
+        script = os.path.join(self.mktemp())
+        with open(script, "w") as f:
+            f.write("import sys, json\nr = json.load(sys.stdin)\n"
+                    "print(sys.argv[1], sys.argv[2], r['status'])\n"
+                    "sys.exit(0 if sys.argv[2] == 'good' else 3)\n")
+        ex = CommandExecutor(reactor, [sys.executable, script], timeout=60)
+        ok = await ex.execute(self.node, "good", {"status": "live-repair"})
+        self.assertTrue(ok.ok)
+        self.assertEqual(ok.output.strip(), "node1 good live-repair")
+        bad = await ex.execute(self.node, "bad", {"status": "live-repair"})
+        self.assertFalse(bad.ok)
+        self.assertIn("exited with 3", bad.reason)
+        with self.assertRaises(ValueError):
+            CommandExecutor(reactor, ["relative"])
+
+    def test_command(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._command())
+
+
+class ControlStartTests(SynchronousTestCase):
+    def test_bad_paths_do_not_stop_the_daemon(self) -> None:
+        d = self.mktemp()
+        os.makedirs(d)
+        plain = os.path.join(d, "file")
+        open(plain, "w").close()
+        for path, needle in [(os.path.join(d, "x" * 120), "UNIX sockets allow 107"),
+                             (plain, "is not a socket")]:
+            svc = ControlService(path, FakeStore(MaintState()), reactor)
+            svc.startService()
+            errors = self.flushLoggedErrors()
+            self.assertEqual(errors, [])
+            self.assertTrue(svc.running)
+            self.assertIsNone(svc._port, needle)
+            svc.stopService()
