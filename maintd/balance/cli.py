@@ -260,3 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stderr.write(f"ganeti-maintd-plan: {e}\n")
         status = e.status
     sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

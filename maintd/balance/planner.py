@@ -218,12 +218,13 @@ def plan(
     *,
     group: str | None = None,
     util: Mapping[str, Util] | None = None,
+    mem_pool: Mapping[str, float] | None = None,
     on_move: Callable[[PlannedMove], None] | None = None,
     on_start: Callable[[float], None] | None = None,
 ) -> Plan:
     """Balance ``group`` of ``cluster`` (all nodes when None) like hbal would."""
     opts = opts or Options()
-    state = build_state(cluster, group, util)
+    state = build_state(cluster, group, util, mem_pool)
     allowed = np.ones(len(state.node_names), dtype=bool)
     if opts.allowed_nodes is not None:
         names = set(opts.allowed_nodes)
