@@ -128,14 +128,14 @@ def compute_load(
     evac = set(evacuated)
     cpu: dict[str, float | None] = {}
     xen: dict[str, dict[str, float]] = {}
-    for name, node in cluster.nodes.items():
+    for name in cluster.nodes:
         rep = reports.get(name, NodeReports())
         cpu[name] = node_cpu_load(name, rep.cpu)
         xen[name] = instance_map(name, "xen-cpu-avg-load", rep.xen)
     all_xen: dict[str, float] = {}
     for name in sorted(xen):
-        for inst, v in xen[name].items():
-            all_xen.setdefault(inst, v)
+        for domain, v in xen[name].items():
+            all_xen.setdefault(domain, v)
     util: dict[str, Util] = {}
     still_evacuated: list[str] = []
     problems: list[str] = []
@@ -159,10 +159,10 @@ def compute_load(
             w = node_load * inst.vcpus / used if used else 0.0
             util[name] = Util(cpu=w, mem=0.0, dsk=0.0, net=0.0)
     for name in sorted(evac):
-        inst = cluster.instances.get(name)
-        if inst is None:
+        known = cluster.instances.get(name)
+        if known is None:
             continue  # gone from the cluster
-        if name in xen.get(inst.primary, {}):
+        if name in xen.get(known.primary, {}):
             continue  # load data available again
         still_evacuated.append(name)
     mem_pool: dict[str, float] | None = None
