@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from twisted.internet import threads
 from twisted.logger import Logger
 
 from maintd.balance.jobsets import commands
@@ -94,6 +95,14 @@ def first_jobset_plan(
         stop=stop,
     )
     return result, list(result.moves)
+
+
+async def _in_thread(reactor: Any, fn: Any, *args: Any) -> Any:
+    """Run the CPU-heavy planner off the reactor thread when the reactor has a pool."""
+    get_pool = getattr(reactor, "getThreadPool", None)
+    if get_pool is None:
+        return fn(*args)
+    return await threads.deferToThreadPool(reactor, get_pool(), fn, *args)
 
 
 async def _reports(ctx: Any, cluster: Cluster) -> dict[str, NodeReports]:
@@ -187,7 +196,9 @@ async def balance_step(ctx: Any) -> None:
     new_evac: list[str] = []
     submit = ctx.submitting and not ctx.config.dry_run and ctx.rapi is not None
     for group in groups:
-        result, jobset = first_jobset_plan(cluster, group, free, threshold, load)
+        result, jobset = await _in_thread(
+            ctx.reactor, first_jobset_plan, cluster, group, set(free), threshold, load
+        )
         _note(
             ctx,
             group=group,
