@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from maintd.balance.jobsets import commands, hbal_line, move_json, split_jobs
+from maintd.balance.jobsets import commands, common_suffix, hbal_line, move_json, split_jobs
 from maintd.balance.planner import Options, Plan, final_cluster, plan
 from maintd.balance.score import Util
 from maintd.balance.text import TextFormatError, format_text, parse_text
@@ -206,13 +206,14 @@ def run(argv: Sequence[str], out: TextIO) -> int:
         return 0
     names_n = [n for n in cluster.nodes if group is None or cluster.nodes[n].group == group]
     names_i = [i for i in cluster.instances if cluster.instances[i].primary in set(names_n)]
-    imlen = max((len(i) for i in names_i), default=0)
-    nmlen = max((len(n) for n in names_n), default=0)
+    suffix = common_suffix(list(cluster.nodes) + list(cluster.instances))
+    imlen = max((len(i) - len(suffix) for i in names_i), default=0)
+    nmlen = max((len(n) - len(suffix) for n in names_n), default=0)
     text = not args.json
 
     def show(mv: Any) -> None:
         if text:
-            out.write(hbal_line(len(shown) + 1, mv, imlen, nmlen) + "\n")
+            out.write(hbal_line(len(shown) + 1, mv, imlen, nmlen, suffix) + "\n")
             out.flush()
         shown.append(mv)
 
