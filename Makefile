@@ -27,11 +27,13 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/trial -j2 tests
 
-man: $(STAMP) man/ganeti-maintd.8
+## Build the man page man/ganeti-maintd.8 (docutils' rst2man; warnings are errors).
+man: man/ganeti-maintd.8
 
-man/ganeti-maintd.8: man/ganeti-maintd.rst
-	$(BIN)/rst2man.py $< $@ 2>/dev/null || $(BIN)/rst2man $< $@
+man/ganeti-maintd.8: man/ganeti-maintd.rst $(STAMP)
+	$(BIN)/rst2man --halt=warning $< $@
 
+## Benchmarks: print figures (not tests; results depend on the machine's load).
 bench: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 

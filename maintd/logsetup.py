@@ -26,9 +26,18 @@ from twisted.logger import (
 log_namespace = "maintd"
 
 
+#: Chatty namespaces shown only with ``-d`` (every pooled HTTP connection
+#: logs "Starting factory" / "Stopping factory" at info level).
+QUIET_NAMESPACES = ("twisted.web.client._HTTP11ClientFactory",)
+
+
 def level_predicate(debug: bool) -> LogLevelFilterPredicate:
     """The filter for the daemon's log: debug events pass only with ``-d``."""
-    return LogLevelFilterPredicate(defaultLogLevel=LogLevel.debug if debug else LogLevel.info)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.debug if debug else LogLevel.info)
+    if not debug:
+        for namespace in QUIET_NAMESPACES:
+            predicate.setLogLevelForNamespace(namespace, LogLevel.warn)
+    return predicate
 
 
 class LogLevelService(service.Service):

@@ -131,6 +131,7 @@ def check_at_startup(
     sleep: Callable[[float], None] = time.sleep,
     client: BlockingNodedClient | None = None,
     resolve: Callable[[str], str] = socket.gethostbyname,
+    progress: TextIO | None = None,
 ) -> Mastership:
     """Verify mastership by vote before the daemon starts.
 
@@ -160,7 +161,19 @@ def check_at_startup(
     if client is None:
         client = BlockingNodedClient(NodedTLS.load(config.noded_cert), port=config.noded_port)
     endpoints = voting.resolve_endpoints(nodes, resolve)
-    tally = voting.verify_by_vote(lambda: client.gather(endpoints), me, sleep=sleep)
+
+    def on_retry(tally: Tally, attempt: int) -> None:
+        # twistd opens its log only after makeService: tell the operator now
+        if progress is not None:
+            progress.write(
+                f"ganeti-maintd: master vote undecided ({tally.describe()}); asking again in"
+                f" {voting.VOTING_RETRY_INTERVAL:g}s (retry {attempt}/{voting.VOTING_RETRIES})\n"
+            )
+            progress.flush()
+
+    tally = voting.verify_by_vote(
+        lambda: client.gather(endpoints), me, sleep=sleep, on_retry=on_retry
+    )
     log.info("master vote won: {tally}", tally=tally.describe())
     return Mastership(hostname=me, verified=True, last=tally)
 
@@ -169,11 +182,11 @@ def check_at_startup_or_exit(
     config: Any, *, stderr: TextIO | None = None, **kwargs: Any
 ) -> Mastership:
     """:func:`check_at_startup`, or the reason on stderr and ``SystemExit(11|12)``."""
+    out = stderr if stderr is not None else sys.stderr
     try:
-        return check_at_startup(config, **kwargs)
+        return check_at_startup(config, progress=out, **kwargs)
     except (NotMasterError, SetupError) as e:
         code = EXIT_NOTMASTER if isinstance(e, NotMasterError) else EXIT_NODESETUP_ERROR
-        out = stderr if stderr is not None else sys.stderr
         out.write(f"ganeti-maintd: refusing to start: {e} (exit status {code})\n")
         out.flush()
         raise SystemExit(code) from None
@@ -209,6 +222,9 @@ def exit_after_shutdown(reactor: Any, status: int) -> None:
 
 
 Vote = Callable[[], Awaitable[Tally]]
+
+MIN_CHECK_INTERVAL = 0.1
+"""Seconds; a zero interval would make the LoopingCall spin."""
 
 
 class MastershipService(service.Service):
@@ -347,5 +363,5 @@ def mastership_service(config: Any, mastership: Mastership, reactor: Any) -> Mas
         mastership,
         runtime_vote(config, reactor, mastership.hostname),
         clock=reactor,
-        interval=float(config.master_check_interval),
+        interval=max(float(config.master_check_interval), MIN_CHECK_INTERVAL),
     )

@@ -53,8 +53,8 @@ class Options(usage.Options):
             "simulate",
             None,
             "Run against a built-in simulated cluster (in-process RAPI and mond "
-            "on 127.0.0.1; implies no voting; a temporary state dir unless "
-            "--state-dir is given).",
+            "on 127.0.0.1; implies no voting; binds 127.0.0.1 and uses a "
+            "temporary state dir unless -b / --state-dir are given).",
         ],
         [
             "dry-run",

@@ -24,12 +24,13 @@ import errno
 import fcntl
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import attrs
 from twisted.logger import Logger
 
-from maintd.state import MaintState
+from maintd.state import Incident, MaintState
 
 log = Logger()
 
@@ -53,10 +54,47 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def encode(state: MaintState) -> bytes:
-    doc: dict[str, Any] = {"format": STATE_FORMAT}
-    doc.update(state.to_json())
-    return json.dumps(doc, indent=1, sort_keys=True).encode("utf-8") + b"\n"
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class IncidentCodec:
+    """Encodes incident lists as compact JSON, each incident once.
+
+    Incidents are immutable, so an incident object's JSON never changes: it
+    is cached (by identity) as long as the incident is in the last list
+    encoded.  Re-encoding a state where few incidents changed costs a join.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[Incident, bytes]] = {}
+
+    def encode(self, incidents: Iterable[Incident]) -> bytes:
+        cache: dict[int, tuple[Incident, bytes]] = {}
+        parts = []
+        for inc in incidents:
+            hit = self._cache.get(id(inc))
+            if hit is None or hit[0] is not inc:
+                hit = (inc, _compact(inc.to_json()))
+            cache[id(inc)] = hit
+            parts.append(hit[1])
+        self._cache = cache
+        return b"[" + b",".join(parts) + b"]"
+
+
+def encode(state: MaintState, codec: IncidentCodec | None = None) -> bytes:
+    """The state document, ``{"format": ..., **state.to_json()}`` as one line
+    of compact JSON (``python -m json.tool`` pretty-prints it).
+
+    The incident list comes from ``codec`` (each incident encoded once);
+    every other field from ``MaintState.to_json`` itself, so fields added to
+    the state are stored without a change here.
+    """
+    rest = attrs.evolve(state, incidents=()).to_json()
+    rest.pop("incidents", None)
+    doc: dict[str, Any] = {"format": STATE_FORMAT, **rest}
+    incidents = (codec or IncidentCodec()).encode(state.incidents)
+    return _compact(doc)[:-1] + b',"incidents":' + incidents + b"}\n"
 
 
 def decode(data: bytes, path: str) -> MaintState:
@@ -83,6 +121,7 @@ class StateStore:
         self._state = state
         self._lock_fd = lock_fd
         self._listeners: list[Listener] = []
+        self._codec = IncidentCodec()
 
     @classmethod
     def open(cls, state_dir: str, *, lock: bool = True) -> StateStore:
@@ -160,9 +199,9 @@ class StateStore:
         On failure (disk full, permissions) raises :class:`StoreError`; the
         file and the in-memory state stay the old ones.
         """
-        if new == self._state:
+        if new is self._state or new == self._state:
             return
-        data = encode(new)
+        data = encode(new, self._codec)
         try:
             fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:

@@ -18,19 +18,28 @@ still starts, with a debug line saying what is missing.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
 from typing import Any
 
 import attrs
-from twisted.application import service, strports
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import defer, endpoints
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from maintd.api import StateAPI
 from maintd.config import DaemonConfig
 from maintd.logsetup import LogLevelService
+from maintd.mastership import (
+    Mastership,
+    attach_runner,
+    check_at_startup_or_exit,
+    mastership_service,
+)
 from maintd.options import Options
 from maintd.round import RoundRunner, Step
 from maintd.scheduler import RoundService
@@ -47,15 +56,14 @@ def endpoint_description(port: int, bind: str) -> str:
     return f"{kind}:port={port}:interface={bind.replace(':', chr(92) + ':')}"
 
 
-def _check_master(config: DaemonConfig) -> None:
-    """Where the master vote goes (the voting part fills this in).
+def _check_master(config: DaemonConfig) -> Mastership:
+    """The master vote (maintd.mastership; voting part, issue 9).
 
-    For now: only the warning that ``--no-voting --yes-do-it`` asks for.
+    Runs here, in makeService, before twistd daemonises: when this host is
+    not the master the process exits 11 (12 on unusable ssconf/certificates)
+    with the votes on stderr, leaving no pid file and no bound port.
     """
-    if config.simulate:
-        return
-    if config.no_voting and config.yes_do_it:
-        log.warn("--no-voting given: not checking that this node is the master")
+    return check_at_startup_or_exit(config)
 
 
 def _load_steps(config: DaemonConfig, notes: list[str]) -> list[Step]:
@@ -113,17 +121,21 @@ class _StoreService(service.Service):
         self.store.close()
 
 
-class _Site(Site):
-    """The API's site: request lines are debug events, not twistd's access log."""
+class _HTTPService(StreamServerEndpointService):
+    """Listens for the API; a port in use is a one-line startup error."""
 
-    def log(self, request: Any) -> None:
-        log.debug(
-            "{method} {uri} {code} from {client}",
-            method=request.method.decode("ascii", "replace"),
-            uri=request.uri.decode("ascii", "replace"),
-            code=request.code,
-            client=request.getClientAddress(),
-        )
+    def __init__(self, endpoint: Any, factory: Any, where: str) -> None:
+        super().__init__(endpoint, factory)
+        self._raiseSynchronously = True
+        self.where = where
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise SystemExit(
+                f"ganeti-maintd: cannot listen on {self.where}: {e.socketError}"
+            ) from None
 
 
 class MaintDaemon(service.MultiService):
@@ -133,7 +145,9 @@ class MaintDaemon(service.MultiService):
     store: StateStore
     api: StateAPI
     rounds: RoundService
+    control: Any = None
     simulator: Any = None
+    mastership: Mastership
 
     def __init__(self) -> None:
         super().__init__()
@@ -141,10 +155,25 @@ class MaintDaemon(service.MultiService):
         #: (twistd starts logging only after makeService).
         self.startup_notes: list[str] = []
 
+        #: Not a child: it filters before the first child starts and until
+        #: the last one has finished stopping (children stop concurrently).
+        self.log_level = LogLevelService(debug=False)
+
     def startService(self) -> None:
+        self.log_level.startService()
         super().startService()
         for note in self.startup_notes:
             log.debug("{note}", note=note)
+
+    def stopService(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.maybeDeferred(super().stopService)
+
+        def unfilter(result: object) -> object:
+            self.log_level.stopService()
+            return result
+
+        d.addBoth(unfilter)
+        return d
 
 
 def _simulator(reactor: Any, config: DaemonConfig) -> tuple[Any, DaemonConfig]:
@@ -177,12 +206,16 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         if config.simulate and "state_dir" not in options.given:
             temp_dir = tempfile.mkdtemp(prefix="ganeti-maintd-sim.")
             config = config.with_state_dir(temp_dir)
+        if config.simulate and "bind" not in options.given:
+            config = attrs.evolve(config, bind="127.0.0.1")  # a demo stays local
 
     top = MaintDaemon()
-    top.addService(LogLevelService(config.debug))
+    top.log_level = LogLevelService(config.debug)
     if temp_dir is not None:
-        # Added early so it stops (and removes the dir) last.
+        # Added early so it stops (and removes the dir) last; atexit covers
+        # a failed start (twistd's daemonising parents leave by os._exit).
         _TempDirService(temp_dir).setServiceParent(top)
+        atexit.register(shutil.rmtree, temp_dir, True)
 
     if config.simulate:
         try:
@@ -191,8 +224,9 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
             raise SystemExit(f"ganeti-maintd: --simulate is not available yet ({e})") from None
         sim.setServiceParent(top)
         top.simulator = sim
+        mastership = Mastership(hostname=config.hostname, verified=False)
     else:
-        _check_master(config)
+        mastership = _check_master(config)
 
     try:
         store = StateStore.open(config.state_dir)
@@ -202,10 +236,12 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
 
     api = StateAPI(store.state)
     store.add_listener(api.update)
-    site = _Site(api.resource())
-    site.displayTracebacks = False
-    site.noisy = False
-    http = strports.service(endpoint_description(config.port, config.bind), site, reactor=reactor)
+    site = api.site(debug=config.debug)
+    http = _HTTPService(
+        endpoints.serverFromString(reactor, endpoint_description(config.port, config.bind)),
+        site,
+        where=f"{config.bind} port {config.port}",
+    )
     http.setName("http")
     http.setServiceParent(top)
 
@@ -219,6 +255,19 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     )
     rounds = RoundService(runner, clock=reactor, round_delay=config.round_delay)
     rounds.setServiceParent(top)
+    # --- voting part (issue 9): rounds submit jobs only while this host is
+    # the master; re-check every --master-check-interval, exit 11 when lost.
+    attach_runner(runner, mastership)
+    recheck = mastership_service(config, mastership, reactor)
+    if recheck is not None:
+        recheck.setServiceParent(top)
+    top.mastership = mastership
+
+    from maintd.control import ControlService
+
+    control = ControlService(config.ctl_socket, store, reactor)
+    control.setServiceParent(top)
+    top.control = control
 
     top.config = config
     top.store = store

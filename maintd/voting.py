@@ -198,11 +198,13 @@ def verify_by_vote(
     retries: int = VOTING_RETRIES,
     interval: float = VOTING_RETRY_INTERVAL,
     sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[Tally, int], None] | None = None,
 ) -> Tally:
     """Vote until decided: return the winning :class:`Tally` or raise :class:`NotMasterError`.
 
     Blocking; ``gather`` asks every node once.  An undecided vote is repeated
-    ``retries`` times, ``interval`` seconds apart (``sleep`` is injected).
+    ``retries`` times, ``interval`` seconds apart (``sleep`` is injected;
+    ``on_retry(tally, attempt)`` is told before each wait).
     """
     attempt = 0
     while True:
@@ -226,6 +228,8 @@ def verify_by_vote(
             retries=retries,
             interval=interval,
         )
+        if on_retry is not None:
+            on_retry(tally, attempt)
         sleep(interval)
 
 
@@ -446,6 +450,8 @@ class BlockingNodedClient:
                 return Ballot(node=node, master=self.ask(node, address, port))
             except NodedError as e:
                 return Ballot.missing(node, str(e))
+            except Exception as e:  # whatever a node does, it is only a missing vote
+                return Ballot.missing(node, f"node {node} ({address}): {type(e).__name__}: {e}")
 
         nodes = list(endpoints)
         if not nodes:
@@ -512,6 +518,7 @@ class TwistedNodedClient:
 
             assert tls is not None
             pool = HTTPConnectionPool(reactor, persistent=False)
+            pool._factory = _QuietHTTP11ClientFactory  # no "Starting factory" line per vote
             agent = Agent(reactor, contextFactory=PinnedNodedPolicy(tls), pool=pool)
             http = treq.client.HTTPClient(agent)
         self._http = http
@@ -552,10 +559,24 @@ class TwistedNodedClient:
                 return Ballot(node=node, master=await self.ask(node, address, port))
             except NodedError as e:
                 return Ballot.missing(node, str(e))
+            except Exception as e:  # whatever a node does, it is only a missing vote
+                return Ballot.missing(node, f"node {node} ({address}): {type(e).__name__}: {e}")
 
         ds = [defer.Deferred.fromCoroutine(one(n)) for n in endpoints]
         results = await defer.gatherResults(ds, consumeErrors=True)
         return list(results)
+
+
+def _quiet_factory_class() -> Any:
+    from twisted.web.client import _HTTP11ClientFactory
+
+    class Quiet(_HTTP11ClientFactory):
+        noisy = False
+
+    return Quiet
+
+
+_QuietHTTP11ClientFactory = _quiet_factory_class()
 
 
 def _describe_failure(e: BaseException) -> str:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any
 
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent, StubTreq
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import readBody
+from twisted.web.http_headers import Headers
 
 from maintd.api import StateAPI
 from maintd.state import Action, Incident, MaintState, RepairStatus
@@ -131,9 +136,124 @@ class APITests(SynchronousTestCase):
         self.assertIs(self.api.body("status"), body)
         self.assertEqual(self.get("/1/last-round"), {"number": 10})
 
+    def raw_get(self, path: str, accept: str) -> tuple[Any, bytes]:
+        """GET without treq's transparent gzip decoding."""
+        agent = RequestTraversalAgent(self.api.resource())
+        d = agent.request(b"GET", (BASE + path).encode(), Headers({"Accept-Encoding": [accept]}))
+        agent.flush()
+        response = self.successResultOf(d)
+        body = readBody(response)
+        agent.flush()
+        return response.headers, self.successResultOf(body)
+
+    def test_gzip_for_clients_that_accept_it(self) -> None:
+        big = MaintState(incidents=tuple(incident(n) for n in range(50)))
+        self.api.update(big)
+        plain = self.get("/1/status")
+        self.assertEqual(len(plain), 50)
+        for accept in ("gzip", "deflate, gzip;q=1.0", "x-gzip"):
+            headers, raw = self.raw_get("/1/status", accept)
+            self.assertEqual(headers.getRawHeaders("content-encoding"), ["gzip"], accept)
+            self.assertEqual(json.loads(zlib.decompress(raw, 31)), plain)
+        for accept in ("identity", "gzip;q=0", "br"):
+            headers, raw = self.raw_get("/1/status", accept)
+            self.assertIsNone(headers.getRawHeaders("content-encoding"), accept)
+            self.assertEqual(json.loads(raw), plain)
+
+    def test_small_bodies_are_never_compressed(self) -> None:
+        headers, raw = self.raw_get("/1/jobs", "gzip")
+        self.assertIsNone(headers.getRawHeaders("content-encoding"))
+        self.assertEqual(json.loads(raw), [41, 42])
+
+    def test_klein_routes_answer_the_same(self) -> None:
+        # the fast path and the Klein app serve identical bodies
+        klein = StubTreq(self.api.app.resource())
+        for path in ("/", "/1", "/1/status", "/1/jobs/", "/1/evacuated", "/1/last-round"):
+            response = self.successResultOf(klein.get(BASE + path))
+            self.assertEqual(response.code, 200, path)
+            self.assertEqual(
+                json.loads(self.successResultOf(response.content())), self.get(path), path
+            )
+
     def test_empty_state(self) -> None:
         self.http = StubTreq(StateAPI().resource())
         self.assertEqual(self.get("/1/status"), [])
         self.assertEqual(self.get("/1/jobs"), [])
         self.assertEqual(self.get("/1/evacuated"), [])
         self.assertEqual(self.get("/1/last-round"), {})
+
+
+def parse_responses(raw: bytes) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+    """Split a byte stream of HTTP/1.1 responses (Content-Length framed)."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        code = int(lines[0].split(b" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers[b"content-length"])
+        out.append((code, headers, rest[:length]))
+        raw = rest[length:]
+    return out
+
+
+class ChannelTests(SynchronousTestCase):
+    """The daemon's HTTP channel answers like twisted.web, whichever path a
+    request takes (the pre-built shortcut or the full request machinery)."""
+
+    def setUp(self) -> None:
+        self.api = StateAPI(STATE)
+
+    def exchange(self, *chunks: bytes, debug: bool = False) -> list[Any]:
+        site = self.api.site(debug=debug)
+        proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        for chunk in chunks:
+            proto.dataReceived(chunk)
+        self.addCleanup(proto.connectionLost, None)
+        return parse_responses(transport.value())
+
+    def test_shortcut_and_full_path_agree(self) -> None:
+        get = b"GET /1/status HTTP/1.1\r\nHost: x\r\n\r\n"
+        fast = self.exchange(get)
+        split = self.exchange(get[:10], get[10:])  # not one whole request: full path
+        debug = self.exchange(get, debug=True)  # -d: no shortcut, requests logged
+        # both paths really were taken (only twisted.web adds a Server header)
+        self.assertNotIn(b"server", fast[0][1])
+        self.assertIn(b"server", split[0][1])
+        for responses in (fast, split, debug):
+            (code, headers, body) = responses[0]
+            self.assertEqual(code, 200)
+            self.assertEqual(headers[b"content-type"], b"application/json")
+            self.assertIn(b"date", headers)
+            self.assertEqual(json.loads(body), [i.to_json() for i in STATE.incidents])
+
+    def test_keep_alive_then_more_requests(self) -> None:
+        got = self.exchange(
+            b"GET /1/jobs HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /1/evacuated/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"DELETE /1/jobs HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        self.assertEqual(
+            [(c, json.loads(b)) for c, _, b in got[:2]],
+            [(200, [41, 42]), (200, ["inst1", "inst2"])],
+        )
+        self.assertEqual([c for c, _, _ in got[2:]], [404, 405])
+
+    def test_pipelined_requests_are_all_answered(self) -> None:
+        two = b"GET /1/jobs HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        got = self.exchange(two)
+        self.assertEqual([json.loads(b) for _, _, b in got], [[41, 42], [1]])
+
+    def test_gzip_on_the_shortcut(self) -> None:
+        self.api.update(MaintState(incidents=tuple(incident(n) for n in range(50))))
+        ((code, headers, body),) = self.exchange(
+            b"GET /1/status HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n"
+        )
+        self.assertEqual(headers[b"content-encoding"], b"gzip")
+        self.assertEqual(len(json.loads(zlib.decompress(body, 31))), 50)

@@ -69,6 +69,7 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(doc["format"], "ganeti-maintd-state")
         self.assertEqual(doc["schema"], 1)
         self.assertEqual(doc["incidents"][1]["repair-status"], "failed")
+        self.assertEqual(doc, {"format": "ganeti-maintd-state", **sample_state().to_json()})
 
     def test_crash_between_temp_write_and_rename_keeps_the_old_state(self) -> None:
         s = self.open()

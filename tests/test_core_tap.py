@@ -127,7 +127,7 @@ class MakeServiceTests(SynchronousTestCase):
         fake = types.ModuleType("maintd.sim.embed")
         fake.EmbeddedSimulator = FakeSim  # type: ignore[attr-defined]
         opts = Options()
-        opts.parseOptions(["--simulate", "-p", "0", "-b", "127.0.0.1"])
+        opts.parseOptions(["--simulate", "-p", "0"])
         with mock.patch.dict(sys.modules, {"maintd.sim.embed": fake}):
             svc = tap.makeService(opts, reactor=self.reactor)
         (sim,) = made
@@ -137,6 +137,7 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(svc.config.rapi, "https://127.0.0.1:45080")
         self.assertEqual(svc.config.rapi_user, "sim")
         self.assertEqual(svc.config.mond_port, 41815)
+        self.assertEqual(svc.config.bind, "127.0.0.1")  # a demo stays local
         self.assertEqual(svc.config.ctl_socket, os.path.join(tmp, "ctl.sock"))
         self.assertTrue(sim.workdir.startswith(tmp))
         children = list(svc)
@@ -186,6 +187,26 @@ class LogLevelTests(SynchronousTestCase):
         svc.stopService()
         return seen
 
+    def test_connection_pool_chatter_only_with_debug(self) -> None:
+        def emit(debug: bool) -> list[str]:
+            publisher = LogPublisher()
+            seen: list[str] = []
+            publisher.addObserver(lambda e: seen.append(formatEvent(e)))
+            svc = LogLevelService(debug, publisher)
+            svc.startService()
+            publisher(
+                {
+                    "log_level": LogLevel.info,
+                    "log_format": "Starting factory",
+                    "log_namespace": "twisted.web.client._HTTP11ClientFactory",
+                }
+            )
+            svc.stopService()
+            return seen
+
+        self.assertEqual(emit(False), [])
+        self.assertEqual(emit(True), ["Starting factory"])
+
     def test_debug_events_only_with_debug(self) -> None:
         self.assertEqual(self.emit_both(debug=False), ["info"])
         self.assertEqual(self.emit_both(debug=True), ["debug", "info"])
@@ -205,3 +226,45 @@ class StateAfterRoundTests(SynchronousTestCase):
         self.successResultOf(svc.stopService())
         self.assertEqual(svc.store.state.evacuated, ("a",))
         self.assertEqual(svc.store.state.jobs, (5,))
+
+
+class PortInUseTests(SynchronousTestCase):
+    def test_port_in_use_is_a_one_line_startup_error(self) -> None:
+        import socket
+
+        from twisted.internet import reactor
+
+        isolate_from_other_parts(self)
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            config = DaemonConfig.for_tests(state_dir=os.path.abspath(self.mktemp()), port=port)
+            svc = tap.makeService(config, reactor=reactor)
+            self.addCleanup(svc.store.close)
+            e = self.assertRaises(SystemExit, svc.privilegedStartService)
+        self.assertIn(f"cannot listen on 127.0.0.1 port {port}", str(e))
+
+
+class ShutdownLoggingTests(SynchronousTestCase):
+    def test_log_filter_outlives_the_slowest_child(self) -> None:
+        from twisted.application import service
+        from twisted.internet import defer
+
+        slow_stop: defer.Deferred[None] = defer.Deferred()
+
+        class Slow(service.Service):
+            def stopService(self) -> defer.Deferred[None]:
+                super().stopService()
+                return slow_stop
+
+        top = tap.MaintDaemon()
+        top.log_level = LogLevelService(False, LogPublisher())
+        Slow().setServiceParent(top)
+        top.startService()
+        self.assertTrue(top.log_level.running)
+        d = top.stopService()
+        self.assertTrue(top.log_level.running)  # debug events still filtered
+        slow_stop.callback(None)
+        self.successResultOf(d)
+        self.assertFalse(top.log_level.running)

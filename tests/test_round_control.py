@@ -166,3 +166,20 @@ class ExecutorTests(TestCase):
 
     def test_command(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._command())
+
+
+class ControlStartTests(SynchronousTestCase):
+    def test_bad_paths_do_not_stop_the_daemon(self) -> None:
+        d = self.mktemp()
+        os.makedirs(d)
+        plain = os.path.join(d, "file")
+        open(plain, "w").close()
+        for path, needle in [(os.path.join(d, "x" * 120), "UNIX sockets allow 107"),
+                             (plain, "is not a socket")]:
+            svc = ControlService(path, FakeStore(MaintState()), reactor)
+            svc.startService()
+            errors = self.flushLoggedErrors()
+            self.assertEqual(errors, [])
+            self.assertTrue(svc.running)
+            self.assertIsNone(svc._port, needle)
+            svc.stopService()

@@ -12,7 +12,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 
 from maintd.model import Node
-from maintd.mond import MAX_REPORT, DiagnoseReport, MondClient, MondError, validate_diagnose
+from maintd.mond import (
+    MAX_BODY,
+    MAX_REPORT,
+    DiagnoseReport,
+    MondClient,
+    MondError,
+    validate_diagnose,
+)
 from maintd.state import Action
 
 
@@ -211,9 +218,19 @@ class RealSocketTests(TestCase):
             self.listen(silent, "127.0.0.2", port)
         except Exception as e:  # port taken on the second address: rare
             raise self.skipTest(f"port {port} busy on 127.0.0.2: {e}") from None
+        for host, answer in (("127.0.0.3", 404), ("127.0.0.4", b"[" * (MAX_BODY + 10))):
+            try:
+                self.listen(server.Site(Monds({host: answer})), host, port)
+            except Exception as e:
+                raise self.skipTest(f"port {port} busy on {host}: {e}") from None
         c = MondClient(reactor, port=port, timeout=0.5, parallel=4)
-        nodes = [node("alive", "127.0.0.1"), node("hung", "127.0.0.2"), node("hung2", "127.0.0.2")]
+        nodes = [node("alive", "127.0.0.1"), node("hung", "127.0.0.2"), node("hung2", "127.0.0.2"),
+                 node("noreport", "127.0.0.3"), node("huge", "127.0.0.4"),
+                 node("refused", "127.0.0.5")]
         out = await c.gather(nodes, c.diagnose)
+        self.assertIn("HTTP 404", str(out["noreport"]))
+        self.assertIn("larger than", str(out["huge"]))
+        self.assertIn("cannot reach", str(out["refused"]))
         alive = out["alive"]
         assert isinstance(alive, DiagnoseReport)
         self.assertEqual((alive.status, alive.command), (Action.LIVE_REPAIR, "fix-it"))

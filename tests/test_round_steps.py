@@ -14,11 +14,12 @@ from maintd import incidents as I
 from maintd.executor import IRepairExecutor, RepairResult
 from maintd.model import Cluster
 from maintd.mond import DiagnoseReport, MondError
+from maintd.rapi.errors import RapiServerError
+from maintd.rapi.jobs import JobResult
 from maintd.state import TAG_FAILED, TAG_READY, Action, MaintState, RepairStatus
 from maintd.steps import default_steps
 from maintd.steps.cleanup import cleanup_step
 from maintd.steps.collect import collect_step
-from maintd.steps.errors import RapiError
 from maintd.steps.handle import handle_step
 from maintd.steps.jobs import jobs_step
 from maintd.steps.snapshot import snapshot_step
@@ -49,29 +50,6 @@ class Ctx:
     async def commit(self, new: MaintState) -> None:
         self.commits += 1
         self.state = new
-
-
-class RapiServerError(RapiError):
-    pass
-
-
-@attrs.frozen
-class JobResult:
-    id: int
-    status: str
-    error: str = ""
-
-    @property
-    def final(self) -> bool:
-        return self.status in ("success", "error", "canceled", "lost")
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "success"
-
-    @classmethod
-    def lost(cls, job_id: int) -> JobResult:
-        return cls(job_id, "lost", "job unknown to Ganeti")
 
 
 class FakeRapi:

@@ -65,8 +65,18 @@ class JobLifecycleTests(SynchronousTestCase):
         doc = job.to_json()
         self.assertEqual(
             set(doc),
-            {"id", "ops", "status", "summary", "opstatus", "received_ts", "start_ts",
-             "end_ts", "oplog", "opresult"},
+            {
+                "id",
+                "ops",
+                "status",
+                "summary",
+                "opstatus",
+                "received_ts",
+                "start_ts",
+                "end_ts",
+                "oplog",
+                "opresult",
+            },
         )
         self.assertEqual(doc["summary"], ["TAGS_SET"])
         self.assertEqual(doc["ops"][0]["reason"][-1][0], "gnt:opcode:tags_set")
@@ -117,15 +127,18 @@ class MigrateTests(SynchronousTestCase):
         self.assertEqual(job.status, "error")
         self.assertEqual(
             job.opresult,
-            [["OpPrereqError",
-              ["Instance's disk layout 'plain' does not allow migrations", "wrong_state"]]],
+            [
+                [
+                    "OpPrereqError",
+                    ["Instance's disk layout 'plain' does not allow migrations", "wrong_state"],
+                ]
+            ],
         )
         self.assertEqual(snapshot(sim), before)
 
     def test_shared_storage_moves_to_target_node(self) -> None:
         sim = make_sim()
-        job = run(sim, {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": "s1",
-                        "target_node": "n1"})
+        job = run(sim, {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": "s1", "target_node": "n1"})
         self.assertEqual(job.status, "success", job.opresult)
         self.assertEqual(sim.cluster.instances["s1"].primary, "n1")
         self.assertEqual(sim.cluster.instances["s1"].secondaries, [])
@@ -133,8 +146,7 @@ class MigrateTests(SynchronousTestCase):
     def test_target_without_enough_memory_is_refused(self) -> None:
         sim = make_sim()
         before = snapshot(sim)
-        job = run(sim, {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": "s1",
-                        "target_node": "n4"})
+        job = run(sim, {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": "s1", "target_node": "n4"})
         self.assertEqual(job.status, "error")
         kind, (message, code) = job.opresult[0]
         self.assertEqual((kind, code), ("OpPrereqError", "insufficient_resources"))
@@ -143,8 +155,7 @@ class MigrateTests(SynchronousTestCase):
 
     def test_drbd_migrate_to_other_than_secondary_refused(self) -> None:
         sim = make_sim()
-        job = run(sim, {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": "d1",
-                        "target_node": "n1"})
+        job = run(sim, {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": "d1", "target_node": "n1"})
         self.assertEqual(job.status, "error")
         self.assertEqual(sim.cluster.instances["d1"].primary, "n2")
 
@@ -157,16 +168,18 @@ class MigrateTests(SynchronousTestCase):
 
     def test_failover_of_stopped_diskless_instance(self) -> None:
         sim = make_sim()
-        job = run(sim, {"OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": "x1",
-                        "target_node": "n3"})
+        job = run(
+            sim, {"OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": "x1", "target_node": "n3"}
+        )
         self.assertEqual(job.status, "success", job.opresult)
         self.assertEqual(sim.cluster.instances["x1"].primary, "n3")
 
     def test_unknown_instance_is_an_error_job(self) -> None:
         sim = make_sim()
         job = run(sim, {"OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": "nope"})
-        self.assertEqual(job.opresult[0],
-                         ["OpPrereqError", ["Instance 'nope' not known", "unknown_entity"]])
+        self.assertEqual(
+            job.opresult[0], ["OpPrereqError", ["Instance 'nope' not known", "unknown_entity"]]
+        )
 
 
 class NodeTests(SynchronousTestCase):
@@ -183,8 +196,10 @@ class NodeTests(SynchronousTestCase):
         self.assertEqual(job.status, "error")
         self.assertEqual(
             job.opresult[0],
-            ["OpPrereqError",
-             ["The master role can be changed only via master-failover", "wrong_input"]],
+            [
+                "OpPrereqError",
+                ["The master role can be changed only via master-failover", "wrong_input"],
+            ],
         )
         self.assertFalse(sim.cluster.nodes["n1"].drained)
 
@@ -207,59 +222,86 @@ class NodeTests(SynchronousTestCase):
         before = snapshot(sim)
         job = run(sim, {"OP_ID": "OP_NODE_EVACUATE", "node_name": "n2", "mode": "primary-only"})
         self.assertEqual(job.status, "error")
-        self.assertIn("p1 (Instances of type plain cannot be relocated)",
-                      job.opresult[0][1][0])
+        self.assertIn("p1 (Instances of type plain cannot be relocated)", job.opresult[0][1][0])
         self.assertEqual(snapshot(sim), before)
 
 
 class InstanceTests(SynchronousTestCase):
     def test_replace_disks_new_secondary(self) -> None:
         sim = make_sim()
-        job = run(sim, {"OP_ID": "OP_INSTANCE_REPLACE_DISKS", "instance_name": "d1",
-                        "mode": "replace_new_secondary", "remote_node": "n1"})
+        job = run(
+            sim,
+            {
+                "OP_ID": "OP_INSTANCE_REPLACE_DISKS",
+                "instance_name": "d1",
+                "mode": "replace_new_secondary",
+                "remote_node": "n1",
+            },
+        )
         self.assertEqual(job.status, "success", job.opresult)
         self.assertEqual(sim.cluster.instances["d1"].secondaries, ["n1"])
         self.assertNotIn("d1", sim.cluster.secondaries("n3"))
 
     def test_replace_disks_onto_primary_refused(self) -> None:
         sim = make_sim()
-        job = run(sim, {"OP_ID": "OP_INSTANCE_REPLACE_DISKS", "instance_name": "d1",
-                        "mode": "replace_new_secondary", "remote_node": "n2"})
+        job = run(
+            sim,
+            {
+                "OP_ID": "OP_INSTANCE_REPLACE_DISKS",
+                "instance_name": "d1",
+                "mode": "replace_new_secondary",
+                "remote_node": "n2",
+            },
+        )
         self.assertEqual(job.status, "error")
         self.assertEqual(sim.cluster.instances["d1"].secondaries, ["n3"])
 
     def test_replace_disks_with_iallocator_picks_node_in_group(self) -> None:
         sim = make_sim()
-        run(sim, {"OP_ID": "OP_INSTANCE_REPLACE_DISKS", "instance_name": "d1",
-                  "mode": "replace_new_secondary", "iallocator": "hail"})
+        run(
+            sim,
+            {
+                "OP_ID": "OP_INSTANCE_REPLACE_DISKS",
+                "instance_name": "d1",
+                "mode": "replace_new_secondary",
+                "iallocator": "hail",
+            },
+        )
         new = sim.cluster.instances["d1"].secondaries[0]
         self.assertIn(new, {"n1", "n4"})
 
     def test_reinstall_job_shuts_down_reinstalls_and_starts(self) -> None:
         sim = make_sim()
-        job = run(sim, [
-            {"OP_ID": "OP_INSTANCE_SHUTDOWN", "instance_name": "d1"},
-            {"OP_ID": "OP_INSTANCE_REINSTALL", "instance_name": "d1", "os_type": "debian"},
-            {"OP_ID": "OP_INSTANCE_STARTUP", "instance_name": "d1"},
-        ])
+        job = run(
+            sim,
+            [
+                {"OP_ID": "OP_INSTANCE_SHUTDOWN", "instance_name": "d1"},
+                {"OP_ID": "OP_INSTANCE_REINSTALL", "instance_name": "d1", "os_type": "debian"},
+                {"OP_ID": "OP_INSTANCE_STARTUP", "instance_name": "d1"},
+            ],
+        )
         self.assertEqual(job.opstatus, ["success"] * 3, job.opresult)
         self.assertEqual(sim.cluster.instances["d1"].os, "debian")
         self.assertEqual(sim.cluster.instances["d1"].admin_state, "up")
 
     def test_reinstall_of_running_instance_refused(self) -> None:
         sim = make_sim()
-        job = run(sim, [
-            {"OP_ID": "OP_INSTANCE_REINSTALL", "instance_name": "d1", "os_type": "x"},
-            {"OP_ID": "OP_INSTANCE_STARTUP", "instance_name": "d1"},
-        ])
+        job = run(
+            sim,
+            [
+                {"OP_ID": "OP_INSTANCE_REINSTALL", "instance_name": "d1", "os_type": "x"},
+                {"OP_ID": "OP_INSTANCE_STARTUP", "instance_name": "d1"},
+            ],
+        )
         self.assertEqual(job.opstatus, ["error", "error"])
         self.assertEqual(sim.cluster.instances["d1"].os, "debootstrap+default")
 
     def test_recreate_disks_on_new_nodes_when_primary_offline(self) -> None:
         sim = make_sim()
         sim.set_offline("n2", True)
-        job = run(sim, {"OP_ID": "OP_INSTANCE_RECREATE_DISKS", "instance_name": "p1",
-                        "nodes": ["n1"]})
+        job = run(
+            sim, {"OP_ID": "OP_INSTANCE_RECREATE_DISKS", "instance_name": "p1", "nodes": ["n1"]}
+        )
         self.assertEqual(job.status, "success", job.opresult)
         self.assertEqual(sim.cluster.instances["p1"].primary, "n1")
 
@@ -274,8 +316,15 @@ class TagTests(SynchronousTestCase):
         sim = make_sim()
         targets = [("cluster", None), ("node", "n2"), ("instance", "d1"), ("nodegroup", "g1")]
         for kind, name in targets:
-            add = run(sim, {"OP_ID": "OP_TAGS_SET", "kind": kind, "name": name,
-                            "tags": ["maintd:repairready:x", "b"]})
+            add = run(
+                sim,
+                {
+                    "OP_ID": "OP_TAGS_SET",
+                    "kind": kind,
+                    "name": name,
+                    "tags": ["maintd:repairready:x", "b"],
+                },
+            )
             self.assertEqual(add.status, "success", add.opresult)
         self.assertEqual(sim.cluster.nodes["n2"].tags, {"maintd:repairready:x", "b"})
         self.assertEqual(sim.cluster.groups["g1"].tags, {"maintd:repairready:x", "b"})
@@ -292,26 +341,35 @@ class TagTests(SynchronousTestCase):
 
     def test_invalid_tag_fails_and_adds_nothing(self) -> None:
         sim = make_sim()
-        job = run(sim, {"OP_ID": "OP_TAGS_SET", "kind": "node", "name": "n2",
-                        "tags": ["good", "bad tag"]})
+        job = run(
+            sim, {"OP_ID": "OP_TAGS_SET", "kind": "node", "name": "n2", "tags": ["good", "bad tag"]}
+        )
         self.assertEqual(job.opresult[0], ["TagError", ["Tag contains invalid characters"]])
         self.assertEqual(sim.cluster.nodes["n2"].tags, set())
 
     def test_dry_run_changes_nothing(self) -> None:
         sim = make_sim()
-        job = run(sim, {"OP_ID": "OP_TAGS_SET", "kind": "node", "name": "n2", "tags": ["a"],
-                        "dry_run": True})
+        job = run(
+            sim,
+            {"OP_ID": "OP_TAGS_SET", "kind": "node", "name": "n2", "tags": ["a"], "dry_run": True},
+        )
         self.assertEqual(job.status, "success")
         self.assertEqual(sim.cluster.nodes["n2"].tags, set())
 
 
 class EventTests(SynchronousTestCase):
     def test_timed_events_run_on_the_clock(self) -> None:
-        doc = dict(SCENARIO, events=[
-            {"at": 60, "node": "n3", "diagnose": {"status": "evacuate", "command": "",
-                                                  "details": "disk"}},
-            {"at": 90, "node": "n4", "offline": True},
-        ])
+        doc = dict(
+            SCENARIO,
+            events=[
+                {
+                    "at": 60,
+                    "node": "n3",
+                    "diagnose": {"status": "evacuate", "command": "", "details": "disk"},
+                },
+                {"at": 90, "node": "n4", "offline": True},
+            ],
+        )
         sim = make_sim(doc)
         sim.start()
         sim.clock.advance(59)

@@ -124,8 +124,9 @@ class ShapeTests(RapiTestBase):
             code, nodes = await self.call("GET", "/2/nodes")
             self.assertEqual(set(nodes[0]), set(sample("nodes.json")[0]))
             self.assertEqual(nodes[0], {"id": "n1", "uri": "/2/nodes/n1"})
-            self.assertEqual(await self.call("GET", "/2/nodes/n1/role"),
-                             (200, sample("node-role.json")))
+            self.assertEqual(
+                await self.call("GET", "/2/nodes/n1/role"), (200, sample("node-role.json"))
+            )
             self.assertEqual(await self.call("GET", "/2/nodes/n2/role"), (200, "regular"))
 
         return d(go())
@@ -140,8 +141,9 @@ class ShapeTests(RapiTestBase):
             real = sample("job-success.json")
             self.assertSameShape(job, real, "job")
             self.assertSameShape(job["ops"][0], real["ops"][0], "tag opcode")
-            self.assertEqual([r[0] for r in job["ops"][0]["reason"]],
-                             [r[0] for r in real["ops"][0]["reason"]])
+            self.assertEqual(
+                [r[0] for r in job["ops"][0]["reason"]], [r[0] for r in real["ops"][0]["reason"]]
+            )
             self.assertEqual(job["ops"][0]["reason"][0][1], "maintd test")
             code, bulk = await self.call("GET", "/2/jobs?bulk=1")
             self.assertEqual(sorted(bulk[0]), sorted(sample("jobs-bulk.json")[0]))
@@ -177,8 +179,10 @@ class ShapeTests(RapiTestBase):
         async def go() -> None:
             resp = await self.http.get(BASE + "/2/info")
             self.assertEqual(resp.code, 401)
-            self.assertEqual(resp.headers.getRawHeaders(b"www-authenticate"),
-                             [b'Basic realm="Ganeti Remote API"'])
+            self.assertEqual(
+                resp.headers.getRawHeaders(b"www-authenticate"),
+                [b'Basic realm="Ganeti Remote API"'],
+            )
 
         return d(go())
 
@@ -218,18 +222,24 @@ class AnonymousReadTests(RapiTestBase):
 class WriteTests(RapiTestBase):
     def test_tags_round_trip_through_rapi(self) -> None:
         async def go() -> None:
-            for path in ("/2/tags", "/2/nodes/n2/tags", "/2/instances/d1/tags",
-                         "/2/groups/g1/tags"):
+            for path in (
+                "/2/tags",
+                "/2/nodes/n2/tags",
+                "/2/instances/d1/tags",
+                "/2/groups/g1/tags",
+            ):
                 tag = quote("maintd:repairready:0000-test")
                 code, _ = await self.call("PUT", f"{path}?tag={tag}&tag=two")
                 self.assertEqual(code, 200)
                 await self.finish_jobs()
-                self.assertEqual(await self.call("GET", path),
-                                 (200, ["maintd:repairready:0000-test", "two"]))
+                self.assertEqual(
+                    await self.call("GET", path), (200, ["maintd:repairready:0000-test", "two"])
+                )
                 await self.call("DELETE", f"{path}?tag=two")
                 await self.finish_jobs()
-                self.assertEqual(await self.call("GET", path),
-                                 (200, ["maintd:repairready:0000-test"]))
+                self.assertEqual(
+                    await self.call("GET", path), (200, ["maintd:repairready:0000-test"])
+                )
 
         return d(go())
 
@@ -243,14 +253,16 @@ class WriteTests(RapiTestBase):
 
     def test_drain_via_modify_and_role(self) -> None:
         async def go() -> None:
-            code, job_id = await self.call("POST", "/2/nodes/n2/modify?reason=maintd",
-                                           {"drained": True})
+            code, job_id = await self.call(
+                "POST", "/2/nodes/n2/modify?reason=maintd", {"drained": True}
+            )
             await self.finish_jobs()
             self.assertEqual(await self.call("GET", "/2/nodes/n2/role"), (200, "drained"))
             _, job = await self.call("GET", f"/2/jobs/{job_id}")
             op = job["ops"][0]
-            self.assertEqual((op["OP_ID"], op["node_name"], op["drained"]),
-                             ("OP_NODE_SET_PARAMS", "n2", True))
+            self.assertEqual(
+                (op["OP_ID"], op["node_name"], op["drained"]), ("OP_NODE_SET_PARAMS", "n2", True)
+            )
             self.assertEqual(op["reason"][0][:2], ["gnt:user", "maintd"])
             self.assertEqual(op["reason"][1][0], "gnt:library:rlib2:nodes_name_modify")
             await self.call("PUT", "/2/nodes/n2/role", "regular")
@@ -280,8 +292,9 @@ class WriteTests(RapiTestBase):
             await self.finish_jobs()
             _, job = await self.call("GET", f"/2/jobs/{job_id}")
             real = sample("job-migrate-file.json")
-            self.assertEqual(sorted(job["ops"][0]), sorted(
-                [k for k in real["ops"][0] if k != "instance_uuid"]))
+            self.assertEqual(
+                sorted(job["ops"][0]), sorted([k for k in real["ops"][0] if k != "instance_uuid"])
+            )
             self.assertEqual(job["status"], "error")
             self.assertEqual(job["opresult"][0][0], "OpPrereqError")
             self.assertEqual(job["opresult"][0][1][1], "wrong_state")
@@ -315,18 +328,32 @@ class WriteTests(RapiTestBase):
     def test_other_writes_submit_the_right_opcodes(self) -> None:
         async def go() -> None:
             cases = [
-                ("PUT", "/2/instances/d1/failover", {"target_node": "n3"},
-                 ["OP_INSTANCE_FAILOVER"]),
-                ("POST", "/2/instances/d1/replace-disks",
-                 {"mode": "replace_new_secondary", "remote_node": "n1"},
-                 ["OP_INSTANCE_REPLACE_DISKS"]),
-                ("POST", "/2/instances/x1/recreate-disks", {"nodes": ["n2"]},
-                 ["OP_INSTANCE_RECREATE_DISKS"]),
-                ("POST", "/2/instances/x1/reinstall", {"os": "debian", "start": False},
-                 ["OP_INSTANCE_SHUTDOWN", "OP_INSTANCE_REINSTALL"]),
+                (
+                    "PUT",
+                    "/2/instances/d1/failover",
+                    {"target_node": "n3"},
+                    ["OP_INSTANCE_FAILOVER"],
+                ),
+                (
+                    "POST",
+                    "/2/instances/d1/replace-disks",
+                    {"mode": "replace_new_secondary", "remote_node": "n1"},
+                    ["OP_INSTANCE_REPLACE_DISKS"],
+                ),
+                (
+                    "POST",
+                    "/2/instances/x1/recreate-disks",
+                    {"nodes": ["n2"]},
+                    ["OP_INSTANCE_RECREATE_DISKS"],
+                ),
+                (
+                    "POST",
+                    "/2/instances/x1/reinstall",
+                    {"os": "debian", "start": False},
+                    ["OP_INSTANCE_SHUTDOWN", "OP_INSTANCE_REINSTALL"],
+                ),
                 ("PUT", "/2/instances/x1/startup", None, ["OP_INSTANCE_STARTUP"]),
-                ("POST", "/2/nodes/n5/evacuate?dry-run=1", {"mode": "all"},
-                 ["OP_NODE_EVACUATE"]),
+                ("POST", "/2/nodes/n5/evacuate?dry-run=1", {"mode": "all"}, ["OP_NODE_EVACUATE"]),
             ]
             for method, path, body, op_ids in cases:
                 code, job_id = await self.call(method, path, body)
@@ -341,19 +368,29 @@ class WriteTests(RapiTestBase):
     def test_job_wait_returns_changes(self) -> None:
         async def go() -> None:
             _, job_id = await self.call("PUT", "/2/tags?tag=a")
-            body = {"fields": ["status", "opstatus"], "previous_job_info": None,
-                    "previous_log_serial": None}
+            body = {
+                "fields": ["status", "opstatus"],
+                "previous_job_info": None,
+                "previous_log_serial": None,
+            }
             code, got = await self.call("GET", f"/2/jobs/{job_id}/wait", body)
-            self.assertEqual((code, got), (200, {"job_info": ["queued", ["queued"]],
-                                                 "log_entries": []}))
-            waiting = self.call("GET", f"/2/jobs/{job_id}/wait",
-                                dict(body, previous_job_info=["queued", ["queued"]]))
+            self.assertEqual(
+                (code, got), (200, {"job_info": ["queued", ["queued"]], "log_entries": []})
+            )
+            waiting = self.call(
+                "GET",
+                f"/2/jobs/{job_id}/wait",
+                dict(body, previous_job_info=["queued", ["queued"]]),
+            )
             self.sim.clock.advance(0)
             code, got = await waiting
             self.assertEqual(got["job_info"], ["running", ["running"]])
             self.sim.clock.advance(1)
-            code, got = await self.call("GET", f"/2/jobs/{job_id}/wait",
-                                        dict(body, previous_job_info=["running", ["running"]]))
+            code, got = await self.call(
+                "GET",
+                f"/2/jobs/{job_id}/wait",
+                dict(body, previous_job_info=["running", ["running"]]),
+            )
             self.assertEqual(got, sample("job-wait.json"))
 
         return d(go())

@@ -10,6 +10,7 @@ import attrs
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from maintd.config import DaemonConfig
 from maintd.mastership import check_at_startup, check_at_startup_or_exit
 from maintd.voting import (
     EXIT_NODESETUP_ERROR,
@@ -24,23 +25,6 @@ from maintd.voting import (
 )
 
 from .test_voting_fakes import Certs, FakeNoded, free_closed_port, start_nodes, write_ssconf
-
-
-@attrs.frozen
-class DaemonConfig:  # stand-in for maintd.config.DaemonConfig until the core lands
-    state_dir: str
-    ssconf_dir: str
-    noded_cert: str
-    noded_port: int
-    hostname: str
-    no_voting: bool = False
-    yes_do_it: bool = False
-    simulate: bool = False
-
-    @classmethod
-    def for_tests(cls, **kw: Any) -> DaemonConfig:
-        return cls(**kw)
-
 
 ME = "node1.example.com"
 OTHER = "node2.example.com"
@@ -195,7 +179,7 @@ class StartupCheckTests(SynchronousTestCase, _Fixture):
         self.slept: list[float] = []
         self.config = DaemonConfig.for_tests(
             state_dir=self.dir, ssconf_dir=self.ssconf, noded_cert=self.certs.cluster.path,
-            noded_port=self.nodes[0].port, hostname=ME,
+            noded_port=self.nodes[0].port, hostname=ME, no_voting=False, yes_do_it=False,
         )
 
     def check(self, **overrides: Any) -> Any:
@@ -236,6 +220,8 @@ class StartupCheckTests(SynchronousTestCase, _Fixture):
         self.assertEqual(self.slept, [10.0] * 6)
         self.assertEqual(len(self.nodes[0].requests), 7)
         self.assertIn("undecided after 7 attempts", err.getvalue())
+        self.assertEqual(err.getvalue().count("asking again in 10s"), 6, err.getvalue())
+        self.assertIn("(retry 6/6)", err.getvalue())
         self.assertIn("node2.example.com (node node2.example.com: answer is not JSON", err.getvalue())
         self.assertIn("node3.example.com (", err.getvalue())
 
@@ -284,6 +270,50 @@ class StartupCheckTests(SynchronousTestCase, _Fixture):
             self.check()
         assert cm.exception.tally is not None
         self.assertEqual(cm.exception.tally.votes, {OTHER: 3})
+
+    def test_no_voting_needs_yes_do_it(self) -> None:
+        from twisted.python import usage
+
+        from maintd.options import Options
+
+        with self.assertRaises(usage.UsageError) as cm:
+            Options().parseOptions(["--no-voting", "--state-dir", self.dir])
+        self.assertIn("--yes-do-it", str(cm.exception))
+        opts = Options()
+        opts.parseOptions(["--no-voting", "--yes-do-it", "--state-dir", self.dir])
+        m = check_at_startup(opts.daemon_config, sleep=self.slept.append)
+        self.assertFalse(m.verified)
+        self.assertEqual(sum(len(n.requests) for n in self.nodes), 0)
+
+    def test_make_service_votes_and_wires_the_rounds(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from maintd import tap
+
+        for n in self.nodes:
+            n.vote_for(ME)
+        top = tap.makeService(self.config, reactor=MemoryReactorClock())
+        self.addCleanup(top.store.close)
+        self.assertTrue(top.mastership.verified)
+        self.assertIsNotNone(top.getServiceNamed("mastership"))
+        runner = top.rounds.round_fn
+        self.assertTrue(runner.context(1).submitting)
+        top.mastership.mark_lost(None)
+        self.assertFalse(runner.context(2).submitting)
+
+    def test_make_service_exits_11_when_not_master(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from maintd import tap
+
+        for n in self.nodes:
+            n.vote_for(OTHER)
+        reactor = MemoryReactorClock()
+        with self.assertRaises(SystemExit) as cm:
+            tap.makeService(self.config, reactor=reactor)
+        self.assertEqual(cm.exception.code, EXIT_NOTMASTER)
+        self.assertEqual(reactor.tcpServers, [], "no port bound")
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "state.json")))
 
     def test_setup_error_type(self) -> None:
         self.assertRaises(SetupError, check_at_startup, attrs.evolve(self.config, ssconf_dir="/nonexistent"))

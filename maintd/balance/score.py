@@ -10,7 +10,7 @@ the twenty per-node components of the detailed score and :func:`compute_cv`
 the score itself, summed exactly like ``compCV``.
 
 Forthcoming instances count where htools counts them (the ``*_forth``
-metrics) but are not moved by the planner.
+metrics and exclusion tags) and move like htools moves them.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def _prefixed(tags: Any, prefix: str) -> list[str]:
 
 
 def _node_tag_set(ctags: Sequence[str], prefix: str, ntags: Any) -> set[str]:
-    out = set()
+    out: set[str] = set()
     for p in _prefixed(ctags, prefix):
         out.update(t for t in ntags if t.startswith(p + ":"))
     return out
@@ -233,9 +233,7 @@ def build_state(
         inst_excl.append([t for t in tags if any(t.startswith(p) for p in ex_prefixes)])
         inst_desired.append([t for t in tags if any(t.startswith(p) for p in dl_prefixes)])
     excl_names = sorted({t for ts in inst_excl for t in ts})
-    node_locs = [
-        _node_tag_set(ctags, LOCATION_PREFIX, cluster.nodes[n].tags) for n in node_names
-    ]
+    node_locs = [_node_tag_set(ctags, LOCATION_PREFIX, cluster.nodes[n].tags) for n in node_names]
     loc_names = sorted(set().union(*node_locs)) if node_locs else []
     eidx = {t: i for i, t in enumerate(excl_names)}
     lidx = {t: i for i, t in enumerate(loc_names)}
@@ -303,10 +301,10 @@ def build_state(
         vals["forth"][i] = forth
         vals["running"][i] = it.status in ("running", "ERROR_up")
         mirror[i] = _MIRROR.get(it.disk_template, MIRROR_NONE)
-        movable[i] = it.disk_template in _MOVABLE_TEMPLATES and it.auto_balance and not forth
+        movable[i] = it.disk_template in _MOVABLE_TEMPLATES and it.auto_balance
         if snode >= 0:
             vals["ls"][i] = float(np.sum(loc[nidx[it.primary]] & loc[snode]))
-            if cluster.nodes[it.primary].group != cluster.nodes[it.secondary].group:
+            if cluster.nodes[it.primary].group != cluster.nodes[node_names[snode]].group:
                 movable[i] = False
 
     # setPri / setSec in instance order (Loader.fixNodes).
@@ -394,7 +392,9 @@ def _set_pri(
         node["unet_l"][p] += inst["util_n"][i]
         node["instsp"][p] = 0.0 if excl_node else node["instsp"][p] + su_delta
         node["imem"][p] += inst["mem"][i] * inst["usesmem"][i]
-        dsrd = desired_n[i] - float(np.sum(desired[i] & loc[p])) if desired.shape[1] else desired_n[i]
+        dsrd = (
+            desired_n[i] - float(np.sum(desired[i] & loc[p])) if desired.shape[1] else desired_n[i]
+        )
         node["locscore"][p] += inst["ls"][i] + dsrd
     else:
         node["fdskF"][p] -= inst["dsk"][i] * udisk

@@ -21,7 +21,7 @@ import json
 import os
 import random
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from maintd.model import Cluster
 from maintd.rapi.errors import (
+    EXCERPT_CHARS,
     RapiAuthError,
     RapiBadRequest,
     RapiConfigError,
@@ -49,7 +50,7 @@ from maintd.rapi.errors import (
     excerpt,
 )
 from maintd.rapi.jobs import JobResult, parse_job
-from maintd.rapi.loader import build_cluster
+from maintd.rapi.loader import ClusterBuilder
 
 log = Logger()
 
@@ -263,8 +264,14 @@ class RapiClient:
 
     async def _exchange(
         self, method: str, url: str, params: Sequence[tuple[str, str]], body: Any
-    ) -> tuple[int, bytes]:
-        kw: dict[str, Any] = {"allow_redirects": False}
+    ) -> tuple[int, list[bytes]]:
+        """One request; (status, [body]).
+
+        The body comes in a one-element list the caller pops: Deferreds and
+        protocols sit in reference cycles that only the cyclic GC frees, and
+        a big answer must not stay alive with them.
+        """
+        kw: dict[str, Any] = {"allow_redirects": False, "unbuffered": True}
         if params:
             kw["params"] = list(params)
         if self._auth is not None:
@@ -282,8 +289,9 @@ class RapiClient:
             if any(isinstance(v, CancelledError) for v in _failure_values(e)):
                 raise CancelledError() from None
             raise _transport_error(method, url, e) from e
+        chunks: list[bytes] = []
         try:
-            content = await treq.content(response)
+            await treq.collect(response, chunks.append)
         except CancelledError:
             raise
         except Exception as e:
@@ -293,23 +301,32 @@ class RapiClient:
                 url=url,
                 status=response.code,
             ) from e
-        return response.code, content
+        content = b"".join(chunks)
+        chunks.clear()
+        return response.code, [content]
 
     async def _once(
-        self, method: str, url: str, params: Sequence[tuple[str, str]], body: Any
+        self,
+        method: str,
+        url: str,
+        params: Sequence[tuple[str, str]],
+        body: Any,
+        decode: Callable[[bytes], Any],
     ) -> Any:
         d = Deferred.fromCoroutine(self._exchange(method, url, params, body))
         d.addTimeout(self.timeout, self.clock)
         try:
-            status, content = await d
+            status, holder = await d
         except (defer.TimeoutError, CancelledError):
             raise RapiTimeout(
                 f"no complete answer within {self.timeout:g}s", method=method, url=url
             ) from None
+        del d
+        content = holder.pop()
         if not 200 <= status < 300:
             raise _status_error(method, url, status, content)
         try:
-            return json.loads(content)
+            return decode(content)
         except ValueError:
             raise RapiMalformed(
                 f"HTTP {status} answer is not JSON: {excerpt(content)!r}",
@@ -327,12 +344,13 @@ class RapiClient:
         params: Sequence[tuple[str, str]] = (),
         body: Any = _NO_BODY,
         read: bool,
+        decode: Callable[[bytes], Any] = json.loads,
     ) -> Any:
         url = self.base_url + path
         attempts = 1 + (self.read_retries if read else 0)
         for attempt in range(attempts):
             try:
-                return await self._once(method, url, params, body)
+                return await self._once(method, url, params, body, decode)
             except (RapiTimeout, RapiTLSError):
                 raise
             except (RapiConnectionError, RapiServerError) as e:
@@ -352,13 +370,22 @@ class RapiClient:
                 await task.deferLater(self.clock, delay, lambda: None)
         raise AssertionError("unreachable")
 
-    async def _get(self, path: str, params: Sequence[tuple[str, str]] = ()) -> Any:
-        return await self._call("GET", path, params=params, read=True)
+    async def _get(
+        self,
+        path: str,
+        params: Sequence[tuple[str, str]] = (),
+        decode: Callable[[bytes], Any] = json.loads,
+    ) -> Any:
+        return await self._call("GET", path, params=params, read=True, decode=decode)
 
     async def _get_typed(
-        self, path: str, kind: type[T], params: Sequence[tuple[str, str]] = ()
+        self,
+        path: str,
+        kind: type[T],
+        params: Sequence[tuple[str, str]] = (),
+        decode: Callable[[bytes], Any] = json.loads,
     ) -> T:
-        doc = await self._get(path, params)
+        doc = await self._get(path, params, decode)
         if not isinstance(doc, kind) or isinstance(doc, bool):
             raise RapiMalformed(
                 f"expected a JSON {kind.__name__}, got {excerpt(json.dumps(doc))!r}",
@@ -415,22 +442,58 @@ class RapiClient:
         return await self._get_typed(self._tags_path(kind, name), list)
 
     async def load_cluster(self) -> Cluster:
-        """The cluster snapshot: the four bulk reads in parallel, then the loader."""
+        """The cluster snapshot: the four reads in parallel, then the loader.
+
+        The node and instance answers are kept as bytes until ``/2/info``
+        and the groups are known, then decoded straight into model objects
+        (see :class:`~maintd.rapi.loader.ClusterBuilder`).
+        """
+
+        def raw(data: bytes) -> list[bytes]:
+            return [data]  # popped by _decode (see _exchange)
+
+        bulk = [("bulk", "1")]
         reads: list[Deferred[Any]] = [
             Deferred.fromCoroutine(self.info()),
             Deferred.fromCoroutine(self.groups_bulk()),
-            Deferred.fromCoroutine(self.nodes_bulk()),
-            Deferred.fromCoroutine(self.instances_bulk()),
+            Deferred.fromCoroutine(self._get("/2/nodes", bulk, raw)),
+            Deferred.fromCoroutine(self._get("/2/instances", bulk, raw)),
         ]
         try:
             answers: list[Any] = await defer.gatherResults(reads, consumeErrors=True)
         except defer.FirstError as e:
             e.subFailure.raiseException()
-        info, groups, nodes, instances = answers
+        # Drop every other reference to the big bodies so each can be freed
+        # as soon as it is decoded.
+        del reads
+        info, groups = answers[0], answers[1]
         try:
-            return build_cluster(info, groups, nodes, instances)
+            builder = ClusterBuilder(info, groups)
+            builder.add_nodes(self._decode("/2/nodes", answers, 2, builder.decode_nodes))
+            builder.add_instances(
+                self._decode("/2/instances", answers, 3, builder.decode_instances)
+            )
+            return builder.cluster()
         except ValueError as e:
             raise RapiMalformed(str(e), url=self.base_url) from None
+
+    def _decode(
+        self, path: str, answers: list[Any], index: int, decode: Callable[[str], Any]
+    ) -> Any:
+        data = answers[index].pop()
+        try:
+            # bytes -> str first, so only one copy of the body is alive while
+            # the JSON is parsed
+            text = data.decode("utf-8")
+            head = data[:EXCERPT_CHARS]
+            del data
+            return decode(text)
+        except ValueError:
+            raise RapiMalformed(
+                f"HTTP 200 answer is not UTF-8 JSON: {excerpt(head)!r}",
+                method="GET",
+                url=f"{self.base_url}{path}?bulk=1",
+            ) from None
 
     async def get_job(self, job_id: int) -> JobResult:
         """Status of one job; ``lost`` when Ganeti no longer knows it."""

@@ -340,9 +340,9 @@ class SimCluster:
         for n in cluster.nodes.values():
             node = sim.nodes[n.name]
             if n.mfree or n.mtotal:
-                node.mem_other = max(0, n.mtotal - n.mnode - n.mfree - sim._mem_used[n.name])
+                node.mem_other = n.mtotal - n.mnode - n.mfree - sim._mem_used[n.name]
             if n.dfree or n.dtotal:
-                node.disk_other = max(0, n.dtotal - n.dfree - sim._disk_used[n.name])
+                node.disk_other = n.dtotal - n.dfree - sim._disk_used[n.name]
         return sim
 
     # -- change tracking ---------------------------------------------------
@@ -442,8 +442,9 @@ class SimCluster:
                 ctotal=n.ctotal,
                 cnos=n.cnos,
                 cpu_speed=n.cpu_speed,
-                spindles_total=n.spindles_total,
-                spindles_free=n.spindles_total,
+                # Ganeti's default spindle_count is 1 (what RAPI's ndparams say).
+                spindles_total=max(n.spindles_total, 1),
+                spindles_free=n.spindles_total if n.exclusive_storage else 0,
                 exclusive_storage=n.exclusive_storage,
                 primaries=self._pinst[n.name],
                 secondaries=self._sinst[n.name],
@@ -583,7 +584,7 @@ class SimCluster:
             },
             "hvparams": {},
             "oper_state": oper,
-            "oper_ram": i.memory if running else (None if oper is None else 0),
+            "oper_ram": i.memory if running else None,
             "oper_vcpus": i.vcpus if running else None,
             "status": self.instance_status(i),
             "custom_hvparams": {},

@@ -184,6 +184,8 @@ class RapiFront:
         self.users = users
         self.anonymous_reads = anonymous_reads
         self._cache: dict[str, tuple[int, bytes]] = {}
+        #: Per-instance encoded JSON, keyed by what can change its answer.
+        self._inst_cache: dict[str, tuple[Any, bytes]] = {}
         self._hanging: list[Deferred[bytes]] = []
         self._timers: list[Any] = []
         self.routes = self._routes()
@@ -445,12 +447,32 @@ class RapiFront:
     def get_instances(self, rq: Request) -> bytes:
         c = self.sim.cluster
         if rq.int("bulk"):
-            return self._cached(
-                "instances-bulk", lambda: [c.instance_json(i) for i in c.instances.values()]
-            )
+            gen = c.generation
+            hit = self._cache.get("instances-bulk")
+            if hit is None or hit[0] != gen:
+                hit = (gen, self._encode_instances())
+                self._cache["instances-bulk"] = hit
+            return hit[1]
         return self._cached(
             "instances", lambda: [{"id": n, "uri": f"/2/instances/{n}"} for n in c.instances]
         )
+
+    def _encode_instances(self) -> bytes:
+        """The bulk answer, re-encoding only instances whose answer changed."""
+        c = self.sim.cluster
+        cache = self._inst_cache
+        parts = []
+        for inst in c.instances.values():
+            key = (inst.serial_no, c.nodes[inst.primary].offline)
+            hit = cache.get(inst.name)
+            if hit is None or hit[0] != key:
+                hit = (key, json.dumps(c.instance_json(inst)).encode())
+                cache[inst.name] = hit
+            parts.append(hit[1])
+        if len(cache) > len(c.instances):
+            for name in set(cache) - set(c.instances):
+                del cache[name]
+        return b"[" + b", ".join(parts) + b"]"
 
     def get_groups(self, rq: Request) -> bytes:
         c = self.sim.cluster

@@ -37,7 +37,7 @@ import attrs
 import yaml
 
 from maintd import model
-from maintd.sim.cluster import new_uuid
+from maintd.sim.cluster import DRBD_META_MIB, new_uuid
 from maintd.sim.faults import MOND_MODES
 
 NODE_DEFAULTS: dict[str, Any] = {
@@ -132,6 +132,24 @@ def from_hbal_text(text: str, source: str) -> Scenario:
         cluster = parse_text(text)
     except ValueError as err:
         raise ScenarioError(f"{source}: bad hbal text data: {err}") from err
+    # hbal's text figure for an instance's disk is Ganeti's disk_usage, which
+    # for DRBD includes 128 MiB of metadata per disk; keep the usage the same.
+    instances = {
+        name: attrs.evolve(inst, disk_sizes=[max(0, d - DRBD_META_MIB) for d in inst.disk_sizes])
+        if inst.is_drbd
+        else inst
+        for name, inst in cluster.instances.items()
+    }
+    # The text format names no hypervisor and hbal -t assumes Xen; hbal -m on
+    # a KVM cluster would reserve 4 GiB per node, so keep the Xen semantics.
+    hv = cluster.default_hypervisor or "xen-pvm"
+    instances = {n: attrs.evolve(i, hypervisor=i.hypervisor or hv) for n, i in instances.items()}
+    cluster = attrs.evolve(
+        cluster,
+        instances=instances,
+        default_hypervisor=hv,
+        enabled_hypervisors=cluster.enabled_hypervisors or (hv,),
+    )
     return Scenario(cluster=cluster, source=source)
 
 

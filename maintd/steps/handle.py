@@ -13,8 +13,8 @@ from twisted.logger import Logger
 
 from maintd import incidents as I
 from maintd.executor import NoExecutor, RepairResult
+from maintd.rapi.errors import RapiError
 from maintd.state import RepairStatus
-from maintd.steps.errors import RapiError
 from maintd.steps.notes import note
 
 log = Logger()

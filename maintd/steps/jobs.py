@@ -8,8 +8,8 @@ from twisted.logger import Logger
 
 from maintd import incidents as I
 from maintd.control import track
+from maintd.rapi.errors import RapiError
 from maintd.state import TAG_FAILED, RepairStatus
-from maintd.steps.errors import RapiError
 from maintd.steps.notes import note
 
 log = Logger()
