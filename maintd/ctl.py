@@ -96,7 +96,10 @@ def print_state(state: dict[str, Any], out: TextIO) -> None:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    parser = argparse.ArgumentParser(prog="ganeti-maintd-ctl", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ganeti-maintd-ctl",
+        description="List, cancel and forget the incidents of the ganeti-maintd maintenance daemon.",
+    )
     parser.add_argument("--socket", default=DEFAULT_SOCKET,
                         help=f"control socket of the daemon (default {DEFAULT_SOCKET})")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -209,6 +209,8 @@ class MovePrimary:
     target: str | None
     failover: bool
     touched: frozenset[str] = frozenset()
+    #: failover off an offline node: do not check the disks there
+    ignore_consistency: bool = False
 
 
 @attrs.frozen
@@ -383,7 +385,9 @@ def plan_evacuation(
     waits: list[str] = []
     available = set(available) - busy - incident_nodes - {node.name}
     for inst in primaries:
-        verb_failover = failover or not inst.running
+        # an offline node can only be failed over from, disks unchecked
+        verb_failover = failover or not inst.running or node.offline
+        force = node.offline
         if inst.is_drbd:
             sec_name = inst.secondary
             sec = cluster.nodes.get(sec_name) if sec_name else None
@@ -392,7 +396,8 @@ def plan_evacuation(
             sec_ok = sec.usable and sec.mfree >= _needs_memory(inst)
             if sec_ok and sec.name in available:
                 return MovePrimary(
-                    inst.name, None, verb_failover, touched=frozenset({node.name, sec.name})
+                    inst.name, None, verb_failover, touched=frozenset({node.name, sec.name}),
+                    ignore_consistency=force,
                 )
             if sec_ok and sec.name not in incident_nodes:
                 waits.append(f"secondary {sec.name} of {inst.name} is busy this round")
@@ -426,6 +431,7 @@ def plan_evacuation(
             choice.target,
             verb_failover,
             touched=frozenset({node.name, choice.target}),
+            ignore_consistency=force,
         )
     if primaries:
         return Wait("; ".join(waits))

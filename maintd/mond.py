@@ -43,6 +43,8 @@ MAX_BODY = 1024 * 1024
 MAX_REPORT = 16 * 1024
 #: A repair command is a bare command name: no path, no leading dot or dash.
 COMMAND_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+#: Requests outstanding at most, in units of ``parallel`` (stalled ones included).
+STALLED_FACTOR = 4
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -190,6 +192,11 @@ class MondClient:
         self.diagnose_path = diagnose_path
         self._http = http
         self._sem = defer.DeferredSemaphore(parallel)
+        self._outstanding = defer.DeferredSemaphore(parallel * STALLED_FACTOR)
+        #: Seconds after which a request without answer frees its slot.
+        self.stall = min(1.0, timeout / 4)
+        #: Nodes whose last request failed (asked first next time).
+        self._failing: set[str] = set()
 
     @classmethod
     def from_config(cls, config: Any, reactor: Any, http: Any = None) -> MondClient:
@@ -299,7 +306,7 @@ class MondClient:
     async def gather(
         self, nodes: Iterable[Node], fn: Callable[[Node], Awaitable[T]]
     ) -> dict[str, T | MondError]:
-        """``fn(node)`` for every node, at most ``parallel`` at a time.
+        """``fn(node)`` for every node, at most ``parallel`` active at a time.
 
         Never raises for one node's failure: the result maps each node name
         to ``fn``'s result or to the :class:`MondError` it raised (any other
@@ -316,16 +323,39 @@ class MondClient:
                 return MondError(node.name, f"unexpected error: {e!r}")
 
         async def limited(node: Node) -> T | MondError:
+            # A request holds one of ``parallel`` slots while it is active.
+            # One that got no answer within ``stall`` seconds gives its slot
+            # to the next node and keeps waiting for its own timeout (at most
+            # ``STALLED_FACTOR * parallel`` requests outstanding in all), so
+            # silent nodes do not hold up the rest.
+            await self._outstanding.acquire()
             await self._sem.acquire()
+            released = False
+
+            def release() -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    self._sem.release()
+
+            call = self._reactor.callLater(self.stall, release)
             try:
                 return await one(node)
             finally:
-                self._sem.release()
+                if call.active():
+                    call.cancel()
+                release()
+                self._outstanding.release()
 
+        # Nodes that did not answer last time go first: their timeouts then
+        # overlap with the work on the others instead of adding to it.
+        ordered = sorted(nodes, key=lambda n: n.name not in self._failing)
         names: list[str] = []
         ds: list[defer.Deferred[Any]] = []
-        for node in nodes:
+        for node in ordered:
             names.append(node.name)
             ds.append(defer.Deferred.fromCoroutine(limited(node)))
         results = await defer.gatherResults(ds)
-        return dict(zip(names, results, strict=True))
+        out = dict(zip(names, results, strict=True))
+        self._failing = {name for name, r in out.items() if isinstance(r, MondError)}
+        return out

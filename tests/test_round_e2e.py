@@ -13,12 +13,13 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
 
 import treq
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import defer, protocol, reactor, task, threads
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
@@ -444,3 +445,97 @@ class EndToEndTests(TestCase):
         code, _, err = await d.ctl("forget", failed.uuid)
         self.assertEqual(code, 1)
         self.assertIn("no incident", err)
+
+
+class DaemonProcess(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output = (self.output + data)[-200000:]
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(None)
+
+
+class KillTests(TestCase):
+    """The daemon as a real process, killed with SIGKILL mid-evacuation."""
+
+    timeout = 240
+
+    def test_kill_and_restart(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._kill_restart())
+
+    def spawn(self, args: list[str]) -> DaemonProcess:
+        proto = DaemonProcess()
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+        reactor.spawnProcess(proto, sys.executable, twistd + args, env=env)  # type: ignore[attr-defined]
+
+        def kill() -> Any:
+            if proto.ended.called:
+                return None
+            proto.transport.signalProcess("KILL")  # type: ignore[union-attr]
+            return proto.ended
+
+        self.addCleanup(kill)
+        return proto
+
+    async def status(self, port: int) -> list[dict[str, Any]] | None:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        try:
+            r = await treq.get(f"http://127.0.0.1:{port}/1/status", pool=pool, timeout=5)
+            return await r.json()  # type: ignore[no-any-return]
+        except Exception:
+            return None  # not up yet
+
+    async def until(self, port: int, cond: Callable[[list[dict[str, Any]]], bool],
+                    proto: DaemonProcess, limit: float = 90.0) -> list[dict[str, Any]]:
+        for _ in range(int(limit / 0.1)):
+            st = await self.status(port)
+            if st is not None and cond(st):
+                return st
+            if proto.ended.called:
+                raise AssertionError(f"daemon exited:\n{proto.output.decode()[-3000:]}")
+            await task.deferLater(reactor, 0.1, lambda: None)
+        raise AssertionError(f"condition not reached:\n{proto.output.decode()[-3000:]}")
+
+    async def _kill_restart(self) -> None:
+        base = tempfile.mkdtemp(prefix="mdk-")
+        self.addCleanup(shutil.rmtree, base, True)
+        spec = scenario([drbd("a1", "n2", "n3"), drbd("a2", "n2", "n4"), drbd("a3", "n2", "n5")],
+                        {"n2": EVACUATE})
+        path = os.path.join(base, "scenario.json")
+        with open(path, "w") as f:
+            json.dump(spec, f)
+        sim = EmbeddedSimulator(reactor, os.path.join(base, "sim"), scenario=path,
+                                job_seconds=0.3, mond_port=free_port())
+        sim.startService()
+        self.addCleanup(sim.stopService)
+        port = free_port()
+        args = ["-n", "--pidfile=", "ganeti-maintd", "-p", str(port), "-b", "127.0.0.1",
+                "--state-dir", os.path.join(base, "state"), "--no-voting", "--yes-do-it",
+                "--rapi", sim.rapi_url, "--rapi-user", str(sim.rapi_user),
+                "--rapi-password-file", str(sim.rapi_password_file), "--rapi-cert", sim.rapi_cert,
+                "--mond-port", str(sim.mond_port), "--mond-timeout", "2", "--round-delay", "0.1",
+                "--job-wait", "10"]
+        first = self.spawn(args)
+        # drained and the first migration submitted: kill it
+        await self.until(port, lambda st: bool(st) and len(st[0]["jobs"]) >= 2, first)
+        first.transport.signalProcess("KILL")  # type: ignore[union-attr]
+        await first.ended
+        second = self.spawn(args)
+        st = await self.until(port, lambda st: bool(st) and st[0]["repair-status"] == "completed",
+                              second)
+        jobs = [sim.sim.jobs.jobs[j] for j in sorted(sim.sim.jobs.jobs)]
+        moves = [(op["OP_ID"], op.get("instance_name") or op.get("node_name") or op.get("name"))
+                 for job in jobs for op in job.ops]
+        self.assertEqual(len(moves), len(set(moves)), f"a job was submitted twice: {moves}")
+        self.assertEqual(st[0]["jobs"], [job.id for job in jobs])
+        self.assertEqual({sim.cluster.instances[i].primary for i in ("a1", "a2", "a3")},
+                         {"n3", "n4", "n5"})
+        second.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        await second.ended

@@ -195,6 +195,11 @@ class EvacuationTests(SynchronousTestCase):
         assert isinstance(plan, I.Wait)
         self.assertIn("busy", plan.reason)
 
+    def test_offline_node_fails_over_ignoring_consistency(self) -> None:
+        c = mk_cluster([nd("a", offline=True), nd("b")], [drbd("i1", "a", "b")])
+        self.assertEqual(self.plan(c), I.MovePrimary("i1", None, True, frozenset({"a", "b"}),
+                                                     ignore_consistency=True))
+
     def test_stopped_instance_fails_over(self) -> None:
         c = mk_cluster([nd("a", drained=True), nd("b")], [drbd("i1", "a", "b", admin_state="down")])
         plan = self.plan(c)

@@ -160,10 +160,13 @@ class StubbedClientTests(SynchronousTestCase):
         self.assertEqual(sum(isinstance(r, DiagnoseReport) for r in out.values()), 16)
 
     def test_parallel_bound(self) -> None:
-        answers = {f"127.0.2.{i + 1}": None for i in range(10)}
+        # 20 silent nodes, parallel 3: 3 active at once; a stalled request
+        # (no answer after 1 s) frees its slot; at most 4 x 3 outstanding.
+        answers = {f"127.0.2.{i + 1}": None for i in range(20)}
         monds = Monds(answers)
         c = self.client(monds, parallel=3)
-        nodes = [node(f"n{i}", f"127.0.2.{i + 1}") for i in range(10)]
+        self.assertEqual(c.stall, 1.0)
+        nodes = [node(f"n{i}", f"127.0.2.{i + 1}") for i in range(20)]
         inflight = [0, 0]
 
         async def counted(n: Node) -> DiagnoseReport:
@@ -175,15 +178,65 @@ class StubbedClientTests(SynchronousTestCase):
                 inflight[0] -= 1
 
         d = defer.Deferred.fromCoroutine(c.gather(nodes, counted))
-        self.assertEqual(inflight[0], 3)
-        for _ in range(3):
-            self.clock.advance(10)
-            self.assertEqual(inflight[0], 3 if _ < 2 else 1)
-        self.clock.advance(10)
-        self.assertEqual(inflight[1], 3)
+        seen = [inflight[0]]
+        for _ in range(5):
+            self.clock.advance(1)
+            seen.append(inflight[0])
+        self.assertEqual(seen, [3, 6, 9, 12, 12, 12])
+        for _ in range(40):
+            self.clock.advance(1)
+            self.assertLessEqual(inflight[0], 12)
         out = self.successResultOf(d)
-        self.assertEqual(len(out), 10)
+        self.assertEqual(inflight[1], 12)
+        self.assertEqual(len(out), 20)
         self.assertTrue(all(isinstance(r, MondError) for r in out.values()))
+
+    def test_silent_nodes_free_their_slots(self) -> None:
+        answers: dict[str, Any] = {f"127.0.4.{i}": None for i in range(1, 5)}
+        answers.update({f"127.0.4.{i}": ok_body() for i in range(5, 11)})
+        c = self.client(Monds(answers), parallel=2)
+        nodes = [node(f"n{i}", f"127.0.4.{i}") for i in range(1, 11)]
+        done: list[str] = []
+
+        async def noting(n: Node) -> DiagnoseReport:
+            r = await c.diagnose(n)
+            done.append(n.name)
+            return r
+
+        d = defer.Deferred.fromCoroutine(c.gather(nodes, noting))
+        self.clock.advance(1)
+        self.clock.advance(1)
+        # every answering node answered long before the silent ones time out
+        self.assertEqual(sorted(done), sorted(f"n{i}" for i in range(5, 11)))
+        self.assertNoResult(d)
+        self.clock.advance(8)  # n1, n2 (asked at 0 s) time out
+        self.assertNoResult(d)
+        self.clock.advance(1)  # n3, n4 (asked when n1, n2 stalled at 1 s) time out
+        out = self.successResultOf(d)
+        self.assertEqual(sorted(n for n, r in out.items() if isinstance(r, MondError)),
+                         ["n1", "n2", "n3", "n4"])
+
+    def test_silent_nodes_are_asked_first_next_time(self) -> None:
+        answers: dict[str, Any] = {f"127.0.3.{i}": ok_body() for i in range(1, 7)}
+        answers["127.0.3.5"] = None
+        monds = Monds(answers)
+        c = self.client(monds, parallel=2)
+        nodes = [node(f"n{i}", f"127.0.3.{i}") for i in range(1, 7)]
+        order: list[str] = []
+
+        async def noting(n: Node) -> DiagnoseReport:
+            order.append(n.name)
+            return await c.diagnose(n)
+
+        d = defer.Deferred.fromCoroutine(c.gather(nodes, noting))
+        self.clock.advance(10)
+        self.assertIsInstance(self.successResultOf(d)["n5"], MondError)
+        self.assertEqual(order, ["n1", "n2", "n3", "n4", "n5", "n6"])
+        order.clear()
+        d = defer.Deferred.fromCoroutine(c.gather(nodes, noting))
+        self.clock.advance(10)
+        self.successResultOf(d)
+        self.assertEqual(order, ["n5", "n1", "n2", "n3", "n4", "n6"])
 
     def test_report(self) -> None:
         body = json.dumps({"name": "cpu-avg-load", "data": {"cpu_total": 1.5}}).encode()

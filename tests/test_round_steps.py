@@ -88,6 +88,7 @@ class FakeRapi:
 
     async def failover_instance(self, name: str, *, target_node: Any = None,
                                 ignore_consistency: bool = False, reason: str) -> int:
+        self.ignore_consistency = ignore_consistency
         return self._write("failover", name, target_node, reason)
 
     async def replace_disks(self, name: str, *, mode: str, remote_node: str, reason: str) -> int:

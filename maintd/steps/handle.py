@@ -27,8 +27,9 @@ async def _submit(ctx: Any, inc: Any, plan: I.Plan) -> int | None:
     match plan:
         case I.Drain(node=node):
             return int(await rapi.set_node_drained(node, True, reason=reason))
-        case I.MovePrimary(instance=name, target=target, failover=True):
-            return int(await rapi.failover_instance(name, target_node=target, reason=reason))
+        case I.MovePrimary(instance=name, target=target, failover=True, ignore_consistency=f):
+            return int(await rapi.failover_instance(name, target_node=target,
+                                                    ignore_consistency=f, reason=reason))
         case I.MovePrimary(instance=name, target=target):
             return int(await rapi.migrate_instance(name, target_node=target, mode="live",
                                                    reason=reason))
