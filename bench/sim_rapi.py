@@ -5,24 +5,18 @@ Prints figures; no thresholds (run with ``make bench``).
 
 from __future__ import annotations
 
-import os
-import sys
+import json
+import random
+import time
+from typing import Any
 
-# bench/http.py would shadow the standard library's http package.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(__file__)]
+from treq.testing import StubTreq
+from twisted.internet import defer, task
 
-import json  # noqa: E402
-import random  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-from treq.testing import StubTreq  # noqa: E402
-from twisted.internet import defer, task  # noqa: E402
-
-from maintd import model  # noqa: E402
-from maintd.sim.cluster import SimCluster  # noqa: E402
-from maintd.sim.rapi import RapiFront  # noqa: E402
-from maintd.sim.runtime import Simulation  # noqa: E402
+from maintd import model
+from maintd.sim.cluster import SimCluster
+from maintd.sim.rapi import RapiFront
+from maintd.sim.runtime import Simulation
 
 NODES, INSTANCES, GROUPS = 1000, 20000, 10
 
