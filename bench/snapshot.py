@@ -2,13 +2,14 @@
 
     python bench/snapshot.py [--nodes N] [--instances M] [--repeat K]
 
-A separate server process generates bulk answers shaped like a real Ganeti
-3.0 cluster's (every field of the real samples in tests/data/rapi) and
-serves them over HTTPS with basic auth on 127.0.0.1; this process loads the
-snapshot with the real client (pinned certificate, parallel bulk reads,
-loader) and prints the wall time of each load and its own peak RSS.
-Targets: < 2 s and < 150 MB.  (Until the simulator can serve a cluster this
-size, the answers are static.)
+A separate server process serves the cluster over HTTPS with basic auth on
+127.0.0.1: ``--server sim`` (default) is the simulator (maintd.sim, RAPI
+only, no monds) started from a snapshot of the generated cluster;
+``--server static`` serves pre-generated bulk answers shaped like a real
+Ganeti 3.0 cluster's (every field of the real samples in tests/data/rapi).
+A fresh process loads the snapshot with the real client (pinned
+certificate, parallel bulk reads, loader) and prints the wall and CPU time
+of each load and its own peak RSS.  Targets: < 2 s and < 150 MB.
 """
 
 from __future__ import annotations
@@ -116,6 +117,42 @@ def generate(n_nodes: int, n_inst: int, n_groups: int = 10) -> dict[str, bytes]:
     }
 
 
+def serve_sim(workdir: str, n_nodes: int, n_inst: int) -> None:
+    """Server process: the simulator running the generated cluster."""
+    from twisted.internet import reactor
+
+    from maintd import model
+    from maintd.rapi.loader import build_cluster
+    from maintd.sim.embed import EmbeddedSimulator
+
+    bodies = generate(n_nodes, n_inst)
+    cluster = build_cluster(*(json.loads(bodies[p]) for p in
+                              ("/2/info", "/2/groups", "/2/nodes", "/2/instances")))
+    del bodies
+    snap = os.path.join(workdir, "cluster.json")
+    with open(snap, "w") as f:
+        json.dump(model.to_json(cluster), f)
+    del cluster
+    sim = EmbeddedSimulator(reactor, os.path.join(workdir, "sim"), scenario=snap, mond=False)
+    sim.startService()
+    print(json.dumps({"url": sim.rapi_url, "user": sim.rapi_user,
+                      "password_file": sim.rapi_password_file, "cert": sim.rapi_cert}),
+          flush=True)
+    _run_until_stdin_closes(reactor)
+
+
+def _run_until_stdin_closes(reactor) -> None:  # type: ignore[no-untyped-def]
+    from twisted.internet import stdio
+    from twisted.internet.protocol import Protocol
+
+    class Watch(Protocol):
+        def connectionLost(self, reason):  # type: ignore[no-untyped-def]
+            reactor.stop()
+
+    stdio.StandardIO(Watch())
+    reactor.run()
+
+
 def serve(workdir: str, n_nodes: int, n_inst: int) -> None:
     """Server process: generate, listen on 127.0.0.1:0, print the port."""
     from twisted.internet import reactor, ssl
@@ -142,36 +179,27 @@ def serve(workdir: str, n_nodes: int, n_inst: int) -> None:
     with open(pem) as f:
         options = ssl.PrivateCertificate.loadPEM(f.read()).options()
     port = reactor.listenSSL(0, Site(Static()), options, interface="127.0.0.1")
-    sizes = {k: len(v) for k, v in bodies.items()}
-    print(json.dumps({"port": port.getHost().port, "sizes": sizes}), flush=True)
-    # stop when the parent closes our stdin
-    from twisted.internet import stdio
-    from twisted.internet.protocol import Protocol
-
-    class Watch(Protocol):
-        def connectionLost(self, reason):  # type: ignore[no-untyped-def]
-            reactor.stop()
-
-    stdio.StandardIO(Watch())
-    reactor.run()
+    pw = os.path.join(workdir, "password")
+    with open(pw, "w") as f:
+        f.write("bench\n")
+    os.chmod(pw, 0o600)
+    print(json.dumps({"url": f"https://127.0.0.1:{port.getHost().port}", "user": "bench",
+                      "password_file": pw, "cert": pem}), flush=True)
+    _run_until_stdin_closes(reactor)
 
 
-def load(url: str, workdir: str, repeat: int) -> list[tuple[float, float, int, int]]:
+def load(server: dict[str, str], repeat: int) -> list[tuple[float, float, int, int]]:
     from twisted.internet import task
     from twisted.internet.defer import Deferred
 
     from maintd.rapi.client import RapiClient
 
-    pw = os.path.join(workdir, "password")
-    with open(pw, "w") as f:
-        f.write("bench\n")
-    os.chmod(pw, 0o600)
     results: list[tuple[float, float, int, int]] = []
 
     async def run(reactor) -> None:  # type: ignore[no-untyped-def]
         client = RapiClient.create(
-            url, reactor=reactor, user="bench", password_file=pw,
-            cert=os.path.join(workdir, "rapi.pem"), timeout=60,
+            server["url"], reactor=reactor, user=server["user"],
+            password_file=server["password_file"], cert=server["cert"], timeout=60,
         )
         try:
             for _ in range(repeat):
@@ -194,12 +222,12 @@ def main() -> None:
     p.add_argument("--nodes", type=int, default=1000)
     p.add_argument("--instances", type=int, default=20000)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--server", choices=("sim", "static"), default="sim")
     p.add_argument("--serve", metavar="WORKDIR")
-    p.add_argument("--load", metavar="URL")
-    p.add_argument("--workdir")
+    p.add_argument("--load", metavar="SERVER_JSON")
     a = p.parse_args()
     if a.serve:
-        serve(a.serve, a.nodes, a.instances)
+        (serve_sim if a.server == "sim" else serve)(a.serve, a.nodes, a.instances)
         return
     if a.load:
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -215,7 +243,7 @@ def main() -> None:
                 pass
 
         task.react = react  # type: ignore[assignment]
-        out = load(a.load, a.workdir, a.repeat)
+        out = load(json.loads(a.load), a.repeat)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps({"times": [t for t, _, _, _ in out], "cpu": [c for _, c, _, _ in out],
                           "nodes": out[-1][2], "instances": out[-1][3],
@@ -223,19 +251,16 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as workdir:
         server = subprocess.Popen(
-            [sys.executable, __file__, "--serve", workdir, "--nodes", str(a.nodes),
-             "--instances", str(a.instances)],
+            [sys.executable, __file__, "--serve", workdir, "--server", a.server,
+             "--nodes", str(a.nodes), "--instances", str(a.instances)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT,
         )
         try:
             assert server.stdout is not None
-            hello = json.loads(server.stdout.readline())
-            sizes = hello["sizes"]
-            url = f"https://127.0.0.1:{hello['port']}"
+            hello = server.stdout.readline().decode()
             # a fresh process, so its peak RSS is the loading's alone
             res = subprocess.run(
-                [sys.executable, __file__, "--load", url, "--workdir", workdir,
-                 "--repeat", str(a.repeat)],
+                [sys.executable, __file__, "--load", hello, "--repeat", str(a.repeat)],
                 capture_output=True, cwd=ROOT, check=True, timeout=600,
             )
             doc = json.loads(res.stdout.decode().strip().splitlines()[-1])
@@ -243,10 +268,9 @@ def main() -> None:
             if server.stdin:
                 server.stdin.close()
             server.wait(timeout=30)
-    mb = sum(sizes.values()) / 1e6
     times = ", ".join(f"{t:.2f}" for t in doc["times"])
-    print(f"snapshot bench: {doc['nodes']} nodes, {doc['instances']} instances, "
-          f"{mb:.1f} MB of RAPI JSON over HTTPS")
+    print(f"snapshot bench ({a.server} server): {doc['nodes']} nodes, "
+          f"{doc['instances']} instances over HTTPS")
     cpu = ", ".join(f"{t:.2f}" for t in doc["cpu"])
     print(f"  load_cluster wall time: {times} s (best {min(doc['times']):.2f} s; target < 2 s)")
     print(f"  CPU time of the loading process per load: {cpu} s "

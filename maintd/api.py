@@ -257,6 +257,14 @@ class _Channel(HTTPChannel):
     _date: tuple[int, bytes] = (0, b"")
 
     def _idle(self) -> bool:
+        # HTTPChannel's private state; should Twisted rename any of it, the
+        # shortcut switches itself off (AttributeError) and nothing else.
+        try:
+            return self._idle_state()
+        except AttributeError:
+            return False
+
+    def _idle_state(self) -> bool:
         return (
             not self.requests
             and not self._handlingRequest

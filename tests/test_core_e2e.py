@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 
 import treq
 from twisted.internet import defer, protocol, reactor
@@ -94,7 +96,9 @@ class EndToEndTests(TestCase):
         return defer.Deferred.fromCoroutine(self._daemon())
 
     async def _daemon(self) -> None:
-        state_dir = os.path.abspath(self.mktemp())
+        # short: the control socket lives here too (UNIX paths max 107 bytes)
+        state_dir = tempfile.mkdtemp(prefix="maintd-e2e.")
+        self.addCleanup(shutil.rmtree, state_dir, True)
         store = StateStore.open(state_dir)
         store.commit(seeded_state())
         store.close()
@@ -142,12 +146,13 @@ class EndToEndTests(TestCase):
         await response.content()
         # rounds go on (and fail against the unreachable RAPI once the steps
         # exist) while the API keeps answering
-        for _ in range(200):
+        # (each failing round spends a few seconds in the RAPI client's retries)
+        for _ in range(int(TIMEOUT / 0.1)):
             code, _, last = await self.get_json(base + "/1/last-round")
             assert isinstance(last, dict)
             if last.get("number", 0) >= 2:
                 break
-            await deferLater(0.05)
+            await deferLater(0.1)
         self.assertGreaterEqual(last["number"], 2, proto.output.decode())
         proto.transport.signalProcess(signal.SIGTERM)  # type: ignore[union-attr]
         reason = await proto.ended.addTimeout(TIMEOUT, reactor)
@@ -158,6 +163,11 @@ class EndToEndTests(TestCase):
         )
         self.assertTrue(clean, f"{reason!r}\n{proto.output.decode()}")
         self.assertIn(b"Server Shut Down.", proto.output)
+        # a failing round (RAPI unreachable) is one clear error line, nothing more
+        lines = proto.output.splitlines()
+        errors = [line for line in lines if b"#error]" in line or b"#critical]" in line]
+        round_failures = [line for line in errors if b"] round " in line and b" failed " in line]
+        self.assertEqual(errors, round_failures, proto.output.decode())
         self.assertNotIn(b"Traceback", proto.output, proto.output.decode())
         # the state is intact and the lock released
         after = StateStore.open(state_dir)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from maintd.harep import tags as T
+from maintd.harep.decide import STEPS
 from maintd.harep.tags import (
     EnableTag,
     Policy,
@@ -105,6 +108,31 @@ class ParseTests(SynchronousTestCase):
         )
         self.assertLess(RepairResult.ENOPERM, RepairResult.SUCCESS)
         self.assertLess(RepairResult.SUCCESS, RepairResult.FAILURE)
+
+    def test_tags_maintd_writes_are_valid_ganeti_tags(self) -> None:
+        # Ganeti's objects.TaggableObject.ValidateTag: <= 128 chars of [\w.+*/:@-].
+        valid = re.compile(r"^[\w.+*/:@-]+$")
+        rid = "0fcd5c0e-74ee-5cfb-bbea-81de488bb45d"
+        ts = 1795608670
+        for rtype in RepairType:
+            # as many 9-digit job ids as maintd's repair of that type takes
+            big = (999_999_999, 999_999_998, 999_999_997)[: STEPS[rtype]]
+            pend = RepairTag(rtype, rid, ts, big)
+            self.assertLessEqual(len(pend.format()), T.MAX_TAG_LEN, pend.format())
+            for res in RepairResult:
+                done = pend.with_result(res, ts)
+                self.assertEqual(done.jobs, big)
+                self.assertLessEqual(len(done.format()), T.MAX_TAG_LEN)
+                self.assertRegex(done.format(), valid)
+
+    def test_result_tag_drops_oldest_jobs_to_fit(self) -> None:
+        jobs = tuple(range(10**9, 10**9 + 6))
+        done = RepairTag(RepairType.REINSTALL, "x" * 36, 10**9, jobs).with_result(
+            RepairResult.FAILURE, 10**9
+        )
+        self.assertLessEqual(len(done.format()), T.MAX_TAG_LEN)
+        self.assertEqual(done.jobs, jobs[-len(done.jobs) :])
+        self.assertGreater(len(done.jobs), 0)
 
     def test_repair_tag_rejects_unformattable_values(self) -> None:
         self.assertRaises(TagError, RepairTag, RepairType.FAILOVER, "a:b", 1, ())

@@ -440,3 +440,42 @@ class ErrorTests(ClientTestBase):
         self.assertIn("master", str(err))
 
 
+
+
+class LoadClusterDecodeTests(ClientTestBase):
+    """load_cluster decodes bulk bytes straight into model objects."""
+
+    def test_bad_objects_reported_through_decoder(self) -> None:
+        instances = sample("instances-bulk.json")
+        instances[1]["disk.sizes"] = ["big"]
+        instances[2] = 17
+        nodes = sample("nodes-bulk.json")
+        bad_node = dict(nodes[0], name="node9", uuid="u9", mtotal="lots")
+        nodes.append(bad_node)
+        routes = read_routes()
+        routes[("GET", "/2/instances")] = ok(instances)
+        routes[("GET", "/2/nodes")] = ok(nodes)
+        cluster = self.result(self.make(routes).load_cluster())
+        self.assertEqual(len(cluster.instances), 4)
+        self.assertEqual(set(cluster.nodes), {"node1.sandbox.test"})
+        skipped = {(k, n): why for k, n, why in cluster.skipped}
+        self.assertIn("disk.sizes", skipped[("instance", "inst2.sandbox.test")])
+        self.assertIn(("instance", "<instance #2>"), skipped)
+        self.assertIn("mtotal", skipped[("node", "node9")])
+
+    def test_same_cluster_as_plain_loader(self) -> None:
+        from maintd.rapi.loader import build_cluster
+
+        cluster = self.result(self.make().load_cluster())
+        plain = build_cluster(
+            sample("info.json"), sample("groups-bulk.json"), sample("nodes-bulk.json"),
+            sample("instances-bulk.json"),
+        )
+        self.assertEqual(cluster, plain)
+
+    def test_non_json_bulk_body(self) -> None:
+        routes = read_routes()
+        routes[("GET", "/2/instances")] = (200, b"[{\"name\": ")
+        err = self.failure(self.make(routes).load_cluster(), RapiMalformed)
+        self.assertIn("/2/instances", str(err))
+        self.assertIn("not UTF-8 JSON", str(err))

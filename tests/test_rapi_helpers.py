@@ -71,8 +71,12 @@ class Recorder(Resource):
                 args={k.decode(): [v.decode() for v in vs] for k, vs in request.args.items()},
                 body=json.loads(raw) if raw else None,
                 headers={
-                    k.decode().lower(): v[0].decode()
-                    for k, v in request.requestHeaders.getAllRawHeaders()
+                    **{
+                        k.decode().lower(): v[0].decode()
+                        for k, v in request.requestHeaders.getAllRawHeaders()
+                    },
+                    # which connection (client port) carried the request
+                    "x-peer": str(getattr(request.getClientAddress(), "port", "")),
                 },
             )
         )

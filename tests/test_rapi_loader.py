@@ -184,3 +184,35 @@ class ShapeTests(SynchronousTestCase):
         self.assertRaises(ValueError, build_cluster, {"name": "x"}, groups, nodes, instances)
         e = self.assertRaises(ValueError, build_cluster, info, groups, {"a": 1}, instances)
         self.assertIn("/2/nodes", str(e))
+
+
+class FastPathTests(SynchronousTestCase):
+    """The loader's fast path gives exactly what the checked path gives."""
+
+    def test_same_instances(self) -> None:
+        from maintd.rapi.loader import _instance_checked, _instance_fast
+
+        variants = sample("instances-bulk.json")
+        drbd = copy.deepcopy(variants[0])
+        drbd.update(disk_template="drbd", snodes=["n2"], hypervisor="kvm", tags=["a", "b"])
+        drbd["disk.sizes"] = [1, 2]
+        drbd["disk.spindles"] = [1, None]
+        down = copy.deepcopy(variants[1])
+        down.update(admin_state="down", oper_state=False, status="ADMIN_down")
+        for raw in [*variants, drbd, down]:
+            fast = _instance_fast(raw, "fake")
+            self.assertIsNotNone(fast, raw["name"])
+            self.assertEqual(fast, _instance_checked(raw, "fake"))
+
+    def test_irregular_objects_leave_the_fast_path(self) -> None:
+        from maintd.rapi.loader import _instance_fast
+
+        base = sample("instances-bulk.json")[0]
+        for change in (
+            {"snodes": None},
+            {"oper_state": None},
+            {"beparams": {"memory": 128}},
+            {"disk.spindles": None},
+            {"tags": ["ok", 3]},
+        ):
+            self.assertIsNone(_instance_fast(dict(base, **change), "fake"), change)

@@ -12,11 +12,15 @@ cannot start, the tests skip (fail under MAINTD_REQUIRE_REAL_GANETI=1).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,6 +28,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.tools import SHARED, skip_or_fail
 
 SANDBOX = os.path.join(SHARED, "ganeti-sandbox")
+#: Every worktree's test run (and trial -j worker) shares the one sandbox
+#: (it takes over /var/lib/ganeti): whoever holds this lock owns it.
+LOCK = "/run/lock/ganeti-maintd-rapi-sandbox.lock"
+LOCK_WAIT = 900.0
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = r'''
@@ -133,6 +141,52 @@ def _system_env() -> dict[str, str]:
     }
 
 
+@contextmanager
+def _sandbox_lock() -> Iterator[bool]:
+    """Hold the sandbox lock (True), or give up after LOCK_WAIT seconds (False)."""
+    os.makedirs(os.path.dirname(LOCK), exist_ok=True)
+    with open(LOCK, "a") as f:
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    yield False
+                    return
+                time.sleep(1)  # another test run owns the sandbox
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _rapi_ready(tries: int = 30) -> bool:
+    """An authenticated RAPI read succeeds inside the namespace (bounded wait)."""
+    for i in range(tries):
+        check = subprocess.run(
+            [os.path.join(SANDBOX, "in-ns.sh"), "curl", "-skf", "-o", "/dev/null",
+             "-u", "maintd:maintd-sandbox", "https://127.0.0.1:5080/2/info"],
+            capture_output=True, env=_system_env(),
+        )
+        if check.returncode == 0:
+            return True
+        if i + 1 < tries:
+            time.sleep(1)
+    return False
+
+
+def _fingerprint() -> tuple[int, int] | None:
+    """Identity of the running sandbox cluster (its server.pem, written once
+    by ``gnt-cluster init``), to notice a restart by someone else."""
+    try:
+        st = os.stat("/var/lib/ganeti/server.pem")
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
+
+
 def _sandbox_up() -> bool:
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
     return "gsb" in ns.stdout and os.path.exists("/var/lib/ganeti/config.data")
@@ -167,6 +221,13 @@ class RealGanetiTests(SynchronousTestCase):
             skip_or_fail("RAPI sandbox needs root (ip netns, Ganeti daemons)")
         if not os.path.exists(os.path.join(SANDBOX, "up.sh")):
             skip_or_fail(f"RAPI sandbox scripts not found in {SANDBOX}")
+        with _sandbox_lock() as locked:
+            if not locked:
+                skip_or_fail(f"RAPI sandbox busy: {LOCK} held for over {LOCK_WAIT:.0f}s")
+            r = self.with_sandbox()
+        self.check(r)
+
+    def with_sandbox(self) -> dict[str, Any]:
         started = False
         if not _sandbox_up():
             existed = os.path.exists("/var/lib/ganeti/config.data")
@@ -180,11 +241,21 @@ class RealGanetiTests(SynchronousTestCase):
                 skip_or_fail(f"RAPI sandbox did not start: {(up.stderr or up.stdout)[-500:]}")
             started = True
         try:
-            r = self.run_in_sandbox()
+            if not _rapi_ready():
+                skip_or_fail("RAPI sandbox is up but its RAPI does not accept maintd's login")
+            before = _fingerprint()
+            try:
+                return self.run_in_sandbox()
+            except AssertionError:
+                if _fingerprint() != before or not _sandbox_up():
+                    skip_or_fail(
+                        "the RAPI sandbox was stopped or restarted by another process during "
+                        "the test (a test run without the sandbox lock?)"
+                    )
+                raise
         finally:
             if started:
                 self.down()
-        self.check(r)
 
     def check(self, r: dict[str, Any]) -> None:
         # reads and the model

@@ -86,6 +86,32 @@ class TLSTests(LocalHTTPSRapi, TestCase):
     def test_user_without_password_file(self) -> None:
         self.assertRaises(RapiConfigError, self.client, password_file=None)
 
+    async def test_from_daemon_config(self) -> None:
+        from maintd.config import DaemonConfig
+
+        config = DaemonConfig.for_tests(
+            state_dir=self.dir, rapi=self.url, rapi_user="maintd",
+            rapi_password_file=self.pwfile, rapi_cert=self.server_pem, rapi_insecure=False,
+        )
+        c = RapiClient.from_config(config, reactor)
+        self.addCleanup(lambda: Deferred.fromCoroutine(c.close()))
+        self.assertEqual(c.timeout, config.rapi_timeout)
+        self.assertEqual((await c.load_cluster()).name, "cluster.sandbox.test")
+        other = DaemonConfig.for_tests(
+            state_dir=self.dir, rapi=self.url, rapi_user="maintd",
+            rapi_password_file=self.pwfile, rapi_cert=self.other_pem, rapi_insecure=False,
+        )
+        c2 = RapiClient.from_config(other, reactor)
+        self.addCleanup(lambda: Deferred.fromCoroutine(c2.close()))
+        with self.assertRaises(RapiTLSError):
+            await c2.info()
+
+    async def test_persistent_connection_reused(self) -> None:
+        c = self.client()
+        for _ in range(3):
+            await c.version()
+        self.assertEqual(len({s.headers.get("x-peer") for s in self.resource.seen}), 1)
+
     async def test_connection_refused(self) -> None:
         port = self.port.getHost().port
         await self.port.stopListening()

@@ -44,6 +44,15 @@ class EmbeddedTestBase(TestCase):
         self.http = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
         self.addCleanup(self.pool.closeCachedConnections)
 
+    async def held(self, node: str) -> None:
+        """Wait (bounded) until ``node``'s mond holds a request (hang or slow)."""
+        res = self.sim.monds.resources[node]
+        for _ in range(1000):
+            if res.hung or res.delayed:
+                return
+            await task.deferLater(reactor, 0.01, lambda: None)
+        self.fail(f"mond of {node} never received the request")
+
     async def mond(self, node: str, path: str) -> tuple[int, bytes]:
         pip = self.sim.cluster.nodes[node].pip
         resp = await self.http.get(f"http://{pip}:{self.sim.mond_port}{path}", timeout=5)
@@ -56,8 +65,14 @@ class ConstructionTests(EmbeddedTestBase):
         for path in (self.sim.rapi_password_file, self.sim.rapi_cert):
             assert path is not None
             self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
-        with open(self.sim.rapi_cert, encoding="ascii") as f:
-            self.assertIn("BEGIN CERTIFICATE", f.read())
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        with open(self.sim.rapi_cert, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        # Ganeti's fixed subject; no subjectAltName, so clients must pin the certificate.
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        self.assertEqual(cn, "ganeti.example.com")
 
     def test_each_node_has_its_own_loopback_address(self) -> None:
         pips = [n.pip for n in self.sim.cluster.nodes.values()]
@@ -132,18 +147,18 @@ class MondTests(EmbeddedTestBase):
     def test_diagnose_change_down_and_garbage(self) -> defer.Deferred[None]:
         async def go() -> None:
             report = {"status": "evacuate", "command": "", "details": "bad disk"}
-            self.sim.sim.set_diagnose("n3", report)
+            self.sim.set_diagnose("n3", report)
             code, body = await self.mond("n3", "/1/report/node/diagnose")
             self.assertEqual(json.loads(body)["data"], report)
-            self.sim.sim.set_mond("n3", "garbage")
+            self.sim.set_mond("n3", "garbage")
             code, body = await self.mond("n3", "/1/report/node/diagnose")
             self.assertRaises(ValueError, json.loads, body)
-            self.sim.sim.set_mond("n3", "down")
+            self.sim.set_mond("n3", "down")
             with self.assertRaises(ConnectionRefusedError):
                 await self.mond("n3", "/1/report/node/diagnose")
             code, _ = await self.mond("n2", "/1/report/node/diagnose")
             self.assertEqual(code, 200)
-            self.sim.sim.set_mond("n3", "up")
+            self.sim.set_mond("n3", "up")
             code, _ = await self.mond("n3", "/1/report/node/diagnose")
             self.assertEqual(code, 200)
 
@@ -152,12 +167,139 @@ class MondTests(EmbeddedTestBase):
     def test_slow_mond_answers_after_the_delay(self) -> defer.Deferred[None]:
         async def go() -> None:
             self.sim.sim.faults.mond_delay = 30
-            self.sim.sim.set_mond("n2", "slow")
+            self.sim.set_mond("n2", "slow")
             pending = defer.ensureDeferred(self.mond("n2", "/1/report/node/diagnose"))
-            await task.deferLater(reactor, 0.05, lambda: None)
+            await self.held("n2")
             self.assertNoResult(pending)
             self.clock.advance(30)
             code, body = await pending
+            self.assertEqual(code, 200)
+
+        return defer.ensureDeferred(go())
+
+
+class RehearsalTests(EmbeddedTestBase):
+    """A snapshot taken through RAPI becomes a simulator that answers the same."""
+
+    def test_snapshot_of_a_cluster_simulates_the_same_cluster(self) -> defer.Deferred[None]:
+        from maintd import model
+
+        async def go() -> None:
+            client = RapiClient.create(
+                self.sim.rapi_url,
+                reactor=reactor,
+                user=self.sim.rapi_user,
+                password_file=self.sim.rapi_password_file,
+                cert=self.sim.rapi_cert,
+                timeout=5,
+            )
+            self.addCleanup(lambda: defer.ensureDeferred(client.close()))
+            original = await client.load_cluster()
+            path = os.path.join(self.workdir, "snapshot.json")
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(model.to_json(original), f)
+            copy = EmbeddedSimulator(
+                reactor,
+                os.path.join(self.workdir, "copy"),
+                scenario=path,
+                mond_port=free_port(),
+                clock=task.Clock(),
+            )
+            copy.startService()
+            self.addCleanup(copy.stopService)
+            client2 = RapiClient.create(
+                copy.rapi_url,
+                reactor=reactor,
+                user=copy.rapi_user,
+                password_file=copy.rapi_password_file,
+                cert=copy.rapi_cert,
+                timeout=5,
+            )
+            self.addCleanup(lambda: defer.ensureDeferred(client2.close()))
+            rehearsed = await client2.load_cluster()
+
+            def essentials(c: model.Cluster) -> Any:
+                return (
+                    {
+                        n.name: (
+                            n.group,
+                            n.mtotal,
+                            n.mnode,
+                            n.mfree,
+                            n.dtotal,
+                            n.dfree,
+                            n.offline,
+                            n.drained,
+                            n.master,
+                            sorted(n.primaries),
+                            sorted(n.secondaries),
+                            n.uuid,
+                        )
+                        for n in c.nodes.values()
+                    },
+                    {
+                        i.name: (
+                            i.primary,
+                            i.secondaries,
+                            i.disk_template,
+                            i.memory,
+                            i.disk_sizes,
+                            i.admin_state,
+                            i.status,
+                            i.uuid,
+                        )
+                        for i in c.instances.values()
+                    },
+                    {g.name: (g.uuid, g.alloc_policy) for g in c.groups.values()},
+                    c.master,
+                )
+
+            self.assertEqual(essentials(rehearsed), essentials(original))
+
+        return defer.ensureDeferred(go())
+
+
+class FaultConvenienceTests(EmbeddedTestBase):
+    plain_http = True
+
+    def test_rapi_fault_and_failed_job_seen_by_a_client(self) -> defer.Deferred[None]:
+        async def go() -> None:
+            auth = (self.sim.rapi_user, self.sim.generated_password)
+            self.sim.rapi_fault({"status": 500, "count": 1})
+            resp = await self.http.get(self.sim.rapi_url + "/2/info", auth=auth)
+            self.assertEqual(resp.code, 500)
+            self.assertEqual(json.loads(await resp.content())["code"], 500)
+            resp = await self.http.get(self.sim.rapi_url + "/2/info", auth=auth)
+            self.assertEqual(resp.code, 200)
+            await resp.content()
+            self.sim.fail_next_jobs(1)
+            resp = await self.http.put(self.sim.rapi_url + "/2/tags?tag=x", auth=auth)
+            job_id = json.loads(await resp.content())
+            self.clock.advance(0)
+            self.clock.advance(0)
+            state = self.sim.state()
+            self.assertEqual(state["jobs"]["by_status"], {"error": 1})
+            self.assertEqual(state["tags"], [])
+            self.assertEqual(self.sim.sim.jobs.jobs[job_id].status, "error")
+
+        return defer.ensureDeferred(go())
+
+
+class MondHangTests(EmbeddedTestBase):
+    plain_http = True
+
+    def test_hung_mond_never_answers_until_mode_changes(self) -> defer.Deferred[None]:
+        from twisted.web._newclient import ResponseNeverReceived
+
+        async def go() -> None:
+            self.sim.set_mond("n2", "hang")
+            pending = defer.ensureDeferred(self.mond("n2", "/1/report/node/diagnose"))
+            await self.held("n2")
+            self.assertNoResult(pending)
+            self.sim.set_mond("n2", "up")
+            with self.assertRaises(ResponseNeverReceived):
+                await pending
+            code, _ = await self.mond("n2", "/1/report/node/diagnose")
             self.assertEqual(code, 200)
 
         return defer.ensureDeferred(go())

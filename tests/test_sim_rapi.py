@@ -51,11 +51,18 @@ class RapiTestBase(TestCase):
         self.addCleanup(self.sim.stop)
 
     async def call(
-        self, method: str, path: str, body: Any = None, auth: Any = WRITER, raw: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        auth: Any = WRITER,
+        raw: bytes | None = None,
+        ctype: bytes = b"application/json",
     ) -> tuple[int, Any]:
         kwargs: dict[str, Any] = {}
         if auth is not None:
             kwargs["auth"] = auth
+        kwargs["headers"] = {b"Content-Type": [ctype]}
         if raw is not None:
             kwargs["data"] = raw
         elif body is not None:
@@ -292,12 +299,45 @@ class WriteTests(RapiTestBase):
             await self.finish_jobs()
             _, job = await self.call("GET", f"/2/jobs/{job_id}")
             real = sample("job-migrate-file.json")
-            self.assertEqual(
-                sorted(job["ops"][0]), sorted([k for k in real["ops"][0] if k != "instance_uuid"])
-            )
+            self.assertEqual(sorted(job["ops"][0]), sorted(real["ops"][0]))
             self.assertEqual(job["status"], "error")
             self.assertEqual(job["opresult"][0][0], "OpPrereqError")
             self.assertEqual(job["opresult"][0][1][1], "wrong_state")
+
+        return d(go())
+
+    def test_replace_disks_of_plain_gives_ganetis_error_job(self) -> None:
+        async def go() -> None:
+            _, job_id = await self.call(
+                "POST", "/2/instances/p1/replace-disks", {"mode": "replace_new_secondary"}
+            )
+            await self.finish_jobs()
+            _, job = await self.call("GET", f"/2/jobs/{job_id}")
+            real = sample("job-replace-disks-file.json")
+            self.assertEqual(sorted(job["ops"][0]), sorted(real["ops"][0]))
+            self.assertEqual(job["ops"][0]["iallocator"], "hail")
+            self.assertEqual(job["ops"][0]["instance_uuid"], self.sim.cluster.instances["p1"].uuid)
+            self.assertEqual(job["opresult"], real["opresult"])
+
+        return d(go())
+
+    def test_failover_and_evacuate_opcodes_have_the_real_fields(self) -> None:
+        async def go() -> None:
+            for method, path, body, name in [
+                ("PUT", "/2/instances/x1/failover", {}, "job-failover-diskless.json"),
+                (
+                    "POST",
+                    "/2/nodes/n2/evacuate",
+                    {"mode": "primary-only"},
+                    "job-node-evacuate.json",
+                ),
+            ]:
+                _, job_id = await self.call(method, path, body)
+                await self.finish_jobs()
+                _, job = await self.call("GET", f"/2/jobs/{job_id}")
+                real = sample(name)["ops"][0]
+                self.assertEqual(sorted(job["ops"][0]), sorted(real), name)
+                self.assertEqual(job["ops"][0]["iallocator"], real["iallocator"])
 
         return d(go())
 
@@ -320,7 +360,11 @@ class WriteTests(RapiTestBase):
             self.assertEqual(code, 400)
             self.assertIn("bogus", body["message"])
             code, body = await self.call("PUT", "/2/instances/d1/migrate", raw=b"{not json")
-            self.assertEqual(code, 400)
+            self.assertEqual((code, body["message"]), (400, "Unable to parse JSON data"))
+            code, body = await self.call(
+                "PUT", "/2/instances/d1/migrate", {"mode": "live"}, ctype=b"text/plain"
+            )
+            self.assertEqual((code, body["message"]), (415, "Unsupported Media Type"))
             self.assertEqual(self.sim.jobs.jobs, {})
 
         return d(go())
@@ -377,12 +421,17 @@ class WriteTests(RapiTestBase):
             self.assertEqual(
                 (code, got), (200, {"job_info": ["queued", ["queued"]], "log_entries": []})
             )
-            waiting = self.call(
-                "GET",
-                f"/2/jobs/{job_id}/wait",
-                dict(body, previous_job_info=["queued", ["queued"]]),
+            waiting = defer.ensureDeferred(
+                self.call(
+                    "GET",
+                    f"/2/jobs/{job_id}/wait",
+                    dict(body, previous_job_info=["queued", ["queued"]]),
+                )
             )
+            self.http.flush()
+            self.assertNoResult(waiting)  # long-polls until the job changes
             self.sim.clock.advance(0)
+            self.http.flush()
             code, got = await waiting
             self.assertEqual(got["job_info"], ["running", ["running"]])
             self.sim.clock.advance(1)
@@ -392,6 +441,21 @@ class WriteTests(RapiTestBase):
                 dict(body, previous_job_info=["running", ["running"]]),
             )
             self.assertEqual(got, sample("job-wait.json"))
+
+        return d(go())
+
+    def test_job_wait_answers_null_when_nothing_changes(self) -> None:
+        async def go() -> None:
+            self.sim.jobs.job_seconds = 100
+            _, job_id = await self.call("PUT", "/2/tags?tag=a")
+            self.sim.clock.advance(0)
+            body = {"fields": ["status"], "previous_job_info": ["running"]}
+            waiting = defer.ensureDeferred(self.call("GET", f"/2/jobs/{job_id}/wait", body))
+            self.http.flush()
+            self.assertNoResult(waiting)
+            self.sim.clock.advance(10)  # Ganeti's wait timeout
+            self.http.flush()
+            self.assertEqual(await waiting, (200, None))
 
         return d(go())
 
@@ -461,6 +525,39 @@ class FaultTests(RapiTestBase):
             self.assertEqual((await self.call("PUT", "/sim/nodes/n3/mond", "sideways"))[0], 400)
             self.assertEqual((await self.call("PUT", "/sim/nodes/zz/mond", "up"))[0], 404)
             self.assertEqual((await self.call("PUT", "/sim/jobs/fail-next", "x"))[0], 400)
+
+        return d(go())
+
+
+class ControlTests(RapiTestBase):
+    def test_node_dies_and_comes_back(self) -> None:
+        async def go() -> None:
+            self.assertEqual((await self.call("PUT", "/sim/nodes/n3/offline", True))[0], 200)
+            _, node = await self.call("GET", "/2/nodes/n3")
+            self.assertEqual((node["offline"], node["role"], node["mtotal"]), (True, "O", None))
+            _, inst = await self.call("GET", "/2/instances/d2")
+            self.assertEqual((inst["status"], inst["oper_state"]), ("ERROR_nodeoffline", None))
+            self.assertEqual(self.sim.faults.mond_mode("n3"), "down")
+            await self.call("PUT", "/sim/nodes/n3/offline", False)
+            _, inst = await self.call("GET", "/2/instances/d2")
+            self.assertEqual(inst["status"], "running")
+            self.assertEqual(self.sim.faults.mond_mode("n3"), "up")
+            code, body = await self.call("PUT", "/sim/nodes/n1/offline", True)
+            self.assertEqual(code, 400)
+            self.assertIn("master", body["message"])
+
+        return d(go())
+
+    def test_events_applied_now_and_bad_ones_rejected(self) -> None:
+        async def go() -> None:
+            event = {"node": "n2", "diagnose": {"status": "evacuate-failover"}}
+            self.assertEqual((await self.call("PUT", "/sim/events", event))[0], 200)
+            self.assertEqual(self.sim.cluster.nodes["n2"].diagnose["status"], "evacuate-failover")
+            code, body = await self.call("PUT", "/sim/events", {"node": "zz", "mond": "down"})
+            self.assertEqual(code, 400)
+            self.assertIn("zz", body["message"])
+            self.assertEqual((await self.call("GET", "/sim/nothing"))[0], 404)
+            self.assertEqual((await self.call("DELETE", "/sim/state"))[0], 501)
 
         return d(go())
 

@@ -58,6 +58,18 @@ class ScenarioTests(SynchronousTestCase):
         # d1 (2048) and p1 (1024 default) run on n2; x1 is down.
         self.assertEqual(n2.mfree, n2.mtotal - n2.mnode - 2048 - 1024)
 
+    def test_snapshot_addresses_are_replaced_by_loopback_ones(self) -> None:
+        import attrs
+
+        c = scenario.loads(json.dumps(SCENARIO)).cluster
+        real = {
+            n: attrs.evolve(node, pip="198.18.0.1", sip="10.0.0.1") for n, node in c.nodes.items()
+        }
+        sim = SimCluster.from_model(attrs.evolve(c, nodes=real), (3, 4))
+        for node in sim.nodes.values():
+            self.assertTrue(node.pip.startswith("127.3.4."), node.pip)
+            self.assertEqual(node.sip, node.pip)
+
     def test_snapshot_round_trip_through_the_simulator(self) -> None:
         sim = SimCluster.from_model(scenario.loads(json.dumps(SCENARIO)).cluster, (3, 4))
         doc = model.to_json(sim.to_model())

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from maintd.balance.jobsets import commands, hbal_line, move_json, split_jobs
+from maintd.balance.jobsets import commands, common_suffix, hbal_line, move_json, split_jobs
 from maintd.balance.planner import Options, Plan, final_cluster, plan
 from maintd.balance.score import Util
 from maintd.balance.text import TextFormatError, format_text, parse_text
@@ -101,26 +101,34 @@ def load_text(path: str) -> Cluster:
         raise PlanError(f"{path}: {e}") from None
 
 
-def load_rapi(args: argparse.Namespace) -> Cluster:  # pragma: no cover - live cluster
-    try:
-        from maintd.rapi.client import RapiClient
-    except ImportError:
-        raise PlanError("the RAPI client (maintd.rapi) is not available in this build") from None
+def load_rapi(args: argparse.Namespace) -> Cluster:  # pragma: no cover - exercised in tests
+    """Load the cluster over RAPI (pinned certificate, password file) in a private reactor."""
     from twisted.internet import defer, task
+
+    from maintd.rapi.client import RapiClient
+    from maintd.rapi.errors import RapiError
 
     result: dict[str, Any] = {}
 
     async def fetch(reactor: Any) -> None:
-        import treq
-
-        password = None
-        if args.rapi_password_file:
-            with open(args.rapi_password_file) as f:
-                password = f.read().strip()
-        client = RapiClient(
-            args.rapi, http=treq, clock=reactor, user=args.rapi_user, password=password
-        )
-        result["cluster"] = await client.load_cluster()
+        try:
+            client = RapiClient.create(
+                args.rapi,
+                reactor=reactor,
+                user=args.rapi_user,
+                password_file=args.rapi_password_file,
+                cert=args.rapi_cert,
+                insecure=args.rapi_insecure,
+            )
+        except Exception as e:  # RapiConfigError and file errors
+            result["error"] = PlanError(str(e))
+            return
+        try:
+            result["cluster"] = await client.load_cluster()
+        except RapiError as e:
+            result["error"] = PlanError(f"{args.rapi}: {e}", status=2)
+        finally:
+            await client.close()
 
     def main(reactor: Any) -> defer.Deferred[None]:
         return defer.ensureDeferred(fetch(reactor))
@@ -128,10 +136,10 @@ def load_rapi(args: argparse.Namespace) -> Cluster:  # pragma: no cover - live c
     try:
         task.react(main)
     except SystemExit as e:
-        if e.code:
+        if e.code and "error" not in result:
             raise PlanError(f"cannot load the cluster from {args.rapi}", status=2) from None
-    if "cluster" not in result:
-        raise PlanError(f"cannot load the cluster from {args.rapi}", status=2)
+    if "error" in result:
+        raise result["error"]
     cluster: Cluster = result["cluster"]
     return cluster
 
@@ -198,13 +206,14 @@ def run(argv: Sequence[str], out: TextIO) -> int:
         return 0
     names_n = [n for n in cluster.nodes if group is None or cluster.nodes[n].group == group]
     names_i = [i for i in cluster.instances if cluster.instances[i].primary in set(names_n)]
-    imlen = max((len(i) for i in names_i), default=0)
-    nmlen = max((len(n) for n in names_n), default=0)
+    suffix = common_suffix(list(cluster.nodes) + list(cluster.instances))
+    imlen = max((len(i) - len(suffix) for i in names_i), default=0)
+    nmlen = max((len(n) - len(suffix) for n in names_n), default=0)
     text = not args.json
 
     def show(mv: Any) -> None:
         if text:
-            out.write(hbal_line(len(shown) + 1, mv, imlen, nmlen) + "\n")
+            out.write(hbal_line(len(shown) + 1, mv, imlen, nmlen, suffix) + "\n")
             out.flush()
         shown.append(mv)
 
@@ -260,3 +269,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stderr.write(f"ganeti-maintd-plan: {e}\n")
         status = e.status
     sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
+
 from maintd.balance.moves import Move
 from maintd.balance.planner import PlannedMove
 
@@ -30,12 +32,44 @@ def split_jobs(moves: Sequence[PlannedMove]) -> list[list[PlannedMove]]:
     return jobsets
 
 
-def hbal_line(pos: int, mv: PlannedMove, imlen: int, nmlen: int) -> str:
-    """The solution line hbal prints for a move (``printSolutionLine``)."""
+def common_suffix(names: Sequence[str]) -> str:
+    """Longest common suffix starting with a dot (htools' ``longestDomain``)."""
+    if not names:
+        return ""
+    first, rest = names[0], names[1:]
+    best = ""
+    for k in range(len(first)):
+        suffix = first[k:]
+        if suffix.startswith(".") and all(n.endswith(suffix) for n in rest):
+            return suffix
+    return best
+
+
+def _alias(name: str, suffix: str) -> str:
+    if not suffix or not name.endswith(suffix):
+        return name
+    return name[: -len(suffix)]
+
+
+def _alias_opt(name: str | None, suffix: str) -> str | None:
+    return None if name is None else _alias(name, suffix)
+
+
+def hbal_line(pos: int, mv: PlannedMove, imlen: int, nmlen: int, suffix: str = "") -> str:
+    """The solution line hbal prints for a move (``printSolutionLine``), names shortened
+    by the cluster's common domain suffix like hbal's aliases."""
     pmlen = 2 * nmlen + 1
-    old = mv.old_primary + (f":{mv.old_secondary}" if mv.old_secondary else "")
-    new = mv.new_primary + (f":{mv.new_secondary}" if mv.new_secondary else "")
-    return f"  {pos:3d}. {mv.instance:<{imlen}} {old:<{pmlen}} => {new:<{pmlen}} {mv.score:12.8f} a={short_code(mv)}"
+    a = attrs.evolve(
+        mv,
+        instance=_alias(mv.instance, suffix),
+        old_primary=_alias(mv.old_primary, suffix),
+        old_secondary=_alias_opt(mv.old_secondary, suffix),
+        new_primary=_alias(mv.new_primary, suffix),
+        new_secondary=_alias_opt(mv.new_secondary, suffix),
+    )
+    old = a.old_primary + (f":{a.old_secondary}" if a.old_secondary else "")
+    new = a.new_primary + (f":{a.new_secondary}" if a.new_secondary else "")
+    return f"  {pos:3d}. {a.instance:<{imlen}} {old:<{pmlen}} => {new:<{pmlen}} {mv.score:12.8f} a={short_code(a)}"
 
 
 def short_code(mv: PlannedMove) -> str:

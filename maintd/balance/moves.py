@@ -24,7 +24,6 @@ from maintd.balance.score import (
     NODE_COLS,
     OFF_COLS,
     STD_COLS,
-    SUM_COLS,
     WEIGHTS,
     State,
     map_value,
@@ -446,39 +445,48 @@ def _map_delta(b: Batch, old_p: np.ndarray, new_p: np.ndarray) -> np.ndarray:
     return np.where(same, 0.0, dsum - (gained - lost))
 
 
+_ONLINE_COLS = np.ones(NMETRICS, dtype=bool)
+_ONLINE_COLS[OFF_COLS] = False
+_IS_STD = np.zeros(NMETRICS, dtype=bool)
+_IS_STD[STD_COLS] = True
+
+
 def score_outcome(b: Batch, stats: Stats, out: Outcome) -> np.ndarray:
     """Cluster score after each simulated move (inf where infeasible)."""
     st = b.state
     k = len(b.ii)
-    s = np.broadcast_to(stats.s, (k, NMETRICS)).copy()
-    q = np.broadcast_to(stats.q, (k, NMETRICS)).copy()
     on_all = st.in_group & (st.node["offline"] == 0)
     off_all = st.in_group & (st.node["offline"] != 0)
+    ds = np.zeros((k, NMETRICS))
+    dq = np.zeros((k, NMETRICS))
     for nodes, row in out.slots:
         old = st.metrics[nodes]
         new = node_metrics(row)
-        on = on_all[nodes][:, None]
-        off = off_all[nodes][:, None]
-        d_on = np.where(on, new - old, 0.0)
-        dq = np.where(on, new * new - old * old, 0.0)
-        d_off = np.where(off, new - old, 0.0)
-        s[:, STD_COLS] += d_on[:, STD_COLS]
-        s[:, SUM_COLS] += d_on[:, SUM_COLS]
-        s[:, OFF_COLS] += d_off[:, OFF_COLS]
-        q += dq
+        on = on_all[nodes]
+        off = off_all[nodes]
+        if on.all():
+            delta = new - old
+            delta[:, OFF_COLS] = 0.0
+            ds += delta
+            dq += new * new - old * old
+        else:
+            mask = (on[:, None] & _ONLINE_COLS) | (off[:, None] & ~_ONLINE_COLS)
+            ds += np.where(mask, new - old, 0.0)
+            dq += np.where(mask, new * new - old * old, 0.0)
+    s = ds + stats.s
     n = stats.n
-    vals = np.zeros((k, NMETRICS))
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean = s[:, STD_COLS] / n
-        var = q[:, STD_COLS] / n - mean * mean
-        vals[:, STD_COLS] = np.sqrt(np.maximum(var, 0.0))
-    vals[:, SUM_COLS] = s[:, SUM_COLS]
-    vals[:, OFF_COLS] = s[:, OFF_COLS]
-    p_old = st.inst["pnode"][b.ii].astype(np.int64)
-    vals[:, 18] = stats.map_value + _map_delta(b, p_old, out.new_p)
+        mean = s / n
+        var = (dq + stats.q) / n - mean * mean
+        std = np.sqrt(np.maximum(var, 0.0))
+    vals = np.where(_IS_STD, std, s)
+    if st.has_tags and st.has_locations:
+        p_old = st.inst["pnode"][b.ii].astype(np.int64)
+        vals[:, 18] = stats.map_value + _map_delta(b, p_old, out.new_p)
+    else:
+        vals[:, 18] = stats.map_value
     score = vals @ WEIGHTS
-    score = np.where(out.fail | np.isnan(score), np.inf, score)
-    return score
+    return np.where(out.fail | np.isnan(score), np.inf, score)
 
 
 def apply_move(state: State, tops: PeerTops, inst: int, move: Move, target: int) -> None:

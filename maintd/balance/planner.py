@@ -36,7 +36,7 @@ from maintd.balance.score import (
 from maintd.model import Cluster
 
 #: Candidate pairs evaluated per NumPy batch (bounds peak memory).
-BATCH_PAIRS = 60_000
+BATCH_PAIRS = 8_000
 
 
 @attrs.frozen
@@ -208,6 +208,18 @@ def best_move(
     return best[0], best[2], best[3], best[4]
 
 
+def new_nodes(move: Move, p: int, s: int, t: int) -> tuple[int, int]:
+    """(new primary, new secondary) of a move; -1 for no secondary."""
+    return {
+        Move.FAILOVER: (s, p),
+        Move.FAILOVER_TO_ANY: (t, s),
+        Move.REPLACE_PRIMARY: (t, s),
+        Move.REPLACE_SECONDARY: (p, t),
+        Move.REPLACE_AND_FAILOVER: (t, p),
+        Move.FAILOVER_AND_REPLACE: (s, t),
+    }[move]
+
+
 def _name(state: State, idx: int) -> str | None:
     return state.node_names[idx] if idx >= 0 else None
 
@@ -218,12 +230,18 @@ def plan(
     *,
     group: str | None = None,
     util: Mapping[str, Util] | None = None,
+    mem_pool: Mapping[str, float] | None = None,
     on_move: Callable[[PlannedMove], None] | None = None,
     on_start: Callable[[float], None] | None = None,
+    stop: Callable[[PlannedMove], bool] | None = None,
 ) -> Plan:
-    """Balance ``group`` of ``cluster`` (all nodes when None) like hbal would."""
+    """Balance ``group`` of ``cluster`` (all nodes when None) like hbal would.
+
+    ``stop(move)`` is asked before each move is taken; True ends the plan
+    without it (maintd stops at the end of the first jobset).
+    """
     opts = opts or Options()
-    state = build_state(cluster, group, util)
+    state = build_state(cluster, group, util, mem_pool)
     allowed = np.ones(len(state.node_names), dtype=bool)
     if opts.allowed_nodes is not None:
         names = set(opts.allowed_nodes)
@@ -250,17 +268,21 @@ def plan(
             break
         old_p = int(state.inst["pnode"][inst])
         old_s = int(state.inst["snode"][inst])
-        apply_move(state, tops, inst, move, target)
-        cur_cv = compute_cv(state)
+        new_p, new_s = new_nodes(move, old_p, old_s, target)
         pm = PlannedMove(
             instance=state.inst_names[inst],
             kind=move,
             old_primary=state.node_names[old_p],
             old_secondary=_name(state, old_s),
-            new_primary=state.node_names[int(state.inst["pnode"][inst])],
-            new_secondary=_name(state, int(state.inst["snode"][inst])),
-            score=cur_cv,
+            new_primary=state.node_names[new_p],
+            new_secondary=_name(state, new_s),
+            score=new_cv,
         )
+        if stop is not None and stop(pm):
+            break
+        apply_move(state, tops, inst, move, target)
+        cur_cv = compute_cv(state)
+        pm = attrs.evolve(pm, score=cur_cv)
         moves.append(pm)
         if on_move is not None:
             on_move(pm)

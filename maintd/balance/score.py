@@ -68,7 +68,7 @@ NODE_COLS = (
     "tmem", "nmem", "imem", "fmem", "xpos", "tdsk", "fdsk", "tcpu", "speed", "ucpu",
     "tsp", "fsp", "instsp", "hisp", "lodsk", "lcpu", "rmem", "failn1", "npri", "nsec",
     "ucpu_l", "umem_l", "udsk_l", "unet_l", "fmemF", "fdskF", "ucpuF", "instspF", "fspF",
-    "conf", "locscore", "excl", "offline",
+    "conf", "locscore", "excl", "offline", "pool_m",
 )  # fmt: skip
 
 #: Instance columns.
@@ -178,11 +178,14 @@ def build_state(
     cluster: Cluster,
     group: str | None = None,
     util: Mapping[str, Util] | None = None,
+    mem_pool: Mapping[str, float] | None = None,
 ) -> State:
     """The numeric model of ``cluster``, scored over ``group`` (all nodes when None).
 
     ``util`` gives per-instance dynamic load (hbal's ``-U`` file / mond data);
     instances without an entry get htools' base utilisation (1, 1, 1, 1).
+    ``mem_pool`` gives nodes' memory-load capacity (htools' ``utilPool``
+    memory weight, set from RSS data); 1 where not given.
     """
     util = util or {}
     node_names = list(cluster.nodes)
@@ -224,6 +227,7 @@ def build_state(
         vals["lodsk"][k] = 0.0  # floor(defReservedDiskRatio * tDsk), ratio 0
         vals["fmemF"][k] = n.mfree
         vals["fdskF"][k] = n.dfree
+        vals["pool_m"][k] = (mem_pool or {}).get(name, 1.0)
 
     # Tags: exclusion (instances), location (nodes), desired location (instances).
     inst_excl: list[list[str]] = []
@@ -448,7 +452,7 @@ def node_metrics(r: Mapping[str, np.ndarray]) -> np.ndarray:
         out[..., 5] = r["npri"]
         out[..., 6] = r["ucpu"] / r["tcpu"] / r["speed"]
         out[..., 7] = r["ucpu_l"]
-        out[..., 8] = r["umem_l"]
+        out[..., 8] = r["umem_l"] / r["pool_m"]
         out[..., 9] = r["udsk_l"]
         out[..., 10] = r["unet_l"]
         out[..., 11] = r["conf"]

@@ -33,6 +33,8 @@ PREFIX = "ganeti:watcher:autorepair:"
 SUSPEND = PREFIX + "suspend"
 PENDING = PREFIX + "pending:"
 RESULT = PREFIX + "result:"
+#: Ganeti refuses longer tags (constants.MAX_TAG_LEN).
+MAX_TAG_LEN = 128
 
 
 class TagError(ValueError):
@@ -132,7 +134,15 @@ class RepairTag:
         return f"{RESULT}{self.type.wire}:{self.id}:{self.ts}:{self.result.wire}:{jobs}"
 
     def with_result(self, result: RepairResult, ts: int) -> RepairTag:
-        return attrs.evolve(self, result=result, ts=ts)
+        """This repair's result tag, made to fit Ganeti's tag length limit.
+
+        A result tag's job list is informative only: when it would make the
+        tag longer than :data:`MAX_TAG_LEN`, the oldest jobs are left out.
+        """
+        done = attrs.evolve(self, result=result, ts=ts)
+        while len(done.format()) > MAX_TAG_LEN and done.jobs:
+            done = attrs.evolve(done, jobs=done.jobs[1:])
+        return done
 
 
 Tag = EnableTag | SuspendTag | RepairTag

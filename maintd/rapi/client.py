@@ -220,7 +220,11 @@ class RapiClient:
                     raise RapiConfigError("https RAPI needs --rapi-cert (or --rapi-insecure)")
                 policy = PinnedCertificatePolicy.from_file(cert)
         else:
-            log.warn("RAPI {url} is plain HTTP: no TLS, password sent in clear", url=url)
+            log.warn(
+                "RAPI {url} is plain HTTP: no TLS{extra}",
+                url=url,
+                extra=", the password goes in clear" if user else "",
+            )
             policy = BrowserLikePolicyForHTTPS()
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 8

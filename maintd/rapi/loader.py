@@ -231,6 +231,11 @@ def _instance(raw: Mapping[str, Any], default_hv: str) -> Instance:
         fast = _instance_fast(raw, default_hv)
         if fast is not None:
             return fast
+    return _instance_checked(raw, default_hv)
+
+
+def _instance_checked(raw: Mapping[str, Any], default_hv: str) -> Instance:
+    """Field-by-field conversion with defaults and a precise error (:class:`_Bad`)."""
     be = _dict(raw, "beparams")
     admin_state = _opt_str(raw, "admin_state", "up")
     if admin_state not in _ADMIN_STATES:

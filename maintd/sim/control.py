@@ -36,7 +36,7 @@ class Control:
     def handle(self, method: str, path: str, body: Any) -> Any:
         try:
             return self._handle(method, path.rstrip("/"), body)
-        except (SimError, FaultError) as err:
+        except (SimError, FaultError, ValueError) as err:
             raise ControlError(400, str(err)) from err
 
     def _handle(self, method: str, path: str, body: Any) -> Any:
@@ -96,7 +96,7 @@ class Control:
             self._method(method, "PUT", path)
             if not isinstance(body, dict):
                 raise ControlError(400, "event must be a JSON object")
-            sim._apply(body)
+            sim.apply_now(body)
             return None
         raise ControlError(404, f"unknown control resource {path}")
 

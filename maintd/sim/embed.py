@@ -22,6 +22,7 @@ from twisted.web import server
 from maintd.sim import scenario as scenario_mod
 from maintd.sim import tls
 from maintd.sim.cluster import SimCluster, pip_block
+from maintd.sim.faults import parse_rapi_fault
 from maintd.sim.mond import MondFronts
 from maintd.sim.rapi import RapiFront
 from maintd.sim.runtime import Simulation
@@ -42,6 +43,15 @@ def _write_secret(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+class QuietSite(server.Site):
+    """A Site without per-request access log lines (the simulator logs what matters)."""
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
 
 
 class EmbeddedSimulator(service.Service):
@@ -104,10 +114,30 @@ class EmbeddedSimulator(service.Service):
         self.monds = MondFronts(self.sim, reactor, mond_port)
         self._rapi_listener: Any = None
 
+    # -- conveniences for in-process tests (the /sim/ API does the same) --------
+
+    def set_diagnose(self, node: str, report: Any) -> None:
+        """What ``node``'s mond reports as self-diagnose from now on."""
+        self.sim.set_diagnose(node, report)
+
+    def set_mond(self, node: str, mode: str) -> None:
+        """``up``, ``down``, ``garbage``, ``hang`` or ``slow`` (see ``faults.mond_delay``)."""
+        self.sim.set_mond(node, mode)
+
+    def fail_next_jobs(self, count: int) -> None:
+        self.sim.set_fail_next(count)
+
+    def rapi_fault(self, fault: Any) -> None:
+        """``{"status": 503, "count": 1}``, ``"garbage"``, ``"hang"`` or ``"clear"``."""
+        self.sim.faults.add_rapi(parse_rapi_fault(fault))
+
+    def state(self) -> dict[str, Any]:
+        """What ``GET /sim/state`` answers."""
+        return self.sim.state_json()
+
     def startService(self) -> None:  # noqa: N802
         super().startService()
-        site = server.Site(self.front.resource())
-        site.noisy = False
+        site = QuietSite(self.front.resource())
         if self.plain_http:
             self._rapi_listener = self.reactor.listenTCP(
                 self.rapi_port, site, interface="127.0.0.1"

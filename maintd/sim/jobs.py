@@ -27,6 +27,7 @@ log = Logger()
 FINAL = frozenset({"success", "error", "canceled"})
 TAG_RE = re.compile(r"^[\w.+*/:@-]+$")
 MAX_TAG_LEN = 128
+DEFAULT_IALLOCATOR = "hail"
 
 
 class OpFailure(Exception):
@@ -234,6 +235,7 @@ class JobQueue:
         handler = getattr(self, "_op_" + op["OP_ID"][3:].lower(), None)
         if handler is None:
             raise OpFailure("OpExecError", f"Opcode {op['OP_ID']} is not simulated")
+        self._fill_defaults(op)
         dry_run = bool(op.get("dry_run"))
         apply = handler(job, op)
         if dry_run or apply is None:
@@ -241,6 +243,26 @@ class JobQueue:
         result = apply()
         self.cluster.changed()
         return result
+
+    def _fill_defaults(self, op: dict[str, Any]) -> None:
+        """What Ganeti adds to a submitted opcode: object uuids, the default iallocator."""
+        inst = self.cluster.instances.get(op.get("instance_name") or "")
+        if inst is not None:
+            op.setdefault("instance_uuid", inst.uuid)
+        node = self.cluster.nodes.get(op.get("node_name") or "")
+        if node is not None:
+            op.setdefault("node_uuid", node.uuid)
+        op_id = op["OP_ID"]
+        no_target = not op.get("iallocator") and not op.get("target_node")
+        if op_id in ("OP_INSTANCE_MIGRATE", "OP_INSTANCE_FAILOVER") and no_target:
+            # Only externally mirrored templates get the default iallocator.
+            movable = model.SHARED_TEMPLATES | model.DISKLESS_TEMPLATES
+            if inst is not None and inst.disk_template in movable:
+                op["iallocator"] = DEFAULT_IALLOCATOR
+        elif op_id == "OP_INSTANCE_REPLACE_DISKS" or op_id == "OP_NODE_EVACUATE":
+            wants_node = op_id == "OP_NODE_EVACUATE" or op.get("mode") == "replace_new_secondary"
+            if wants_node and not op.get("iallocator") and not op.get("remote_node"):
+                op["iallocator"] = DEFAULT_IALLOCATOR
 
     # lookups ------------------------------------------------------------------
 
@@ -634,7 +656,12 @@ class JobQueue:
         if mode not in modes:
             raise prereq(f"Invalid replace-disks mode '{mode}'", "invalid")
         if inst.disk_template not in model.DRBD_TEMPLATES:
-            raise prereq("Can only run replace disks for DRBD8-based instances", "invalid")
+            # What Ganeti 3.0 answers for a non-DRBD instance (real cluster sample).
+            raise prereq(
+                "The instance has a strange layout, expected one secondary but found"
+                f" {len(inst.secondaries)}",
+                "internal_error",
+            )
         remote, ialloc = op.get("remote_node"), op.get("iallocator")
         if mode != "replace_new_secondary":
             if remote is not None or ialloc is not None:

@@ -10,7 +10,8 @@ collector).  An unknown report is a 404 with a plain-text body.
 Faults per node (:class:`maintd.sim.faults.Faults`): ``down`` stops
 listening (connection refused), ``hang`` accepts and never answers,
 ``garbage`` answers malformed JSON, ``slow`` answers after
-``faults.mond_delay`` seconds of the simulator's clock.
+``faults.mond_delay`` seconds of the simulator's clock.  Changing a node's
+mode drops the connections of requests still held by ``hang`` or ``slow``.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class MondResource(resource.Resource):
         self.node = node
         self.wallclock = wallclock
         self.hung: list[IRequest] = []
+        self.delayed: list[Any] = []
 
     def render_GET(self, request: IRequest) -> Any:  # noqa: N802
         mode = self.sim.faults.mond_mode(self.node)
@@ -100,6 +102,7 @@ class MondResource(resource.Resource):
         request.setHeader(b"Content-Type", b"application/json" if status == 200 else b"text/plain")
         if mode == "slow":
             call = self.sim.clock.callLater(self.sim.faults.mond_delay, self._send, request, body)
+            self.delayed.append((call, request))
             request.notifyFinish().addErrback(  # type: ignore[attr-defined]
                 lambda _: call.active() and call.cancel()
             )
@@ -135,12 +138,25 @@ class MondResource(resource.Resource):
         return 404, NOT_FOUND
 
     def release(self) -> None:
+        """Drop the connections of hung requests and forget delayed answers."""
+        delayed, self.delayed = self.delayed, []
         hung, self.hung = self.hung, []
+        for call, request in delayed:
+            if call.active():
+                call.cancel()
+                hung.append(request)
         for request in hung:
             transport = getattr(request, "channel", None)
             transport = getattr(transport, "transport", None)
             if transport is not None:
                 transport.abortConnection()
+
+
+class _QuietSite(server.Site):
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
 
 
 class MondFronts:
@@ -170,8 +186,7 @@ class MondFronts:
 
     def _listen(self, name: str) -> None:
         node = self.sim.cluster.nodes[name]
-        site = server.Site(self.resources[name])
-        site.noisy = False
+        site = _QuietSite(self.resources[name])
         self.ports[name] = self.reactor.listenTCP(self.port, site, interface=node.pip)
 
     def _mode_changed(self, name: str, mode: str) -> None:

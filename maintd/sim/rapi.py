@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from maintd.sim import control
+from maintd.sim.cluster import gc_paused
 from maintd.sim.jobs import FINAL, lost_job_json
 from maintd.sim.runtime import Simulation
 from maintd.sim.users import REALM, User, parse_basic_auth
@@ -379,10 +380,15 @@ class RapiFront:
         return args
 
     @staticmethod
-    def _body(request: IRequest) -> Any:
+    def _body(request: IRequest, strict: bool = True) -> Any:
         raw = request.content.read() if request.content is not None else b""
-        if not raw.strip():
+        if not raw:
             return None
+        # Like Ganeti's RAPI server: a body must be declared as JSON (the
+        # /sim/ API is lenient, for curl -d).
+        ctype = request.getHeader(b"content-type") or b"application/octet-stream"
+        if strict and ctype.split(b";")[0].strip().lower() != b"application/json":
+            raise HttpError(415)
         try:
             return json.loads(raw)
         except ValueError:
@@ -416,7 +422,7 @@ class RapiFront:
 
     def _control(self, request: IRequest, method: str, path: str) -> Any:
         self._authorize(request, write=True)
-        body = self._body(request)
+        body = self._body(request, strict=False)
         request.setHeader(b"Content-Type", b"application/json")
         try:
             result = self.control.handle(method, path, body)
@@ -431,7 +437,8 @@ class RapiFront:
         hit = self._cache.get(key)
         if hit is not None and hit[0] == gen:
             return hit[1]
-        data = json.dumps(build()).encode()
+        with gc_paused():
+            data = json.dumps(build()).encode()
         self._cache[key] = (gen, data)
         return data
 
@@ -450,7 +457,8 @@ class RapiFront:
             gen = c.generation
             hit = self._cache.get("instances-bulk")
             if hit is None or hit[0] != gen:
-                hit = (gen, self._encode_instances())
+                with gc_paused():
+                    hit = (gen, self._encode_instances())
                 self._cache["instances-bulk"] = hit
             return hit[1]
         return self._cached(

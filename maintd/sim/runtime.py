@@ -90,13 +90,14 @@ class Simulation:
         self.set_mond(name, "down" if offline else "up")
 
     def apply(self, event: dict[str, Any]) -> None:
-        """Apply one scenario event; a bad event is logged, never raised."""
+        """Apply one timed scenario event; a bad event is logged, never raised."""
         try:
-            self._apply(event)
+            self.apply_now(event)
         except (SimError, ValueError) as err:
             log.error("sim: scenario event {event!r} failed: {err}", event=event, err=err)
 
-    def _apply(self, event: dict[str, Any]) -> None:
+    def apply_now(self, event: dict[str, Any]) -> None:
+        """Apply one event now; raises :class:`SimError`/``ValueError`` when it is bad."""
         log.info("sim: event at {at}s: {event!r}", at=event.get("at", 0), event=event)
         node = event.get("node")
         if "diagnose" in event:

@@ -234,9 +234,11 @@ async def main() -> int:
             proc.wait(timeout=30)
         with open(log_path, "rb") as f:
             rounds = f.read().count(b"] round ")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
         f"GET {args.path} with {args.incidents} incidents in the state, {args.clients} "
-        f"keep-alive clients, rounds every {args.round_delay}s ({rounds} rounds logged)"
+        f"keep-alive clients, rounds every {args.round_delay}s ({rounds} rounds logged); "
+        f"{os.cpu_count()} CPUs, load average {load}"
     )
     for gzip, (latencies, sizes, elapsed) in results.items():
         rate = len(latencies) / elapsed
