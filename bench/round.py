@@ -18,11 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
-# Run as a script, this directory comes first on sys.path, and bench/http.py
-# would shadow the standard library's http: use the repository root instead.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:] = [_ROOT] + [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(
-    os.path.abspath(__file__))]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -125,7 +125,8 @@ class StepTests(SynchronousTestCase):
 
     def round(self, ctx: Ctx) -> None:
         ctx.notes = []
-        self.run_steps(ctx, default_steps(ctx.config))
+        # the incident steps only (harep and balance have their own tests)
+        self.run_steps(ctx, default_steps(ctx.config)[:5])
 
     def test_default_steps_order(self) -> None:
         steps = default_steps(Cfg())
