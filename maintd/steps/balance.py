@@ -129,9 +129,14 @@ async def _reports(ctx: Any, cluster: Cluster) -> dict[str, NodeReports]:
     return out
 
 
+def _submitting(ctx: Any) -> bool:
+    """Jobs may be submitted: not dry-run and mastership held."""
+    return bool(getattr(ctx, "submitting", True)) and not getattr(ctx.config, "dry_run", False)
+
+
 def _note(ctx: Any, **fields: Any) -> None:
     fields = {"step": "balance", **fields}
-    if ctx.config.dry_run or not ctx.submitting:
+    if not _submitting(ctx):
         fields["dry_run"] = True
     ctx.notes.append(fields)
 
@@ -196,7 +201,7 @@ async def balance_step(ctx: Any) -> None:
             await ctx.commit(attrs.evolve(ctx.state, evacuated=load.evacuated))
     groups = sorted({n.group for n in cluster.nodes.values() if n.name in free})
     new_evac: list[str] = []
-    submit = ctx.submitting and not ctx.config.dry_run and ctx.rapi is not None
+    submit = _submitting(ctx) and ctx.rapi is not None
     for group in groups:
         result, jobset = await _in_thread(
             ctx.reactor, first_jobset_plan, cluster, group, set(free), threshold, load
