@@ -6,11 +6,12 @@ import io
 import json
 import os
 import stat
+import subprocess
 import sys
 from typing import Any
 
 from twisted.internet import defer, reactor, threads
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from maintd import ctl
 from maintd.control import ControlService, track
@@ -65,6 +66,43 @@ class ControlTests(TestCase):
 
     def test_socket_mode(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._socket_mode())
+
+    async def _other_user(self) -> None:
+        python = "/usr/bin/python3"
+        if os.getuid() != 0 or not os.access(python, os.X_OK):
+            raise SkipTest("needs root and /usr/bin/python3 to try as user nobody")
+        # the socket's directory is open to all here: only the socket's mode protects it
+        code = ("import socket, sys\n"
+                "s = socket.socket(socket.AF_UNIX)\n"
+                "try:\n"
+                "    s.connect(sys.argv[1])\n"
+                "except PermissionError:\n"
+                "    sys.exit(13)\n"
+                "s.sendall(b'{\"op\": \"forget\", \"uuid\": \"aaaa\"}\\n')\n"
+                "print(s.recv(1000))\n")
+        parents = []
+        p = os.path.dirname(os.path.abspath(self.path))
+        top = os.path.abspath(os.getcwd())  # trial's temp dir
+        while p.startswith(top):
+            mode = stat.S_IMODE(os.stat(p).st_mode)
+            if mode & 0o005 != 0o005:
+                parents.append((p, mode))
+            p = os.path.dirname(p)
+        for d, mode in parents:  # let nobody reach the socket's directory
+            os.chmod(d, mode | 0o005)
+        try:
+            result = await threads.deferToThread(
+                subprocess.run, [python, "-c", code, self.path], user=65534,
+                capture_output=True, timeout=60,
+            )
+        finally:
+            for d, mode in parents:
+                os.chmod(d, mode)
+        self.assertEqual(result.returncode, 13, result.stdout + result.stderr)
+        self.assertIsNotNone(self.store.state.incident("aaaa"))
+
+    def test_other_users_cannot_connect(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._other_user())
 
     async def _list(self) -> None:
         code, out, err = await self.ctl("list")
