@@ -27,7 +27,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SAMPLES = os.path.join(ROOT, "tests", "data", "rapi")
-sys.path.insert(0, ROOT)
+# Not the bench directory itself: its http.py would shadow the stdlib module.
+sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 
 
 def _sample(name: str):  # type: ignore[no-untyped-def]
@@ -261,8 +262,11 @@ def main() -> None:
             # a fresh process, so its peak RSS is the loading's alone
             res = subprocess.run(
                 [sys.executable, __file__, "--load", hello, "--repeat", str(a.repeat)],
-                capture_output=True, cwd=ROOT, check=True, timeout=600,
+                capture_output=True, cwd=ROOT, timeout=600,
             )
+            if res.returncode != 0:
+                sys.exit(f"loading process failed ({res.returncode}):\n"
+                         + res.stderr.decode(errors="replace")[-3000:])
             doc = json.loads(res.stdout.decode().strip().splitlines()[-1])
         finally:
             if server.stdin:

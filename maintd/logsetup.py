@@ -16,28 +16,40 @@ from typing import Any
 from twisted.application import service
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     LogPublisher,
+    PredicateResult,
     globalLogPublisher,
 )
+from zope.interface import implementer
 
 log_namespace = "maintd"
 
 
-#: Chatty namespaces shown only with ``-d`` (every pooled HTTP connection
-#: logs "Starting factory" / "Stopping factory" at info level).
-QUIET_NAMESPACES = ("twisted.web.client._HTTP11ClientFactory",)
-
-
 def level_predicate(debug: bool) -> LogLevelFilterPredicate:
     """The filter for the daemon's log: debug events pass only with ``-d``."""
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.debug if debug else LogLevel.info)
-    if not debug:
-        for namespace in QUIET_NAMESPACES:
-            predicate.setLogLevelForNamespace(namespace, LogLevel.warn)
-    return predicate
+    return LogLevelFilterPredicate(defaultLogLevel=LogLevel.debug if debug else LogLevel.info)
+
+
+#: Format strings of Twisted's per-connection chatter ("Starting factory
+#: <...>" for every outgoing connection, whatever the factory class), shown
+#: only with ``-d``: the daemon opens one connection per node per round.
+QUIET_FORMATS = frozenset({"Starting factory {factory!r}", "Stopping factory {factory!r}"})
+
+
+@implementer(ILogFilterPredicate)
+class QuietConnectionsPredicate:
+    """Drops Twisted's factory start/stop events below warning level."""
+
+    def __call__(self, event: dict[str, Any]) -> PredicateResult:
+        if event.get("log_format") in QUIET_FORMATS:
+            level = event.get("log_level")
+            if level is None or level < LogLevel.warn:
+                return PredicateResult.no
+        return PredicateResult.maybe
 
 
 class LogLevelService(service.Service):
@@ -64,7 +76,7 @@ class LogLevelService(service.Service):
         for obs in self._observers():
             if isinstance(obs, FilteringLogObserver):
                 continue
-            wrapper = FilteringLogObserver(obs, [self.predicate])
+            wrapper = FilteringLogObserver(obs, [self.predicate, QuietConnectionsPredicate()])
             self._publisher.removeObserver(obs)
             self._publisher.addObserver(wrapper)
             self._wrapped.append((obs, wrapper))

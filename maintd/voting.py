@@ -518,7 +518,6 @@ class TwistedNodedClient:
 
             assert tls is not None
             pool = HTTPConnectionPool(reactor, persistent=False)
-            pool._factory = _QuietHTTP11ClientFactory  # no "Starting factory" line per vote
             agent = Agent(reactor, contextFactory=PinnedNodedPolicy(tls), pool=pool)
             http = treq.client.HTTPClient(agent)
         self._http = http
@@ -565,18 +564,6 @@ class TwistedNodedClient:
         ds = [defer.Deferred.fromCoroutine(one(n)) for n in endpoints]
         results = await defer.gatherResults(ds, consumeErrors=True)
         return list(results)
-
-
-def _quiet_factory_class() -> Any:
-    from twisted.web.client import _HTTP11ClientFactory
-
-    class Quiet(_HTTP11ClientFactory):
-        noisy = False
-
-    return Quiet
-
-
-_QuietHTTP11ClientFactory = _quiet_factory_class()
 
 
 def _describe_failure(e: BaseException) -> str:

@@ -163,6 +163,13 @@ class StepTests(SynchronousTestCase):
         self.assertTrue(all(n["dry_run"] for n in moved))
         self.assertEqual(ctx.state.jobs, ())
 
+    def test_no_jobs_without_mastership(self) -> None:
+        ctx = make_ctx(self.cluster, balance=True)
+        ctx.submitting = False
+        run(ctx)
+        self.assertEqual(ctx.rapi.calls, [])
+        self.assertTrue([n for n in ctx.notes if "instance" in n])
+
     def test_rapi_error_is_noted_not_raised(self) -> None:
         ctx = make_ctx(self.cluster, rapi=FakeRapi(fail_after=0), balance=True)
         run(ctx)

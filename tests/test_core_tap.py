@@ -187,25 +187,35 @@ class LogLevelTests(SynchronousTestCase):
         svc.stopService()
         return seen
 
-    def test_connection_pool_chatter_only_with_debug(self) -> None:
+    def test_connection_chatter_only_with_debug(self) -> None:
+        """Every outgoing connection's factory start/stop line (pooled HTTP to
+        RAPI, one-shot connections to each node's mond) is hidden without -d."""
+
         def emit(debug: bool) -> list[str]:
             publisher = LogPublisher()
             seen: list[str] = []
             publisher.addObserver(lambda e: seen.append(formatEvent(e)))
             svc = LogLevelService(debug, publisher)
             svc.startService()
-            publisher(
-                {
-                    "log_level": LogLevel.info,
-                    "log_format": "Starting factory",
-                    "log_namespace": "twisted.web.client._HTTP11ClientFactory",
-                }
-            )
+            for namespace in (
+                "twisted.web.client._HTTP11ClientFactory",
+                "twisted.internet.endpoints.OneShotFactory",
+            ):
+                for verb in ("Starting", "Stopping"):
+                    publisher(
+                        {
+                            "log_level": LogLevel.info,
+                            "log_format": verb + " factory {factory!r}",
+                            "factory": "F",
+                            "log_namespace": namespace,
+                        }
+                    )
+            publisher({"log_level": LogLevel.info, "log_format": "round 1 done", "log_namespace": "maintd.scheduler"})
             svc.stopService()
             return seen
 
-        self.assertEqual(emit(False), [])
-        self.assertEqual(emit(True), ["Starting factory"])
+        self.assertEqual(emit(False), ["round 1 done"])
+        self.assertEqual(len(emit(True)), 5)
 
     def test_debug_events_only_with_debug(self) -> None:
         self.assertEqual(self.emit_both(debug=False), ["info"])

@@ -336,6 +336,15 @@ class WriteTests(ClientTestBase):
         self.assertIsNone(seen.body)
         self.assertEqual(seen.args, {"reason": ["maintd harep i1"]})
 
+    def test_shutdown(self) -> None:
+        # R_2_instances_name_shutdown: PUT, body optional, reason as query
+        seen = self.write(
+            "PUT", "/2/instances/i1/shutdown",
+            lambda c: c.shutdown_instance("i1", reason="maintd harep i1"),
+        )
+        self.assertIsNone(seen.body)
+        self.assertEqual(seen.args, {"reason": ["maintd harep i1"]})
+
     def test_write_answer_not_a_job_id(self) -> None:
         c = self.make({("PUT", "/2/tags"): ok({"job": 1})})
         err = self.failure(c.add_tags("cluster", None, ["t"], "r"), RapiMalformed)

@@ -341,7 +341,7 @@ def add_sec(
 class Outcome:
     """Slots (node index arrays and their new rows), failure mask, new placement."""
 
-    slots: list[tuple[np.ndarray, Row]]
+    slots: list[tuple[np.ndarray, Row, np.ndarray | None]]
     fail: np.ndarray
     new_p: np.ndarray
     new_s: np.ndarray
@@ -360,14 +360,39 @@ def _ls(state: State, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(state.loc[a] & state.loc[b], axis=1).astype(float)
 
 
-def simulate(b: Batch, move: Move, tt: np.ndarray) -> Outcome:
-    """Apply ``move`` (to targets ``tt``) to every pair of the batch, on copies."""
+def simulate(
+    b: Batch,
+    move: Move,
+    tt: np.ndarray,
+    bu: Batch | None = None,
+    inv: np.ndarray | None = None,
+) -> Outcome:
+    """Apply ``move`` (to targets ``tt``) to every pair of the batch, on copies.
+
+    With ``bu`` (the batch's distinct instances) and ``inv`` (pair -> row of
+    ``bu``), slots that do not depend on the target node are computed once
+    per instance and expanded (only when the cluster has no location tags,
+    which would make them target-dependent).
+    """
     st = b.state
     p = st.inst["pnode"][b.ii].astype(np.int64)
     s = st.inst["snode"][b.ii].astype(np.int64)
     ls_old = st.inst["ls"][b.ii]
     p_off = st.node["offline"][p] != 0
     force = b.force
+    ind = bu is not None and inv is not None and not st.has_locations
+    if ind:
+        assert bu is not None and inv is not None
+        ub, ex = bu, inv
+        pu = st.inst["pnode"][bu.ii].astype(np.int64)
+        su = st.inst["snode"][bu.ii].astype(np.int64)
+        lsu = st.inst["ls"][bu.ii]
+    else:
+        ub, ex, pu, su, lsu = b, None, p, s, ls_old
+
+    def expand(x: np.ndarray) -> np.ndarray:
+        return x if ex is None else x[ex]
+
     if move == Move.FAILOVER:
         strict = ~(p_off | force)
         fail = _mig(st, p, s)
@@ -375,13 +400,13 @@ def simulate(b: Batch, move: Move, tt: np.ndarray) -> Outcome:
         rs, f1 = add_pri(b, rs, ls_old, strict)
         rp = remove_pri(b, gather(st, p), ls_old)
         rp, f2 = add_sec(b, rp, s, strict, ignore_disks=p_off)
-        return Outcome([(p, rp), (s, rs)], fail | f1 | f2, s, p, ls_old)
+        return Outcome([(p, rp, None), (s, rs, None)], fail | f1 | f2, s, p, ls_old)
     if move == Move.FAILOVER_TO_ANY:
         strict = ~(p_off | force)
         fail = _mig(st, p, tt)
         rt, f1 = add_pri(b, gather(st, tt), ls_old, strict)
-        rp = remove_pri(b, gather(st, p), ls_old)
-        return Outcome([(p, rp), (tt, rt)], fail | f1, tt, s, ls_old)
+        rp = remove_pri(ub, gather(st, pu), lsu)
+        return Outcome([(pu, rp, ex), (tt, rt, None)], fail | f1, tt, s, ls_old)
     if move == Move.REPLACE_PRIMARY:
         strict = ~(p_off | force)
         ls_new = _ls(st, tt, s)
@@ -391,17 +416,20 @@ def simulate(b: Batch, move: Move, tt: np.ndarray) -> Outcome:
         rs = remove_pri(b, rs, ls_new, adj=1)
         rt, f2 = add_pri(b, gather(st, tt), ls_new, strict)
         rs, f3 = add_sec(b, rs, tt, strict)
-        rp = remove_pri(b, gather(st, p), ls_old)
-        return Outcome([(p, rp), (s, rs), (tt, rt)], fail | f1 | f2 | f3, tt, s, ls_new)
+        rp = remove_pri(ub, gather(st, pu), lsu)
+        slots = [(pu, rp, ex), (s, rs, None), (tt, rt, None)]
+        return Outcome(slots, fail | f1 | f2 | f3, tt, s, ls_new)
     if move == Move.REPLACE_SECONDARY:
         s_off = st.node["offline"][s] != 0
         strict = ~(s_off | force)
         ls_new = _ls(st, p, tt)
         rt, f1 = add_sec(b, gather(st, tt), p, strict)
-        rp = remove_pri(b, gather(st, p), ls_old)
-        rp, f2 = add_pri(b, rp, ls_new, np.zeros(len(p), dtype=bool), adj=-1)
-        rs = remove_sec(b, gather(st, s), p)
-        return Outcome([(p, rp), (s, rs), (tt, rt)], f1 | f2, p, tt, ls_new)
+        ls_new_u = np.zeros(len(pu)) if ind else ls_new
+        rp = remove_pri(ub, gather(st, pu), lsu)
+        rp, f2 = add_pri(ub, rp, ls_new_u, np.zeros(len(pu), dtype=bool), adj=-1)
+        rs = remove_sec(ub, gather(st, su), pu)
+        slots = [(pu, rp, ex), (su, rs, ex), (tt, rt, None)]
+        return Outcome(slots, f1 | expand(f2), p, tt, ls_new)
     if move == Move.REPLACE_AND_FAILOVER:
         s_off = st.node["offline"][s] != 0
         strict_s = ~(s_off | force)
@@ -410,17 +438,21 @@ def simulate(b: Batch, move: Move, tt: np.ndarray) -> Outcome:
         rt, f1 = add_pri(b, gather(st, tt), ls_new, np.full(len(p), not force))
         rp = remove_pri(b, gather(st, p), ls_old)
         rp, f2 = add_sec(b, rp, tt, strict_s)
-        rs = remove_sec(b, gather(st, s), p)
-        return Outcome([(p, rp), (s, rs), (tt, rt)], fail | f1 | f2, tt, p, ls_new)
+        rs = remove_sec(ub, gather(st, su), pu)
+        slots = [(p, rp, None), (su, rs, ex), (tt, rt, None)]
+        return Outcome(slots, fail | f1 | f2, tt, p, ls_new)
     if move == Move.FAILOVER_AND_REPLACE:
         strict = ~(p_off | force)
         ls_new = _ls(st, s, tt)
         fail = _mig(st, p, s)
-        rs = remove_sec(b, gather(st, s), p)
-        rs, f1 = add_pri(b, rs, ls_new, strict)
+        strict_u = ~((st.node["offline"][pu] != 0) | force)
+        ls_new_u = np.zeros(len(pu)) if ind else ls_new
+        rs = remove_sec(ub, gather(st, su), pu)
+        rs, f1 = add_pri(ub, rs, ls_new_u, strict_u)
         rt, f2 = add_sec(b, gather(st, tt), s, strict)
-        rp = remove_pri(b, gather(st, p), ls_old)
-        return Outcome([(p, rp), (s, rs), (tt, rt)], fail | f1 | f2, s, tt, ls_new)
+        rp = remove_pri(ub, gather(st, pu), lsu)
+        slots = [(pu, rp, ex), (su, rs, ex), (tt, rt, None)]
+        return Outcome(slots, fail | expand(f1) | f2, s, tt, ls_new)
     raise ValueError(f"unknown move {move!r}")
 
 
@@ -459,7 +491,7 @@ def score_outcome(b: Batch, stats: Stats, out: Outcome) -> np.ndarray:
     off_all = st.in_group & (st.node["offline"] != 0)
     ds = np.zeros((k, NMETRICS))
     dq = np.zeros((k, NMETRICS))
-    for nodes, row in out.slots:
+    for nodes, row, expand in out.slots:
         old = st.metrics[nodes]
         new = node_metrics(row)
         on = on_all[nodes]
@@ -467,12 +499,15 @@ def score_outcome(b: Batch, stats: Stats, out: Outcome) -> np.ndarray:
         if on.all():
             delta = new - old
             delta[:, OFF_COLS] = 0.0
-            ds += delta
-            dq += new * new - old * old
+            dsq = new * new - old * old
         else:
             mask = (on[:, None] & _ONLINE_COLS) | (off[:, None] & ~_ONLINE_COLS)
-            ds += np.where(mask, new - old, 0.0)
-            dq += np.where(mask, new * new - old * old, 0.0)
+            delta = np.where(mask, new - old, 0.0)
+            dsq = np.where(mask, new * new - old * old, 0.0)
+        if expand is not None:
+            delta, dsq = delta[expand], dsq[expand]
+        ds += delta
+        dq += dsq
     s = ds + stats.s
     n = stats.n
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -511,7 +546,7 @@ def apply_move(state: State, tops: PeerTops, inst: int, move: Move, target: int)
         st.ptags[p_old] -= st.excl[inst]
         st.ptags[new_p] += st.excl[inst]
     changed: list[int] = []
-    for nodes, row in out.slots:
+    for nodes, row, _expand in out.slots:
         k = int(nodes[0])
         for col in NODE_COLS:
             st.node[col][k] = row[col][0]

@@ -199,7 +199,9 @@ def best_move(
                     continue
                 ii = victims[vi]
                 b = Batch(state=state, tops=tops, ii=ii, force=force)
-                sc = score_outcome(b, stats, simulate(b, move, tt))
+                uniq, inv = np.unique(vi, return_inverse=True)
+                bu = Batch(state=state, tops=tops, ii=victims[uniq], force=force)
+                sc = score_outcome(b, stats, simulate(b, move, tt, bu, inv))
                 order = int(move) if move != Move.FAILOVER_TO_ANY else 0
                 keys = np.stack([vi, 1 + tp * 6 + order], axis=1)
                 consider(sc, keys, ii, move, tt)
