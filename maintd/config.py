@@ -152,6 +152,8 @@ PARAMETERS: dict[str, Callable[[Any], Any]] = {
     "noded_port": parse_port,
     "hostname": parse_str,
     "master_check_interval": parse_seconds,
+    "repair_command": parse_str,
+    "repair_timeout": parse_seconds,
 }
 
 #: Options without a value (``balance`` is tri-state: --balance / --no-balance).
@@ -200,6 +202,9 @@ class DaemonConfig:
     noded_port: int = 1811
     hostname: str = ""
     master_check_interval: float = 60.0
+    #: Absolute path of the live-repair program (None: live repairs fail).
+    repair_command: str | None = None
+    repair_timeout: float = 600.0
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> DaemonConfig:

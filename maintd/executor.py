@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,41 @@ log = Logger()
 
 #: Output kept from a repair program (bytes).
 MAX_OUTPUT = 64 * 1024
+
+
+class ExecutorConfigError(Exception):
+    """The configured repair program is unusable; the message names it."""
+
+
+def check_program(path: str, *, uid: int | None = None) -> None:
+    """Refuse a repair program the daemon should not run.
+
+    It must be an absolute path to an existing regular, executable file,
+    owned by root or by the daemon's user (``uid``, default: the effective
+    uid) and not writable by group or others: whoever can change it runs
+    commands as the daemon.  Raises :class:`ExecutorConfigError`.
+    """
+    if not os.path.isabs(path):
+        raise ExecutorConfigError(f"repair command {path!r} must be an absolute path")
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ExecutorConfigError(f"repair command {path}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ExecutorConfigError(f"repair command {path} is not a regular file")
+    if not st.st_mode & 0o111 or not os.access(path, os.X_OK):
+        raise ExecutorConfigError(f"repair command {path} is not executable")
+    owner = os.geteuid() if uid is None else uid
+    if st.st_uid not in (0, owner):
+        raise ExecutorConfigError(
+            f"repair command {path} is owned by uid {st.st_uid}, "
+            f"not by root or the daemon's user (uid {owner})"
+        )
+    if st.st_mode & 0o022:
+        raise ExecutorConfigError(
+            f"repair command {path} is writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); make it 0755 or stricter"
+        )
 
 
 @attrs.frozen

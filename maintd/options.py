@@ -219,6 +219,23 @@ class Options(usage.Options):
             + _default(int(_D.master_check_interval)),
             cfg.parse_seconds,
         ],
+        [
+            "repair-command",
+            None,
+            None,
+            "Absolute path of the program that carries out live repairs: run as "
+            "PATH NODE COMMAND with the node's report on stdin, exit 0 = repaired "
+            "(root-owned, not group/other-writable) [default: none, live repairs fail].",
+            cfg.parse_str,
+        ],
+        [
+            "repair-timeout",
+            None,
+            None,
+            "Seconds a live repair may take before it is killed and fails."
+            + _default(int(_D.repair_timeout)),
+            cfg.parse_seconds,
+        ],
     ]
 
     daemon_config: cfg.DaemonConfig

@@ -33,6 +33,13 @@ from twisted.logger import Logger
 
 from maintd.api import StateAPI
 from maintd.config import DaemonConfig
+from maintd.executor import (
+    CommandExecutor,
+    ExecutorConfigError,
+    IRepairExecutor,
+    NoExecutor,
+    check_program,
+)
 from maintd.logsetup import LogLevelService
 from maintd.mastership import (
     Mastership,
@@ -97,6 +104,21 @@ def _mond_client(config: DaemonConfig, reactor: Any, notes: list[str]) -> Any:
         parallel=config.mond_parallel,
         diagnose_path=config.mond_path,
     )
+
+
+def repair_executor(config: DaemonConfig, reactor: Any) -> IRepairExecutor:
+    """The live-repair executor of ``--repair-command`` (else :class:`NoExecutor`).
+
+    A program that is missing, not a regular executable file, not owned by
+    root or the daemon's user, or writable by group/others is a startup error.
+    """
+    if config.repair_command is None:
+        return NoExecutor()
+    try:
+        check_program(config.repair_command)
+    except ExecutorConfigError as e:
+        raise SystemExit(f"ganeti-maintd: {e}; not starting") from None
+    return CommandExecutor(reactor, [config.repair_command], timeout=config.repair_timeout)
 
 
 class _TempDirService(service.Service):
@@ -209,6 +231,7 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         if config.simulate and "bind" not in options.given:
             config = attrs.evolve(config, bind="127.0.0.1")  # a demo stays local
 
+    executor = repair_executor(config, reactor)
     top = MaintDaemon()
     top.log_level = LogLevelService(config.debug)
     if temp_dir is not None:
@@ -252,6 +275,7 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         steps=_load_steps(config, top.startup_notes),
         rapi=_rapi_client(config, reactor, top.startup_notes),
         mond=_mond_client(config, reactor, top.startup_notes),
+        executor=executor,
     )
     rounds = RoundService(runner, clock=reactor, round_delay=config.round_delay)
     rounds.setServiceParent(top)
