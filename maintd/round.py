@@ -165,3 +165,15 @@ class RoundRunner:
 
     async def __call__(self, number: int, should_stop: Callable[[], bool]) -> None:
         await run_round(self.context(number), self.steps, should_stop=should_stop)
+
+    async def close(self) -> None:
+        """Close the RAPI and mond clients' connections (after the last round)."""
+        for name in ("rapi", "mond"):
+            client = getattr(self, name)
+            if client is None or not hasattr(client, "close"):
+                continue
+            try:
+                await client.close()
+            except Exception as e:
+                log.error("closing the {name} client failed: {error}", name=name,
+                          error=describe_error(e))

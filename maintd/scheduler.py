@@ -12,6 +12,9 @@ outcome is caught, logged in one line, and followed by the next round.
   ``stop_timeout`` seconds; then the round is cancelled.  Every state change
   is an atomic store write, so even a cancelled round leaves a consistent
   state.
+* After the last round has ended (or been cancelled), ``stopService`` awaits
+  the ``on_stop`` callable, if any: the daemon closes its RAPI and mond
+  clients' connection pools there, so nothing stays open or scheduled.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class RoundService(service.Service):
         failure_delay: float | None = None,
         stop_timeout: float = 30.0,
         first_delay: float = 0.0,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.round_fn = round_fn
         self.clock = clock
@@ -51,6 +55,7 @@ class RoundService(service.Service):
         self.failure_delay = round_delay if failure_delay is None else failure_delay
         self.stop_timeout = stop_timeout
         self.first_delay = first_delay
+        self.on_stop = on_stop
         #: Rounds started so far (the number of the current or last round).
         self.rounds = 0
         self.failures = 0
@@ -128,7 +133,7 @@ class RoundService(service.Service):
         self._call = None
         running = self._running
         if running is None:
-            return defer.succeed(None)
+            return defer.Deferred.fromCoroutine(self._after_last_round())
         log.info("waiting for round {number} to reach a safe point", number=self.rounds)
         done: defer.Deferred[None] = defer.Deferred()
         timer = self.clock.callLater(self.stop_timeout, self._give_up, running)
@@ -136,12 +141,21 @@ class RoundService(service.Service):
         def finished(_: object) -> None:
             if timer.active():
                 timer.cancel()
-            done.callback(None)
+            d = defer.Deferred.fromCoroutine(self._after_last_round())
+            d.chainDeferred(done)
 
         # _round_ended (added first) consumes the round's result; this
         # callback only learns that the round is over.
         running.addBoth(finished)
         return done
+
+    async def _after_last_round(self) -> None:
+        if self.on_stop is None:
+            return
+        try:
+            await self.on_stop()
+        except Exception as e:
+            log.error("closing the round's clients failed: {error}", error=describe_error(e))
 
     def _give_up(self, running: defer.Deferred[None]) -> None:
         log.warn(

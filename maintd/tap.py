@@ -277,7 +277,9 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         mond=_mond_client(config, reactor, top.startup_notes),
         executor=executor,
     )
-    rounds = RoundService(runner, clock=reactor, round_delay=config.round_delay)
+    rounds = RoundService(
+        runner, clock=reactor, round_delay=config.round_delay, on_stop=runner.close
+    )
     rounds.setServiceParent(top)
     # --- voting part (issue 9): rounds submit jobs only while this host is
     # the master; re-check every --master-check-interval, exit 11 when lost.
