@@ -19,7 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.internet import reactor, ssl
+from twisted.internet import reactor, ssl, task
+from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -201,7 +202,19 @@ class LocalHTTPSRapi:
             options = ssl.PrivateCertificate.loadPEM(f.read()).options()
         self.resource = AuthRecorder("maintd", "s3cret")
         site = Site(self.resource)
-        self.port = reactor.listenSSL(0, site, options, interface="127.0.0.1")
+        #: Tracks the server's connections, closed when the test ends (a
+        #: client that gave up mid-request may leave them to the server).
+        self.connections = WrappingFactory(site)
+        self.port = reactor.listenSSL(0, self.connections, options, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)  # type: ignore[attr-defined]
+        self.addCleanup(self._close_server_connections)  # type: ignore[attr-defined]
         self.url = f"https://127.0.0.1:{self.port.getHost().port}"
+
+    async def _close_server_connections(self) -> None:
+        for proto in list(self.connections.protocols):
+            proto.transport.abortConnection()
+        for _ in range(100):
+            if not self.connections.protocols:
+                return
+            await task.deferLater(reactor, 0.01, lambda: None)
 

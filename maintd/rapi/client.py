@@ -321,7 +321,9 @@ class RapiClient:
         d.addTimeout(self.timeout, self.clock)
         try:
             status, holder = await d
-        except (defer.TimeoutError, CancelledError):
+        except defer.TimeoutError:
+            # (A CancelledError from outside, e.g. a failed sibling read in
+            # load_cluster, stays a CancelledError.)
             raise RapiTimeout(
                 f"no complete answer within {self.timeout:g}s", method=method, url=url
             ) from None
@@ -448,6 +450,9 @@ class RapiClient:
     async def load_cluster(self) -> Cluster:
         """The cluster snapshot: the four reads in parallel, then the loader.
 
+        When one read fails for good the others are cancelled, so a failed
+        snapshot ends with the first final error.
+
         The node and instance answers are kept as bytes until ``/2/info``
         and the groups are known, then decoded straight into model objects
         (see :class:`~maintd.rapi.loader.ClusterBuilder`).
@@ -466,6 +471,11 @@ class RapiClient:
         try:
             answers: list[Any] = await defer.gatherResults(reads, consumeErrors=True)
         except defer.FirstError as e:
+            # One read failed for good: the snapshot is lost anyway, so the
+            # others stop now instead of finishing their retry back-off
+            # (their CancelledErrors are consumed by gatherResults).
+            for d in reads:
+                d.cancel()
             e.subFailure.raiseException()
         # Drop every other reference to the big bodies so each can be freed
         # as soon as it is decoded.
