@@ -364,7 +364,9 @@ class RapiClient:
                 if not read or not retriable or attempt + 1 >= attempts:
                     raise
                 delay = self._backoff(attempt)
-                log.info(
+                # Debug: the caller logs the final failure (one line per
+                # failed round), retries that then succeed are routine.
+                log.debug(
                     "RAPI read {method} {url} failed ({error}); retry {n}/{max} in {delay:.1f}s",
                     method=method,
                     url=url,
