@@ -8,25 +8,18 @@ and prints requests per second and p50/p99 latency.  Target on a 2-core
 machine: >= 3,000 req/s with p99 < 25 ms.  A benchmark, not a test: it
 prints figures and exits 0 unless the daemon misbehaves.
 
-    .venv/bin/python bench/http.py [--clients 16] [--seconds 5] [--path /1/status]
+    .venv/bin/python bench/http_api.py [--clients 16] [--seconds 5] [--path /1/status]
 """
 
-# ruff: noqa: E402  (the import path is fixed before the imports)
 from __future__ import annotations
-
-import os
-import sys
-
-# This file is named like the stdlib's ``http`` package: drop its directory
-# from the import path before anything imports ``http``.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import argparse
 import asyncio
+import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 

@@ -15,32 +15,29 @@ Target: snapshot + collect + decide < 2 s plus one per-node timeout.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import random
+import secrets
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import attrs
+from twisted.internet import defer, task
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import secrets  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-import attrs  # noqa: E402
-from twisted.internet import defer, task  # noqa: E402
-
-from maintd import incidents as I  # noqa: E402
-from maintd.mond import MondClient  # noqa: E402
-from maintd.rapi.client import RapiClient  # noqa: E402
-from maintd.state import MaintState  # noqa: E402
-from maintd.steps.cleanup import cleanup_step  # noqa: E402
-from maintd.steps.collect import collect_step  # noqa: E402
-from maintd.steps.handle import handle_step  # noqa: E402
-from maintd.steps.snapshot import snapshot_step  # noqa: E402
+from maintd import incidents as I
+from maintd.mond import MondClient
+from maintd.rapi.client import RapiClient
+from maintd.state import MaintState
+from maintd.steps.cleanup import cleanup_step
+from maintd.steps.collect import collect_step
+from maintd.steps.handle import handle_step
+from maintd.steps.snapshot import snapshot_step
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 

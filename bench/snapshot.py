@@ -27,8 +27,6 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SAMPLES = os.path.join(ROOT, "tests", "data", "rapi")
-# Not the bench directory itself: its http.py would shadow the stdlib module.
-sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 
 
 def _sample(name: str):  # type: ignore[no-untyped-def]

@@ -7,17 +7,13 @@ only; nothing is asserted.
 
 from __future__ import annotations
 
-import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from twisted.internet import defer, task
 
-from twisted.internet import defer, task  # noqa: E402
-
-from maintd.voting import BlockingNodedClient, NodedTLS, Tally, TwistedNodedClient  # noqa: E402
-from tests.test_voting_fakes import Certs, start_nodes  # noqa: E402
+from maintd.voting import BlockingNodedClient, NodedTLS, Tally, TwistedNodedClient
+from tests.test_voting_fakes import Certs, start_nodes
 
 ME = "node1.example.com"
 
