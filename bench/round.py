@@ -10,7 +10,7 @@ cleanup, collect, handle) in dry-run so nothing is submitted.
 
 Target: snapshot + collect + decide < 2 s plus one per-node timeout.
 
-    .venv/bin/python bench/round.py [--nodes 1000] [--timeout 2] [--parallel 64]
+    .venv/bin/python bench/round.py [--nodes 1000] [--timeout 2] [--parallel 1024]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import attrs
 from twisted.internet import defer, task
 
 from maintd import incidents as I
-from maintd.mond import MondClient
+from maintd.mond import DEFAULT_PARALLEL, MondClient
 from maintd.rapi.client import RapiClient
 from maintd.state import MaintState
 from maintd.steps.cleanup import cleanup_step
@@ -229,7 +229,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=2.0)
-    parser.add_argument("--parallel", type=int, default=64)
+    parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-round-") as work:

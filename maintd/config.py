@@ -188,7 +188,8 @@ class DaemonConfig:
     mond_port: int = 1815
     mond_path: str = "/1/report/node/diagnose"
     mond_timeout: float = 10.0
-    mond_parallel: int = 64
+    #: (maintd.mond.DEFAULT_PARALLEL; not imported: config stays light)
+    mond_parallel: int = 1024
     job_wait: float = 60.0
     dry_run: bool = False
     #: None: follow the cluster's maint_balance (/2/info), off where absent.

@@ -161,7 +161,8 @@ class Options(usage.Options):
             "mond-parallel",
             None,
             None,
-            "How many nodes' mond are queried at once." + _default(_D.mond_parallel),
+            "How many nodes' mond are queried at once (the soft open-file limit is "
+            "raised to match)." + _default(_D.mond_parallel),
             cfg.parse_positive_int,
         ],
         [

@@ -40,6 +40,7 @@ from maintd.executor import (
     NoExecutor,
     check_program,
 )
+from maintd.fdlimit import ensure_fd_limit, fds_needed
 from maintd.logsetup import LogLevelService
 from maintd.mastership import (
     Mastership,
@@ -97,6 +98,16 @@ def _mond_client(config: DaemonConfig, reactor: Any, notes: list[str]) -> Any:
     except ImportError as e:
         notes.append(f"no mond client yet ({e})")
         return None
+    limit, wanted = ensure_fd_limit(fds_needed(config.mond_parallel))
+    if limit < wanted:
+        log.warn(
+            "open-file limit {limit} is below the {wanted} that --mond-parallel {parallel} "
+            "may need; nodes may be reported unreachable: lower --mond-parallel or raise "
+            "the limit (LimitNOFILE=)",
+            limit=limit,
+            wanted=wanted,
+            parallel=config.mond_parallel,
+        )
     return MondClient(
         reactor,
         port=config.mond_port,

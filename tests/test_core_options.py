@@ -33,7 +33,7 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(c.round_delay, 300.0)
         self.assertEqual(c.mond_port, 1815)
         self.assertEqual(c.mond_path, "/1/report/node/diagnose")
-        self.assertEqual(c.mond_parallel, 64)
+        self.assertEqual(c.mond_parallel, 1024)
         self.assertEqual(c.job_wait, 60.0)
         self.assertIsNone(c.balance)
         self.assertIsNone(c.balance_threshold)
