@@ -2,15 +2,16 @@
 
 Talks to the daemon's control socket (root only)::
 
-    ganeti-maintd-ctl [--socket PATH] list [--json]
-    ganeti-maintd-ctl [--socket PATH] cancel UUID
-    ganeti-maintd-ctl [--socket PATH] forget UUID
+    ganeti-maintd-ctl [--socket PATH | --state-dir DIR] [--json] list [--json]
+    ganeti-maintd-ctl [--socket PATH | --state-dir DIR] cancel UUID
+    ganeti-maintd-ctl [--socket PATH | --state-dir DIR] forget UUID
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 import time
@@ -100,16 +101,25 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
         prog="ganeti-maintd-ctl",
         description="List, cancel and forget the incidents of the ganeti-maintd maintenance daemon.",
     )
-    parser.add_argument("--socket", default=DEFAULT_SOCKET,
-                        help=f"control socket of the daemon (default {DEFAULT_SOCKET})")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--socket", default=None,
+                       help=f"control socket of the daemon (default {DEFAULT_SOCKET})")
+    where.add_argument("--state-dir", default=None,
+                       help="the daemon's --state-dir (its socket is ctl.sock there)")
+    parser.add_argument("--json", action="store_true", help="list: print the raw JSON")
     sub = parser.add_subparsers(dest="command", required=True)
     p_list = sub.add_parser("list", help="list incidents, awaited jobs and evacuated instances")
-    p_list.add_argument("--json", action="store_true", help="print the raw JSON")
+    # SUPPRESS: an absent sub-option must not reset a --json given before "list".
+    p_list.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the raw JSON")
     p_cancel = sub.add_parser("cancel", help="cancel an incident: no further jobs for it")
     p_cancel.add_argument("uuid")
     p_forget = sub.add_parser("forget", help="forget an incident (as gnt-cluster remove-repair)")
     p_forget.add_argument("uuid")
     args = parser.parse_args(argv)
+    if args.socket is None:
+        args.socket = (os.path.join(args.state_dir, "ctl.sock") if args.state_dir
+                       else DEFAULT_SOCKET)
     try:
         if args.command == "list":
             answer = request(args.socket, {"op": "list"})

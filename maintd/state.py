@@ -85,6 +85,24 @@ def _strs(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
+#: Fields an incident of the state file must have, and the types of the ones it has.
+_REQUIRED = ("uuid", "node", "original", "action", "repair-status")
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "uuid": str,
+    "node": str,
+    "node-name": str,
+    "original": dict,
+    "action": str,
+    "repair-status": str,
+    "jobs": list,
+    "tag": str,
+    "ctime": (int, float),
+    "mtime": (int, float),
+    "serial_no": int,
+    "reason": str,
+}
+
+
 @attrs.frozen
 class Incident:
     uuid: str
@@ -118,6 +136,18 @@ class Incident:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Incident:
+        """An incident from its ``/1/status`` object; ValueError naming the bad field."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"not an object: {data!r}")
+        missing = [k for k in _REQUIRED if k not in data]
+        if missing:
+            raise ValueError("missing " + ", ".join(repr(k) for k in missing))
+        for key, kind in _TYPES.items():
+            if key in data and not isinstance(data[key], kind):
+                raise ValueError(f"{key!r} has the wrong type ({type(data[key]).__name__})")
+        jobs = data.get("jobs", ())
+        if not all(isinstance(j, int) and not isinstance(j, bool) for j in jobs):
+            raise ValueError(f"'jobs' must be a list of job ids, not {jobs!r}")
         return cls(
             uuid=data["uuid"],
             node=data["node"],
@@ -191,9 +221,22 @@ class MaintState:
         schema = data.get("schema")
         if schema != STATE_SCHEMA_VERSION:
             raise ValueError(f"unsupported state schema {schema!r} (expected {STATE_SCHEMA_VERSION})")
+        incidents = []
+        for n, raw in enumerate(data.get("incidents", []), 1):
+            try:
+                incidents.append(Incident.from_json(raw))
+            except ValueError as e:
+                uuid = raw.get("uuid") if isinstance(raw, Mapping) else None
+                which = f"incident {n}" + (f" ({uuid})" if isinstance(uuid, str) else "")
+                raise ValueError(f"{which}: {e}") from None
+        jobs = data.get("jobs", ())
+        if not isinstance(jobs, list | tuple) or not all(
+            isinstance(j, int) and not isinstance(j, bool) for j in jobs
+        ):
+            raise ValueError(f"'jobs' must be a list of job ids, not {jobs!r}")
         return cls(
-            incidents=tuple(Incident.from_json(i) for i in data.get("incidents", [])),
-            jobs=data.get("jobs", ()),
+            incidents=tuple(incidents),
+            jobs=jobs,
             evacuated=data.get("evacuated", ()),
             last_round=data.get("last_round", {}),
             harep=data.get("harep", {}),

@@ -107,7 +107,9 @@ def decode(data: bytes, path: str) -> MaintState:
         raise StoreError(f"state file {path} is not a {STATE_FORMAT} document")
     try:
         return MaintState.from_json(doc)
-    except (KeyError, TypeError, ValueError) as e:
+    except ValueError as e:
+        raise StoreError(f"state file {path} cannot be loaded: {e}") from None
+    except (KeyError, TypeError) as e:
         raise StoreError(f"state file {path} cannot be loaded: {e!r}") from None
 
 

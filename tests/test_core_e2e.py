@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 
@@ -22,18 +21,13 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
+from maintd.sim.embed import free_port
 from maintd.state import Action, Incident, MaintState, RepairStatus
 from maintd.store import StateStore
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 READY = b"Site starting on"
 TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Daemon(protocol.ProcessProtocol):

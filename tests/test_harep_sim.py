@@ -17,14 +17,13 @@ from twisted.trial.unittest import TestCase
 from maintd.config import DaemonConfig
 from maintd.harep.decide import repair_id
 from maintd.harep.tags import RepairResult, RepairTag, RepairType, parse
-from maintd.rapi.client import RapiClient
 from maintd.round import RoundContext, run_round
 from maintd.sim import scenario as scenario_mod
-from maintd.sim.embed import EmbeddedSimulator
 from maintd.state import MaintState
 from maintd.steps.harep import harep_step
 from maintd.steps.jobs import jobs_step
 from maintd.steps.snapshot import snapshot_step
+from tests.simulators import client_for, free_port, start_simulator
 
 P = "ganeti:watcher:autorepair:"
 
@@ -59,17 +58,8 @@ def scenario(
 class SimHarness:
     def __init__(self, test: TestCase, scen: scenario_mod.Scenario) -> None:
         workdir = test.mktemp()
-        self.sim = EmbeddedSimulator(reactor, workdir, loaded=scen, job_seconds=0.05, mond=False)
-        self.sim.startService()
-        test.addCleanup(self.sim.stopService)
-        self.rapi = RapiClient.create(
-            self.sim.rapi_url,
-            reactor=reactor,
-            user=self.sim.rapi_user,
-            password_file=self.sim.rapi_password_file,
-            cert=self.sim.rapi_cert,
-        )
-        test.addCleanup(lambda: defer.ensureDeferred(self.rapi.close()))
+        self.sim = start_simulator(test, workdir, loaded=scen, job_seconds=0.05, mond=False)
+        self.rapi = client_for(test, self.sim)
         self.state = MaintState()
         self.state_dir = test.mktemp()
         self.number = 0
@@ -408,7 +398,6 @@ class WithIncidentHandlingTests(TestCase):
     @defer.inlineCallbacks
     def test_instances_on_an_evacuated_node_are_left_to_incident_handling(self):  # type: ignore[no-untyped-def]
         from maintd.mond import MondClient
-        from maintd.sim.embed import free_port
         from maintd.steps import default_steps
 
         doc = {
@@ -428,17 +417,8 @@ class WithIncidentHandlingTests(TestCase):
         scen = scenario_mod.from_scenario(doc, "harep-incident-test")
         port = free_port()
         workdir = self.mktemp()
-        sim = EmbeddedSimulator(reactor, workdir, loaded=scen, job_seconds=0.05, mond_port=port)
-        sim.startService()
-        self.addCleanup(sim.stopService)
-        rapi = RapiClient.create(
-            sim.rapi_url,
-            reactor=reactor,
-            user=sim.rapi_user,
-            password_file=sim.rapi_password_file,
-            cert=sim.rapi_cert,
-        )
-        self.addCleanup(lambda: defer.ensureDeferred(rapi.close()))
+        sim = start_simulator(self, workdir, loaded=scen, job_seconds=0.05, mond_port=port)
+        rapi = client_for(self, sim)
         mond = MondClient(reactor, port=port, timeout=5.0)
         self.addCleanup(lambda: defer.ensureDeferred(mond.close()))
         state = MaintState()

@@ -8,21 +8,19 @@
 from __future__ import annotations
 
 import base64
-import datetime
 import json
 import os
 from collections.abc import Callable
 from typing import Any
 
 import attrs
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from twisted.internet import reactor, ssl, task
-from twisted.protocols.policies import WrappingFactory
+from twisted.internet import defer, reactor, ssl
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from maintd.sim import tls
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "rapi")
 
@@ -143,29 +141,8 @@ Callback = Callable[[Request], Answer]
 
 
 def make_rapi_pem(path: str) -> None:
-    """A Ganeti-style rapi.pem (key + self-signed certificate) at ``path``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ganeti.example.com")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    with open(path, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.TraditionalOpenSSL,
-                serialization.NoEncryption(),
-            )
-        )
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    """A Ganeti-style rapi.pem (key + self-signed certificate) at ``path``, with its own key."""
+    tls.write_pem(path, key=ec.generate_private_key(ec.SECP256R1()))
 
 
 class AuthRecorder(Recorder):
@@ -180,6 +157,46 @@ class AuthRecorder(Recorder):
             request.setResponseCode(401)
             return err_sample(401, "err-401.json")[1]
         return super().render(request)
+
+
+class _TrackedChannel(HTTPChannel):
+    def connectionLost(self, reason: Any) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            self.site.lost(self)
+
+
+class ClosingSite(Site):
+    """A Site whose open connections :meth:`close_all` aborts and waits for.
+
+    A client that rejects the server's certificate leaves the server side of
+    the TLS connection open for a moment; without this the test could end
+    before it closes (a dirty reactor, now and then, under load).
+    """
+
+    protocol = _TrackedChannel
+
+    def __init__(self, resource: Any) -> None:
+        super().__init__(resource)
+        self.open: dict[HTTPChannel, defer.Deferred[None]] = {}
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
+        channel = super().buildProtocol(addr)
+        self.open[channel] = defer.Deferred()
+        return channel
+
+    def lost(self, channel: HTTPChannel) -> None:
+        waiter = self.open.pop(channel, None)
+        if waiter is not None:
+            waiter.callback(None)
+
+    def close_all(self) -> defer.Deferred[Any]:
+        waits = list(self.open.values())
+        for channel in list(self.open):
+            if channel.transport is not None:
+                channel.transport.abortConnection()
+        return defer.gatherResults(waits)
 
 
 class LocalHTTPSRapi:
@@ -201,20 +218,9 @@ class LocalHTTPSRapi:
         with open(self.server_pem) as f:
             options = ssl.PrivateCertificate.loadPEM(f.read()).options()
         self.resource = AuthRecorder("maintd", "s3cret")
-        site = Site(self.resource)
-        #: Tracks the server's connections, closed when the test ends (a
-        #: client that gave up mid-request may leave them to the server).
-        self.connections = WrappingFactory(site)
-        self.port = reactor.listenSSL(0, self.connections, options, interface="127.0.0.1")
+        site = ClosingSite(self.resource)
+        self.port = reactor.listenSSL(0, site, options, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)  # type: ignore[attr-defined]
-        self.addCleanup(self._close_server_connections)  # type: ignore[attr-defined]
+        self.addCleanup(site.close_all)  # type: ignore[attr-defined]  # runs first
         self.url = f"https://127.0.0.1:{self.port.getHost().port}"
-
-    async def _close_server_connections(self) -> None:
-        for proto in list(self.connections.protocols):
-            proto.transport.abortConnection()
-        for _ in range(100):
-            if not self.connections.protocols:
-                return
-            await task.deferLater(reactor, 0.01, lambda: None)
 

@@ -141,6 +141,24 @@ class ControlTests(TestCase):
         self.assertEqual(code, 1)
         self.assertIn("no incident nope", err)
 
+    async def _json_anywhere(self) -> None:
+        # `ganeti-maintd-ctl --json list` is as natural as `list --json`.
+        code, after, err = await self.ctl("list", "--json")
+        self.assertEqual(code, 0, err)
+        code, before, err = await self.ctl("--json", "list")
+        self.assertEqual((code, before), (0, after), err)
+        self.assertEqual(json.loads(before)["jobs"], [5])
+
+    def test_json_before_the_command(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._json_anywhere())
+
+    def test_state_dir_names_the_socket(self) -> None:
+        # The daemon's --state-dir puts the socket there; the tool takes the same option.
+        err = io.StringIO()
+        code = ctl.main(["--state-dir", "/nonexistent/maintd", "list"], io.StringIO(), err)
+        self.assertEqual(code, 2)
+        self.assertIn("/nonexistent/maintd/ctl.sock", err.getvalue())
+
     def test_cancel_forget(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._cancel_forget())
 

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -26,19 +25,13 @@ from twisted.web.client import HTTPConnectionPool
 from maintd import ctl
 from maintd.config import DaemonConfig
 from maintd.rapi.errors import RapiServerError
-from maintd.sim.embed import EmbeddedSimulator
 from maintd.sim.faults import RapiFault
 from maintd.state import TAG_FAILED, TAG_READY, MaintState, RepairStatus
 from maintd.tap import makeService
+from tests.simulators import free_port, start_simulator
 
 EVACUATE = {"status": "evacuate", "command": None, "details": ["sda: reallocated sectors"]}
 OK = {"status": "Ok", "command": None, "details": []}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scenario(instances: list[dict[str, Any]], diagnose: dict[str, Any], nodes: int = 6,
@@ -69,10 +62,8 @@ class Daemon:
         path = os.path.join(self.base, "scenario.json")
         with open(path, "w") as f:
             json.dump(spec, f)
-        self.sim = EmbeddedSimulator(reactor, os.path.join(self.base, "sim"), scenario=path,
-                                     job_seconds=0.05, mond_port=free_port())
-        self.sim.startService()
-        test.addCleanup(self.sim.stopService)
+        self.sim = start_simulator(test, os.path.join(self.base, "sim"), scenario=path,
+                                   job_seconds=0.05, mond_port=free_port())
         self.state_dir = os.path.join(self.base, "state")
         self.http_port = free_port()
         self.daemon: Any = None
@@ -511,10 +502,8 @@ class KillTests(TestCase):
         path = os.path.join(base, "scenario.json")
         with open(path, "w") as f:
             json.dump(spec, f)
-        sim = EmbeddedSimulator(reactor, os.path.join(base, "sim"), scenario=path,
-                                job_seconds=0.3, mond_port=free_port())
-        sim.startService()
-        self.addCleanup(sim.stopService)
+        sim = start_simulator(self, os.path.join(base, "sim"), scenario=path,
+                              job_seconds=0.3, mond_port=free_port())
         port = free_port()
         args = ["-n", "--pidfile=", "ganeti-maintd", "-p", str(port), "-b", "127.0.0.1",
                 "--state-dir", os.path.join(base, "state"), "--no-voting", "--yes-do-it",

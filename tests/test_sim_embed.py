@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from maintd.rapi.client import RapiClient
-from maintd.sim.embed import EmbeddedSimulator, free_port
+from tests.simulators import client_for, free_port, start_simulator
 
 from .test_sim_jobs import SCENARIO
 
@@ -29,8 +29,8 @@ class EmbeddedTestBase(TestCase):
         with open(path, "w", encoding="utf-8") as f:
             json.dump(SCENARIO, f)
         self.clock = task.Clock()
-        self.sim = EmbeddedSimulator(
-            reactor,
+        self.sim = start_simulator(
+            self,
             os.path.join(self.workdir, "sim"),
             scenario=path,
             job_seconds=0,
@@ -38,8 +38,6 @@ class EmbeddedTestBase(TestCase):
             plain_http=self.plain_http,
             clock=self.clock,
         )
-        self.sim.startService()
-        self.addCleanup(self.sim.stopService)
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.http = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
         self.addCleanup(self.pool.closeCachedConnections)
@@ -85,16 +83,7 @@ class RapiClientTests(EmbeddedTestBase):
     """maintd's own RAPI client, pinned to the simulator's certificate."""
 
     def client(self) -> RapiClient:
-        client = RapiClient.create(
-            self.sim.rapi_url,
-            reactor=reactor,
-            user=self.sim.rapi_user,
-            password_file=self.sim.rapi_password_file,
-            cert=self.sim.rapi_cert,
-            timeout=5,
-        )
-        self.addCleanup(lambda: defer.ensureDeferred(client.close()))
-        return client
+        return client_for(self, self.sim, timeout=5)
 
     def test_load_cluster_migrate_and_tags(self) -> defer.Deferred[None]:
         async def go() -> None:
@@ -185,37 +174,19 @@ class RehearsalTests(EmbeddedTestBase):
         from maintd import model
 
         async def go() -> None:
-            client = RapiClient.create(
-                self.sim.rapi_url,
-                reactor=reactor,
-                user=self.sim.rapi_user,
-                password_file=self.sim.rapi_password_file,
-                cert=self.sim.rapi_cert,
-                timeout=5,
-            )
-            self.addCleanup(lambda: defer.ensureDeferred(client.close()))
+            client = client_for(self, self.sim, timeout=5)
             original = await client.load_cluster()
             path = os.path.join(self.workdir, "snapshot.json")
             with open(path, "w", encoding="utf-8") as f:
                 json.dump(model.to_json(original), f)
-            copy = EmbeddedSimulator(
-                reactor,
+            copy = start_simulator(
+                self,
                 os.path.join(self.workdir, "copy"),
                 scenario=path,
                 mond_port=free_port(),
                 clock=task.Clock(),
             )
-            copy.startService()
-            self.addCleanup(copy.stopService)
-            client2 = RapiClient.create(
-                copy.rapi_url,
-                reactor=reactor,
-                user=copy.rapi_user,
-                password_file=copy.rapi_password_file,
-                cert=copy.rapi_cert,
-                timeout=5,
-            )
-            self.addCleanup(lambda: defer.ensureDeferred(client2.close()))
+            client2 = client_for(self, copy, timeout=5)
             rehearsed = await client2.load_cluster()
 
             def essentials(c: model.Cluster) -> Any:

@@ -43,6 +43,18 @@ class OptionsTests(SynchronousTestCase):
             with self.assertRaises(usage.UsageError):
                 Options().parseOptions(args)
 
+    def test_bad_values_name_the_option_and_value(self) -> None:
+        # Not Python's "invalid literal for int() with base 10".
+        for args, fragment in (
+            (["--rapi-port", "notaport"], "not a port number: 'notaport'"),
+            (["--mond-port", "x"], "not a port number: 'x'"),
+            (["--job-seconds", "soon"], "not a number of seconds: 'soon'"),
+        ):
+            with self.assertRaises(usage.UsageError) as cm:
+                Options().parseOptions(args)
+            self.assertIn(fragment, str(cm.exception))
+            self.assertNotIn("literal", str(cm.exception))
+
 
 class _Watch(protocol.ProcessProtocol):
     def __init__(self) -> None:

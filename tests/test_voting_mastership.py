@@ -9,25 +9,14 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from maintd.mastership import Mastership, MastershipService, attach_runner, runtime_vote
-from maintd.voting import EXIT_NOTMASTER, Ballot, NodedTLS, Tally, TwistedNodedClient
+from maintd.voting import EXIT_NOTMASTER, NodedTLS, Tally, TwistedNodedClient
 
+from .test_voting_count import ME, OTHER, ballots
 from .test_voting_fakes import Certs, start_nodes, write_ssconf
-
-ME = "node1.example.com"
-OTHER = "node2.example.com"
 
 
 def tally(spec: str) -> Tally:
-    out = []
-    for i, c in enumerate(spec):
-        node = f"n{i}.example.com"
-        if c == "m":
-            out.append(Ballot(node, ME))
-        elif c == "o":
-            out.append(Ballot(node, OTHER))
-        else:
-            out.append(Ballot.missing(node, "timeout"))
-    return Tally(ME, tuple(out))
+    return Tally(ME, ballots(spec))
 
 
 class FakeVote:

@@ -1,31 +1,9 @@
-"""Ganeti RAPI client: transport (``client``), errors, pinned TLS, jobs, loader."""
+"""Ganeti RAPI client.
 
-from maintd.rapi.client import RapiClient
-from maintd.rapi.errors import (
-    RapiAuthError,
-    RapiBadRequest,
-    RapiConfigError,
-    RapiConnectionError,
-    RapiError,
-    RapiMalformed,
-    RapiNotFound,
-    RapiServerError,
-    RapiTimeout,
-    RapiTLSError,
-)
-from maintd.rapi.jobs import JobResult
-
-__all__ = [
-    "JobResult",
-    "RapiAuthError",
-    "RapiBadRequest",
-    "RapiClient",
-    "RapiConfigError",
-    "RapiConnectionError",
-    "RapiError",
-    "RapiMalformed",
-    "RapiNotFound",
-    "RapiServerError",
-    "RapiTLSError",
-    "RapiTimeout",
-]
+Modules: :mod:`~maintd.rapi.client` (``RapiClient``: transport, reads,
+writes, job waits), :mod:`~maintd.rapi.errors` (the ``RapiError``
+hierarchy), :mod:`~maintd.rapi.tls` (the pinned certificate),
+:mod:`~maintd.rapi.jobs` (``JobResult``), :mod:`~maintd.rapi.loader` (RAPI
+JSON -> :mod:`maintd.model`).  Import from those modules; this package
+re-exports nothing, so importing the errors does not load the transport.
+"""

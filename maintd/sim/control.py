@@ -19,6 +19,7 @@ from typing import Any
 from maintd.sim.cluster import SimError
 from maintd.sim.faults import FaultError, parse_rapi_fault
 from maintd.sim.runtime import Simulation
+from maintd.sim.scenario import event_problem
 
 _NODE = re.compile(r"^/sim/nodes/([\w._-]+)/([\w-]+)$")
 
@@ -94,8 +95,9 @@ class Control:
             return body
         if path == "/sim/events":
             self._method(method, "PUT", path)
-            if not isinstance(body, dict):
-                raise ControlError(400, "event must be a JSON object")
+            problem = event_problem(body, sim.cluster.nodes)
+            if problem:
+                raise ControlError(400, problem)
             sim.apply_now(body)
             return None
         raise ControlError(404, f"unknown control resource {path}")

@@ -208,6 +208,10 @@ class RapiFront:
 
     # -- routing --------------------------------------------------------------
 
+    def _tags_resource(self, name: str) -> Resource:
+        """The tags of the cluster, a node, an instance or a group: same three methods."""
+        return Resource(name, GET=self.get_tags, PUT=self.put_tags, DELETE=self.delete_tags)
+
     def _routes(self) -> list[tuple[re.Pattern[str], Resource]]:
         r: list[tuple[str, Resource]] = [
             ("/version", Resource("version", GET=lambda rq: 2)),
@@ -222,15 +226,13 @@ class RapiFront:
             ),
             (
                 "/2/tags",
-                Resource("tags", GET=self.get_tags, PUT=self.put_tags, DELETE=self.delete_tags),
+                self._tags_resource("tags"),
             ),
             ("/2/nodes", Resource("nodes", GET=self.get_nodes)),
             (f"/2/nodes/({NAME})", Resource("nodes_name", GET=self.get_node)),
             (
                 f"/2/nodes/({NAME})/tags",
-                Resource(
-                    "nodes_name_tags", GET=self.get_tags, PUT=self.put_tags, DELETE=self.delete_tags
-                ),
+                self._tags_resource("nodes_name_tags"),
             ),
             (
                 f"/2/nodes/({NAME})/role",
@@ -248,12 +250,7 @@ class RapiFront:
             (f"/2/instances/({NAME})", Resource("instances_name", GET=self.get_instance)),
             (
                 f"/2/instances/({NAME})/tags",
-                Resource(
-                    "instances_name_tags",
-                    GET=self.get_tags,
-                    PUT=self.put_tags,
-                    DELETE=self.delete_tags,
-                ),
+                self._tags_resource("instances_name_tags"),
             ),
             (
                 f"/2/instances/({NAME})/migrate",
@@ -289,12 +286,7 @@ class RapiFront:
             (f"/2/groups/({NAME})", Resource("groups_name", GET=self.get_group)),
             (
                 f"/2/groups/({NAME})/tags",
-                Resource(
-                    "groups_name_tags",
-                    GET=self.get_tags,
-                    PUT=self.put_tags,
-                    DELETE=self.delete_tags,
-                ),
+                self._tags_resource("groups_name_tags"),
             ),
             ("/2/jobs", Resource("jobs", GET=self.get_jobs)),
             (f"/2/jobs/({NAME})", Resource("jobs_id", GET=self.get_job, DELETE=self.delete_job)),

@@ -29,7 +29,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from importlib import resources
 from typing import Any
 
@@ -56,6 +56,23 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
 }
 EVENT_KEYS = frozenset(
     {"at", "node", "diagnose", "mond", "offline", "cpu_load", "fail_next", "rapi", "comment"}
+)
+#: The keys each object of a scenario may have: anything else is a mistake
+#: (say ``memory`` on a node, meaning ``mtotal``) that must not pass silently.
+TOP_KEYS = frozenset(
+    {"name", "master", "tags", "ipolicy", "defaults", "groups", "nodes", "instances", "events",
+     "default_hypervisor", "enabled_hypervisors", "comment"}
+)
+GROUP_KEYS = frozenset({"name", "uuid", "alloc_policy", "ipolicy", "tags", "comment"})
+NODE_KEYS = frozenset(
+    {"name", "uuid", "group", "offline", "drained", "master_candidate", "master_capable",
+     "vm_capable", "mtotal", "mnode", "mfree", "dtotal", "dfree", "ctotal", "cnos",
+     "cpu_speed", "spindles", "tags", "diagnose", "cpu_load", "mond", "comment"}
+)
+INSTANCE_KEYS = frozenset(
+    {"name", "uuid", "primary", "pnode", "secondary", "secondaries", "snode",
+     "disk_template", "admin_state", "memory", "minmem", "vcpus", "disks", "spindle_use",
+     "auto_balance", "hypervisor", "os", "tags", "comment"}
 )
 
 
@@ -90,7 +107,7 @@ def load(path: str | None) -> Scenario:
 
 
 def loads(text: str, source: str = "<scenario>") -> Scenario:
-    doc = _structured(text)
+    doc = _structured(text, source)
     if isinstance(doc, Mapping) and doc.get("format") == model.SNAPSHOT_FORMAT:
         try:
             return Scenario(cluster=model.from_json(doc), source=source)
@@ -105,19 +122,20 @@ def loads(text: str, source: str = "<scenario>") -> Scenario:
     return from_hbal_text(text, source)
 
 
-def _structured(text: str) -> Any:
+def _structured(text: str, source: str) -> Any:
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
         try:
             return json.loads(text)
         except ValueError as err:
-            raise ScenarioError(f"malformed JSON: {err}") from err
+            raise ScenarioError(f"{source}: malformed JSON: {err}") from err
     if "|" in text.split("\n", 1)[0]:
         return None  # hbal text: first line is a group line with '|'
     try:
         doc = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return None
+    except yaml.YAMLError as err:
+        # Without a '|' on its first line it cannot be hbal text either.
+        raise ScenarioError(f"{source}: malformed YAML: {err}") from err
     return doc if isinstance(doc, Mapping) else None
 
 
@@ -169,12 +187,46 @@ def _int(obj: Mapping[str, Any], key: str, where: str) -> int:
     return value
 
 
+def _object(value: Any, where: str, allowed: frozenset[str], hint: str = "") -> Mapping[str, Any]:
+    """``value`` as a mapping with only ``allowed`` keys, else a ScenarioError naming ``where``."""
+    if not isinstance(value, Mapping):
+        raise ScenarioError(f"{where}: must be an object, not {value!r}")
+    unknown = sorted(str(k) for k in value if k not in allowed)
+    if unknown:
+        keys = ", ".join(repr(k) for k in unknown)
+        raise ScenarioError(
+            f"{where}: unknown key(s) {keys}{hint}; known keys: {', '.join(sorted(allowed))}"
+        )
+    return value
+
+
+def _named(value: Any) -> str:
+    name = value.get("name", "?") if isinstance(value, Mapping) else "?"
+    return str(name)
+
+
+def _secondary(spec: Mapping[str, Any], where: str) -> Any:
+    """The secondary node: ``secondary``/``snode``, or ``secondaries`` as RAPI spells it."""
+    if "secondaries" in spec:
+        secs = spec["secondaries"]
+        if not isinstance(secs, list) or len(secs) > 1:
+            raise ScenarioError(f"{where}: 'secondaries' must list at most one secondary node")
+        return secs[0] if secs else None
+    return spec.get("secondary") or spec.get("snode")
+
+
 def from_scenario(doc: Mapping[str, Any], source: str) -> Scenario:
+    _object(doc, source, TOP_KEYS, " ('name' is the cluster name)" if "cluster" in doc else "")
     defaults = doc.get("defaults") or {}
-    node_defaults = {**NODE_DEFAULTS, **(defaults.get("node") or {})}
-    inst_defaults = {**INSTANCE_DEFAULTS, **(defaults.get("instance") or {})}
+    _object(defaults, f"{source}: defaults", frozenset({"node", "instance"}))
+    node_defaults = {**NODE_DEFAULTS, **_object(defaults.get("node") or {},
+                                                  f"{source}: defaults.node", NODE_KEYS)}
+    inst_defaults = {**INSTANCE_DEFAULTS, **_object(defaults.get("instance") or {},
+                                                     f"{source}: defaults.instance",
+                                                     INSTANCE_KEYS)}
     groups: dict[str, model.Group] = {}
     for g in doc.get("groups") or []:
+        g = _object(g, f"{source}: group {_named(g)}", GROUP_KEYS)
         name = _need(g, "name", str, f"{source}: group")
         groups[name] = model.Group(
             name=name,
@@ -190,10 +242,13 @@ def from_scenario(doc: Mapping[str, Any], source: str) -> Scenario:
     raw_nodes = doc.get("nodes")
     if not isinstance(raw_nodes, list) or not raw_nodes:
         raise ScenarioError(f"{source}: 'nodes' must be a non-empty list")
-    master = doc.get("master") or _need(raw_nodes[0], "name", str, f"{source}: node")
+    first = _object(raw_nodes[0], f"{source}: node {_named(raw_nodes[0])}", NODE_KEYS)
+    master = doc.get("master") or _need(first, "name", str, f"{source}: node")
     for raw in raw_nodes:
-        where = f"{source}: node {raw.get('name', '?')}"
-        spec = {**node_defaults, **raw}
+        where = f"{source}: node {_named(raw)}"
+        hint = " (memory is 'mtotal', disk 'dtotal', CPUs 'ctotal')" if isinstance(
+            raw, Mapping) and {"memory", "disk", "cpus"} & set(raw) else ""
+        spec = {**node_defaults, **_object(raw, where, NODE_KEYS, hint)}
         name = _need(spec, "name", str, where)
         if name in nodes:
             raise ScenarioError(f"{where}: duplicate node")
@@ -235,15 +290,15 @@ def from_scenario(doc: Mapping[str, Any], source: str) -> Scenario:
         raise ScenarioError(f"{source}: master {master!r} is not a node")
     instances: dict[str, model.Instance] = {}
     for raw in doc.get("instances") or []:
-        where = f"{source}: instance {raw.get('name', '?')}"
-        spec = {**inst_defaults, **raw}
+        where = f"{source}: instance {_named(raw)}"
+        spec = {**inst_defaults, **_object(raw, where, INSTANCE_KEYS)}
         name = _need(spec, "name", str, where)
         if name in instances:
             raise ScenarioError(f"{where}: duplicate instance")
         primary = spec.get("primary") or spec.get("pnode")
         if primary not in nodes:
             raise ScenarioError(f"{where}: primary node {primary!r} is not a node")
-        secondary = spec.get("secondary") or spec.get("snode")
+        secondary = _secondary(spec, where)
         template = spec.get("disk_template") or ("drbd" if secondary else "plain")
         if template in model.DRBD_TEMPLATES:
             if secondary not in nodes:
@@ -278,13 +333,9 @@ def from_scenario(doc: Mapping[str, Any], source: str) -> Scenario:
     nodes = {name: _fill_free(n, instances.values()) for name, n in nodes.items()}
     events = []
     for event in doc.get("events") or []:
-        if not isinstance(event, Mapping):
-            raise ScenarioError(f"{source}: event {event!r} is not an object")
-        unknown = set(event) - EVENT_KEYS
-        if unknown:
-            raise ScenarioError(f"{source}: event {dict(event)!r}: unknown keys {sorted(unknown)}")
-        if "node" in event and event["node"] not in nodes:
-            raise ScenarioError(f"{source}: event {dict(event)!r}: unknown node")
+        problem = event_problem(event, nodes)
+        if problem:
+            raise ScenarioError(f"{source}: {problem}")
         events.append(dict(event))
     hv = doc.get("default_hypervisor", "kvm")
     cluster = model.Cluster(
@@ -306,6 +357,28 @@ def from_scenario(doc: Mapping[str, Any], source: str) -> Scenario:
         mond=mond,
         source=source,
     )
+
+
+def event_problem(event: Any, nodes: Collection[str]) -> str | None:
+    """What is wrong with a scenario event (also ``PUT /sim/events``), or None."""
+    if not isinstance(event, Mapping):
+        return f"event {event!r} is not an object"
+    unknown = set(event) - EVENT_KEYS
+    if unknown:
+        return f"event {dict(event)!r}: unknown keys {sorted(unknown)} (known: {sorted(EVENT_KEYS)})"
+    if "node" in event and event["node"] not in nodes:
+        return f"event {dict(event)!r}: unknown node"
+    node_keys = {"diagnose", "mond", "offline", "cpu_load"} & set(event)
+    if node_keys and "node" not in event:
+        return f"event {dict(event)!r}: {sorted(node_keys)} needs a 'node'"
+    if "offline" in event and not isinstance(event["offline"], bool):
+        return f"event {dict(event)!r}: 'offline' must be true or false"
+    if "mond" in event and event["mond"] not in MOND_MODES:
+        return f"event {dict(event)!r}: 'mond' must be one of {sorted(MOND_MODES)}"
+    at = event.get("at", 0)
+    if not isinstance(at, int | float) or isinstance(at, bool) or at < 0:
+        return f"event {dict(event)!r}: 'at' must be a number of seconds >= 0"
+    return None
 
 
 def _fill_free(node: model.Node, instances: Any) -> model.Node:

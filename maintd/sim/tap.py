@@ -13,6 +13,20 @@ from twisted.python import usage
 from maintd.sim.scenario import ScenarioError
 
 
+def _port(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"not a port number: {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {text!r}") from None
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -22,9 +36,9 @@ class Options(usage.Options):
     )
     optParameters = [
         ["scenario", "s", None, "Scenario JSON/YAML, hbal text file or snapshot (default: demo)"],
-        ["rapi-port", None, 0, "RAPI port on 127.0.0.1 (0: a free one)", int],
-        ["mond-port", None, 1815, "Port of each node's monitoring daemon", int],
-        ["job-seconds", None, 2.0, "How long a job runs (seconds)", float],
+        ["rapi-port", None, 0, "RAPI port on 127.0.0.1 (0: a free one)", _port],
+        ["mond-port", None, 1815, "Port of each node's monitoring daemon", _port],
+        ["job-seconds", None, 2.0, "How long a job runs (seconds)", _seconds],
         ["rapi-users", None, None, "Ganeti users file (default: generate a write user)"],
         ["workdir", None, None, "Where to write the certificate and password files"],
     ]

@@ -12,10 +12,11 @@ import os
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 CN = "ganeti.example.com"
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 _KEY: rsa.RSAPrivateKey | None = None
 
 
@@ -26,9 +27,13 @@ def _key() -> rsa.RSAPrivateKey:
     return _KEY
 
 
-def make_pem() -> bytes:
-    """PEM text: private key followed by a fresh self-signed certificate."""
-    key = _key()
+def make_pem(key: PrivateKey | None = None) -> bytes:
+    """PEM text: private key followed by a fresh self-signed certificate.
+
+    ``key`` defaults to the process's RSA key; pass a new one for a
+    certificate with a key of its own (tests of certificate pinning).
+    """
+    key = key or _key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CN)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
@@ -49,9 +54,9 @@ def make_pem() -> bytes:
     return key_pem + cert.public_bytes(serialization.Encoding.PEM)
 
 
-def write_pem(path: str) -> bytes:
+def write_pem(path: str, key: PrivateKey | None = None) -> bytes:
     """Write a new key+certificate file (mode 0600) and return its content."""
-    pem = make_pem()
+    pem = make_pem(key)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
