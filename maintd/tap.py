@@ -89,7 +89,13 @@ def _rapi_client(config: DaemonConfig, reactor: Any, notes: list[str]) -> Any:
     except ImportError as e:
         notes.append(f"no RAPI client yet ({e})")
         return None
-    return RapiClient.from_config(config, reactor)
+    from maintd.rapi.errors import RapiConfigError
+
+    try:
+        return RapiClient.from_config(config, reactor)
+    except RapiConfigError as e:
+        # a bad URL, password file or certificate: one line, like a bad store
+        raise SystemExit(f"ganeti-maintd: {e}; not starting") from None
 
 
 def _mond_client(config: DaemonConfig, reactor: Any, notes: list[str]) -> Any:
@@ -267,6 +273,11 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     except StoreError as e:
         raise SystemExit(f"ganeti-maintd: {e}; not starting") from None
     _StoreService(store).setServiceParent(top)
+    try:
+        rapi = _rapi_client(config, reactor, top.startup_notes)
+    except SystemExit:
+        store.close()
+        raise
 
     api = StateAPI(store.state)
     store.add_listener(api.update)
@@ -284,7 +295,7 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         reactor=reactor,
         store=store,
         steps=_load_steps(config, top.startup_notes),
-        rapi=_rapi_client(config, reactor, top.startup_notes),
+        rapi=rapi,
         mond=_mond_client(config, reactor, top.startup_notes),
         executor=executor,
     )
