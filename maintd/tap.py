@@ -232,6 +232,13 @@ def _simulator(reactor: Any, config: DaemonConfig) -> tuple[Any, DaemonConfig]:
     return sim, config
 
 
+def _open_store(config: DaemonConfig) -> StateStore:
+    try:
+        return StateStore.open(config.state_dir)
+    except StoreError as e:
+        raise SystemExit(f"ganeti-maintd: {e}; not starting") from None
+
+
 def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDaemon:
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -258,20 +265,25 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         atexit.register(shutil.rmtree, temp_dir, True)
 
     if config.simulate:
+        # The store first: a state dir that cannot be used is the same
+        # one-line error with or without --simulate (whose files go into it).
+        store = _open_store(config)
         try:
             sim, config = _simulator(reactor, config)
         except ImportError as e:
+            store.close()
             raise SystemExit(f"ganeti-maintd: --simulate is not available yet ({e})") from None
+        except (OSError, ValueError) as e:  # sim files, scenario (ScenarioError)
+            store.close()
+            raise SystemExit(f"ganeti-maintd: cannot start the simulator: {e}; "
+                             "not starting") from None
         sim.setServiceParent(top)
         top.simulator = sim
         mastership = Mastership(hostname=config.hostname, verified=False)
     else:
         mastership = _check_master(config)
+        store = _open_store(config)
 
-    try:
-        store = StateStore.open(config.state_dir)
-    except StoreError as e:
-        raise SystemExit(f"ganeti-maintd: {e}; not starting") from None
     _StoreService(store).setServiceParent(top)
     try:
         rapi = _rapi_client(config, reactor, top.startup_notes)

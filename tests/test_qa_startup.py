@@ -62,3 +62,16 @@ class StartupErrorTests(SynchronousTestCase):
         path = self.password_file(0o600)
         message = self.start("--rapi", "https://127.0.0.1:5080", "--rapi-cert", path)
         self.assertIn(f"no PEM certificate in {path}", message)
+    def test_simulate_with_a_file_as_state_dir(self) -> None:
+        with open(self.state_dir, "w") as f:
+            f.write("not a directory\n")
+        message = self.start("--simulate")
+        self.assertIn(self.state_dir, message)
+
+    def test_simulate_with_unusable_simulator_dir(self) -> None:
+        os.makedirs(self.state_dir)
+        with open(os.path.join(self.state_dir, "sim"), "w") as f:
+            f.write("not a directory\n")
+        message = self.start("--simulate")
+        self.assertIn("cannot start the simulator", message)
+        self.assertIn(os.path.join(self.state_dir, "sim"), message)
