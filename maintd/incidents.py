@@ -118,8 +118,12 @@ def cleanup(state: MaintState, cluster: Cluster) -> tuple[MaintState, list[tuple
 
     - any incident whose node left the cluster;
     - a failed or completed incident whose tag is no longer on the node
-      (the operator's acknowledgement), once none of its jobs is still
-      awaited (a tag job not yet run must not count as a removed tag).
+      (the operator's acknowledgement), once the tag is known to have been
+      set (``tag_set``) and none of its jobs is still awaited.  A tag whose
+      job failed, was lost or has not run yet was never set: no
+      acknowledgement (:func:`tags_due` says which to submit again).
+
+    A finalized incident whose tag is seen on the node is marked ``tag_set``.
     """
     awaited = set(state.jobs)
     keep: list[Incident] = []
@@ -130,15 +134,58 @@ def cleanup(state: MaintState, cluster: Cluster) -> tuple[MaintState, list[tuple
         if node is None:
             gone.append((inc.uuid, f"node {inc.node_name} left the cluster"))
             continue
-        if (
-            inc.status in (RepairStatus.FAILED, RepairStatus.COMPLETED)
-            and inc.tag not in node.tags
-            and not awaited.intersection(inc.jobs)
-        ):
-            gone.append((inc.uuid, f"tag {inc.tag} removed from {node.name}"))
-            continue
+        if inc.status in (RepairStatus.FAILED, RepairStatus.COMPLETED):
+            if inc.tag in node.tags:
+                if not inc.tag_set:
+                    inc = attrs.evolve(inc, tag_set=True)
+            elif inc.tag_set and not awaited.intersection(inc.jobs):
+                gone.append((inc.uuid, f"tag {inc.tag} removed from {node.name}"))
+                continue
         keep.append(inc)
     return attrs.evolve(state, incidents=tuple(keep)), gone
+
+
+def tags_due(state: MaintState, cluster: Cluster) -> list[Incident]:
+    """Failed or completed incidents whose tag must be submitted (again).
+
+    Their tag is not on the node, was never known to be set, and no job
+    that sets it is awaited (its job failed, was lost, or none was recorded).
+    """
+    awaited = set(state.jobs)
+    due: list[Incident] = []
+    for inc in state.incidents:
+        node = cluster.nodes.get(inc.node_name)
+        if (
+            node is not None
+            and inc.status in (RepairStatus.FAILED, RepairStatus.COMPLETED)
+            and not inc.tag_set
+            and inc.tag not in node.tags
+            and (inc.tag_job is None or inc.tag_job not in awaited)
+        ):
+            due.append(inc)
+    return due
+
+
+def tag_job_ended(state: MaintState, job_id: int, ok: bool) -> tuple[MaintState, list[Incident]]:
+    """The tag job ``job_id`` of finalized incidents ended; their updated copies.
+
+    Success marks the tag set; a failure clears ``tag_job`` so the tag is
+    submitted again (:func:`tags_due`).
+    """
+    changed: list[Incident] = []
+    for inc in state.incidents:
+        if inc.status.finalized and inc.tag_job == job_id:
+            updated = attrs.evolve(inc, tag_set=True) if ok else attrs.evolve(inc, tag_job=None)
+            state = state.with_incident(updated)
+            changed.append(updated)
+    return state, changed
+
+
+def tag_submitted(state: MaintState, incident: Incident, job_id: int, now: float) -> MaintState:
+    """Record ``job_id`` as the job that (again) sets the incident's tag."""
+    state = with_job(state, incident, job_id, now)
+    current = state.incident(incident.uuid) or incident
+    return state.with_incident(attrs.evolve(current, tag_job=job_id, tag_set=False))
 
 
 # --------------------------------------------------------------------------
@@ -540,7 +587,9 @@ def finished(
     if job_id is not None:
         state = with_job(state, current, job_id, now)
         current = state.incident(incident.uuid) or current
-    return state.with_incident(current.changed(now, status=RepairStatus.COMPLETED))
+    return state.with_incident(
+        current.changed(now, status=RepairStatus.COMPLETED, tag_job=job_id, tag_set=False)
+    )
 
 
 def failed(
@@ -553,6 +602,11 @@ def failed(
         current = state.incident(incident.uuid) or current
     return state.with_incident(
         current.changed(
-            now, status=RepairStatus.FAILED, tag=TAG_FAILED + incident.uuid, reason=reason
+            now,
+            status=RepairStatus.FAILED,
+            tag=TAG_FAILED + incident.uuid,
+            reason=reason,
+            tag_job=job_id,
+            tag_set=False,
         )
     )

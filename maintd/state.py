@@ -100,6 +100,8 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "mtime": (int, float),
     "serial_no": int,
     "reason": str,
+    "tag-job": (int, type(None)),
+    "tag-set": bool,
 }
 
 
@@ -117,6 +119,13 @@ class Incident:
     mtime: float = 0.0
     serial_no: int = 1
     reason: str = ""  # why it failed / was canceled, empty otherwise
+    #: The job that puts ``tag`` on the node of a failed or completed
+    #: incident (None: none submitted, or its job failed and it is due again).
+    tag_job: int | None = None
+    #: False from submitting that tag until it is known to be set (the job
+    #: succeeded or the tag was seen on the node); the incident is forgotten
+    #: on a missing tag only when True.  True in states written before.
+    tag_set: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -132,6 +141,8 @@ class Incident:
             "mtime": self.mtime,
             "serial_no": self.serial_no,
             "reason": self.reason,
+            "tag-job": self.tag_job,
+            "tag-set": self.tag_set,
         }
 
     @classmethod
@@ -161,6 +172,8 @@ class Incident:
             mtime=float(data.get("mtime", 0.0)),
             serial_no=int(data.get("serial_no", 1)),
             reason=data.get("reason", ""),
+            tag_job=data.get("tag-job"),
+            tag_set=data.get("tag-set", True),
         )
 
     def changed(self, now: float, **changes: Any) -> Incident:

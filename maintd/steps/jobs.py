@@ -9,7 +9,7 @@ from twisted.logger import Logger
 from maintd import incidents as I
 from maintd.control import track
 from maintd.rapi.errors import RapiError
-from maintd.state import TAG_FAILED, RepairStatus
+from maintd.state import TAG_FAILED
 from maintd.steps.notes import note
 
 log = Logger()
@@ -55,11 +55,28 @@ async def jobs_step(ctx: Any) -> None:
         elif not r.ok:
             detail = f": {r.error}" if r.error else ""
             bad.append((jid, f"job {jid} {r.status}{detail}"))
+    # Tag jobs of failed/completed incidents: set, or to be submitted again
+    # (by the cleanup step, once the snapshot shows the tag is not there).
+    tag_failures: set[int] = set()
+    for jid in awaited:
+        r = results.get(jid)
+        if r is None or not r.final:
+            continue
+        new_state, tagged = I.tag_job_ended(ctx.state, jid, r.ok)
+        if not tagged:
+            continue
+        await ctx.commit(new_state)
+        if not r.ok:
+            tag_failures.add(jid)
+            why = next(w for j, w in bad if j == jid)
+            for inc in tagged:
+                log.warn("{why}: tag {tag} of incident {uuid} is not set on {node}; "
+                         "tagging it again", why=why, tag=inc.tag, uuid=inc.uuid,
+                         node=inc.node_name)
     for jid, why in bad:
-        owners = [
-            i for i in ctx.state.incidents
-            if jid in i.jobs and i.status not in (RepairStatus.FAILED, RepairStatus.CANCELED)
-        ]
+        if jid in tag_failures:
+            continue
+        owners = [i for i in ctx.state.incidents if jid in i.jobs and not i.status.finalized]
         if not owners:
             log.info("{why}; it belongs to no active incident", why=why)
         retry = False
