@@ -12,7 +12,9 @@ validated mond reports) and returns new values or plans; the round steps in
 - per node only the most severe active incident acts (oldest first among
   equals);
 - an evacuation drains the node, then moves one primary instance per round,
-  then replaces one secondary per round, then tags the node and completes.
+  then replaces one secondary per round, then tags the node and completes;
+  a node with an instance that cannot be moved (plain, file, blockdev) is
+  drained all the same, then the incident fails naming the instance(s).
   Moves only go to free nodes (no active incident, not touched by another
   job of the same round) so the jobs of one round never conflict.
 """
@@ -420,14 +422,18 @@ def plan_evacuation(
         ),
         key=lambda i: i.name,
     )
-    for inst in primaries:
-        reason = _unmovable(inst)
-        if reason:
-            return Fail(reason)
+    unmovable = [r for r in map(_unmovable, primaries) if r]
     if node.master:
+        # the master cannot be drained: fail at once
+        if unmovable:
+            return Fail("; ".join(unmovable))
         return Fail(f"node {node.name} is the master node; move the master role first")
+    # Drain first, even when an instance cannot be moved: the failing node
+    # must receive no new instances while the operator sees to it.
     if not (node.drained or node.offline):
         return Drain(node.name, touched=mine)
+    if unmovable:
+        return Fail("; ".join(unmovable))
 
     waits: list[str] = []
     available = set(available) - busy - incident_nodes - {node.name}

@@ -328,11 +328,20 @@ class EndToEndTests(TestCase):
         plain = {"name": "p1", "primary": "n2", "disk_template": "plain", "memory": 512}
         d = await self.daemon(scenario([plain, drbd("a1", "n2", "n3")], {"n2": EVACUATE}))
         [inc] = d.incidents("n2")
+        # drained first (as Ganeti 2.17 did): no new instances on the failing node
+        self.assertEqual(inc.status, RepairStatus.PENDING)
+        await d.wait_jobs_done()
+        self.assertTrue(d.node("n2").drained)
+        await d.round()
+        inc = d.state.incident(inc.uuid)
+        assert inc is not None
         self.assertEqual(inc.status, RepairStatus.FAILED)
         self.assertIn("p1 has disk template plain", inc.reason)
         await d.round()
         self.assertIn(TAG_FAILED + inc.uuid, d.node("n2").tags)
-        self.assertEqual([op["OP_ID"] for _, op in d.ops()], ["OP_TAGS_SET"])
+        self.assertEqual([op["OP_ID"] for _, op in d.ops()],
+                         ["OP_NODE_SET_PARAMS", "OP_TAGS_SET"])
+        self.assertEqual(d.inst("a1").primary, "n2", "nothing moved for a failed incident")
 
     def test_live_repair_without_executor_and_dedupe(self) -> defer.Deferred[None]:
         return self.run_async(self._live_repair)
@@ -409,8 +418,9 @@ class EndToEndTests(TestCase):
 
     async def _cancel_forget(self) -> None:
         plain = {"name": "p1", "primary": "n3", "disk_template": "plain", "memory": 512}
+        # n3 is drained already: its incident fails in the first round
         spec = scenario([drbd("a1", "n2", "n4"), drbd("a2", "n2", "n5"), plain],
-                        {"n2": EVACUATE, "n3": EVACUATE})
+                        {"n2": EVACUATE, "n3": EVACUATE}, n3={"drained": True})
         d = await self.daemon(spec)
         [inc] = d.incidents("n2")
         [failed] = d.incidents("n3")

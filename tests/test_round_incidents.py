@@ -169,13 +169,30 @@ class EvacuationTests(SynchronousTestCase):
         self.assertEqual(self.plan(c), I.Drain("a", touched=frozenset({"a"})))
         self.assertIsInstance(self.plan(mk_cluster([nd("a", offline=True), nd("b")], [])), I.Finish)
 
-    def test_plain_fails_before_drain(self) -> None:
+    def test_plain_drains_then_fails(self) -> None:
         for tpl in ("plain", "file", "blockdev"):
-            c = mk_cluster([nd("a"), nd("b")], [Instance("p1", "u", "a", (), tpl)])
-            plan = self.plan(c)
+            insts = [Instance("p1", "u", "a", (), tpl), drbd("i1", "a", "b")]
+            c = mk_cluster([nd("a"), nd("b")], insts)
+            self.assertEqual(self.plan(c), I.Drain("a", touched=frozenset({"a"})), tpl)
+            drained = mk_cluster([nd("a", drained=True), nd("b")], insts)
+            plan = self.plan(drained)
             assert isinstance(plan, I.Fail)
             self.assertIn("p1", plan.reason)
             self.assertIn(tpl, plan.reason)
+
+    def test_fail_names_every_unmovable_instance(self) -> None:
+        c = mk_cluster([nd("a", offline=True), nd("b")],
+                       [Instance("p1", "u", "a", (), "plain"), Instance("f1", "u2", "a", (), "file")])
+        plan = self.plan(c)
+        assert isinstance(plan, I.Fail)
+        self.assertIn("p1 has disk template plain", plan.reason)
+        self.assertIn("f1 has disk template file", plan.reason)
+
+    def test_master_with_plain_instance_fails_at_once(self) -> None:
+        c = mk_cluster([nd("a", master=True), nd("b")], [Instance("p1", "u", "a", (), "plain")])
+        plan = self.plan(c)
+        assert isinstance(plan, I.Fail)
+        self.assertIn("p1 has disk template plain", plan.reason)
 
     def test_master_fails(self) -> None:
         plan = self.plan(mk_cluster([nd("a", master=True), nd("b")], []))

@@ -263,10 +263,15 @@ class StepTests(SynchronousTestCase):
         rapi = FakeRapi(c)
         ctx = Ctx(MaintState(), rapi, FakeMond({"a": rep("a", Action.EVACUATE_FAILOVER)}))
         self.round(ctx)
+        # drained first, so the failing node receives no new instances
+        self.assertEqual(ctx.state.incidents[0].status, RepairStatus.PENDING)
+        self.assertEqual(rapi.calls[0][:3], ("drain", "a", True))
+        rapi.cluster = mk_cluster([nd("a", drained=True), nd("b")], c.instances.values())
+        self.round(ctx)
         inc = ctx.state.incidents[0]
         self.assertEqual(inc.status, RepairStatus.FAILED)
         self.assertIn("p1 has disk template plain", inc.reason)
-        self.assertEqual([c[0] for c in rapi.calls], ["add_tags"])
+        self.assertEqual([c[0] for c in rapi.calls], ["drain", "add_tags"])
 
     def test_dry_run_submits_nothing(self) -> None:
         c = mk_cluster([nd("a"), nd("b")], [drbd("i1", "a", "b")])
