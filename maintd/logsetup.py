@@ -11,6 +11,7 @@ the daemon's ``MultiService`` and undoes the wrapping when stopped.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.application import service
@@ -40,15 +41,26 @@ def level_predicate(debug: bool) -> LogLevelFilterPredicate:
 QUIET_FORMATS = frozenset({"Starting factory {factory!r}", "Stopping factory {factory!r}"})
 
 
+#: Twisted's legacy "<factory> starting on <port>" line of the simulator's
+#: per-node monds (one per node; maintd.sim.mond names them
+#: "sim mond of NODE at ADDRESS"), shown only with ``-d``: the simulator
+#: logs one summary line instead.
+DEBUG_TEXT = re.compile(r"sim mond of \S+ at \S+ starting on \d+")
+
+
 @implementer(ILogFilterPredicate)
 class QuietConnectionsPredicate:
-    """Drops Twisted's factory start/stop events below warning level."""
+    """Drops Twisted's factory start/stop events below warning level, and the
+    simulator monds' port start lines."""
 
     def __call__(self, event: dict[str, Any]) -> PredicateResult:
-        if event.get("log_format") in QUIET_FORMATS:
+        fmt = event.get("log_format")
+        if fmt in QUIET_FORMATS:
             level = event.get("log_level")
             if level is None or level < LogLevel.warn:
                 return PredicateResult.no
+        elif fmt == "{log_text}" and DEBUG_TEXT.fullmatch(str(event.get("log_text", ""))):
+            return PredicateResult.no
         return PredicateResult.maybe
 
 

@@ -150,14 +150,16 @@ class EmbeddedSimulator(service.Service):
         if self.mond_enabled:
             self.monds.start()
         self.sim.start()
+        pips = [n.pip for n in self.cluster.nodes.values()]
         log.info(
             "ganeti-sim: cluster {name}: {nodes} nodes, {insts} instances; RAPI at {url},"
-            " mond on port {port} of each node's 127.x address",
+            " mond on port {port} of each node's address ({pips})",
             name=self.cluster.name,
             nodes=len(self.cluster.nodes),
             insts=len(self.cluster.instances),
             url=self.rapi_url,
             port=self.mond_port,
+            pips=f"{pips[0]} to {pips[-1]}" if len(pips) > 1 else ", ".join(pips) or "none",
         )
 
     def stopService(self) -> defer.Deferred[Any]:  # noqa: N802

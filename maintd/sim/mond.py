@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
@@ -30,6 +30,9 @@ from maintd.sim.cluster import SimCluster, SimNode
 from maintd.sim.runtime import Simulation
 
 log = Logger()
+
+#: Start of the log prefix of every node's mond site ("sim mond of NODE at ADDRESS").
+SITE_PREFIX = "sim mond of "
 
 #: (name, URL category, kind): kind 0 = performance, 1 = status.
 COLLECTORS = [
@@ -153,10 +156,32 @@ class MondResource(resource.Resource):
 
 
 class _QuietSite(server.Site):
+    """One node's mond site: no access log, no factory start/stop lines.
+
+    Its log prefix names the node and address, so Twisted's "<prefix>
+    starting on <port>" line says which mond it is; the daemon's log shows
+    that line only with -d (:data:`maintd.logsetup.DEBUG_TEXT`).
+    """
+
     noisy = False
+
+    def __init__(self, resource: Any, node: str = "", address: str = "") -> None:
+        super().__init__(resource)
+        self.label = f"{SITE_PREFIX}{node} at {address}"
+
+    def logPrefix(self) -> str:  # noqa: N802
+        return self.label
 
     def log(self, request: Any) -> None:
         pass
+
+
+class _MondPort(tcp.Port):
+    """A node's listening mond port; its "closed" line names the node, at debug."""
+
+    def _logConnectionLostMsg(self) -> None:
+        log.debug("{label}:{port} closed", label=self._getLogPrefix(self.factory),
+                  port=self._realPortNumber)
 
 
 class MondFronts:
@@ -186,8 +211,10 @@ class MondFronts:
 
     def _listen(self, name: str) -> None:
         node = self.sim.cluster.nodes[name]
-        site = _QuietSite(self.resources[name])
-        self.ports[name] = self.reactor.listenTCP(self.port, site, interface=node.pip)
+        site = _QuietSite(self.resources[name], name, node.pip)
+        port = _MondPort(self.port, site, interface=node.pip, reactor=self.reactor)
+        port.startListening()
+        self.ports[name] = port
 
     def _mode_changed(self, name: str, mode: str) -> None:
         if name not in self.resources:
