@@ -10,17 +10,23 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from maintd import evacuation
+from maintd.balance.gen import generate_cluster
 from maintd.mond import Action, MondError
 from maintd.state import MaintState
 from maintd.steps import default_steps
+from maintd.steps.collect import collect_step
 from maintd.steps.evacuated import evacuated_step
-from tests.test_round_incidents import drbd, mk_cluster, nd
-from tests.test_round_steps import Ctx, FakeMond, FakeRapi, rep
-
-XEN = {"hypervisor": "xen-pvm"}
+from maintd.steps.handle import handle_step
+from maintd.steps.jobs import jobs_step
+from maintd.steps.snapshot import snapshot_step
+from tests.test_balance_step import make_ctx
+from tests.test_balance_step import run as run_balance
+from tests.test_round_incidents import drbd, incident, mk_cluster, nd
+from tests.test_round_steps import Cfg, Ctx, FakeMond, FakeRapi, rep
 
 
 def cluster(**flags: dict[str, Any]) -> Any:
@@ -139,7 +145,6 @@ class PruneStepTests(SynchronousTestCase):
                         "c": MondError("c", "timeout")})
         ctx = self.ctx(("x1", "x3"), mond)
         logged: list[dict[str, Any]] = []
-        from twisted.logger import globalLogPublisher
 
         globalLogPublisher.addObserver(logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, logged.append)
@@ -183,10 +188,6 @@ class HandleJoinTests(SynchronousTestCase):
     """An incident evacuation's primary moves: Xen instances join in the job's commit."""
 
     def test_xen_primary_joins_kvm_does_not(self) -> None:
-        from maintd.steps.collect import collect_step
-        from maintd.steps.handle import handle_step
-        from maintd.steps.jobs import jobs_step
-        from maintd.steps.snapshot import snapshot_step
 
         c = cluster(a={"drained": True})
         rapi = FakeRapi(c)
@@ -214,11 +215,8 @@ class HandleJoinTests(SynchronousTestCase):
         self.assertEqual(sorted(ctx.state.evacuated), ["x1", "x2"])
 
     def test_dry_run_adds_nothing(self) -> None:
-        from maintd.steps.handle import handle_step
-        from tests.test_round_steps import Cfg
 
         c = cluster(a={"drained": True})
-        from tests.test_round_incidents import incident
 
         ctx = Ctx(MaintState(incidents=(incident("a"),)), FakeRapi(c), None, config=Cfg(True))
         ctx.cluster = c
@@ -227,3 +225,39 @@ class HandleJoinTests(SynchronousTestCase):
         self.assertTrue(any("plan" in n for n in ctx.notes))
         self.assertEqual(ctx.state.evacuated, ())
         self.assertEqual(ctx.commits, 0)
+
+
+class BalanceJoinTests(SynchronousTestCase):
+    """A balancing move of a Xen instance off a drained node joins in its first job's commit."""
+
+    def test_moves_off_drained_node_join(self) -> None:
+
+        base = generate_cluster(6, 30, seed=5)
+        drained = sorted(base.nodes)[0]
+        nodes = {**base.nodes, drained: attrs.evolve(base.nodes[drained], drained=True)}
+        insts = {n: attrs.evolve(i, hypervisor="xen-pvm") for n, i in base.instances.items()}
+        c = attrs.evolve(base, nodes=nodes, instances=insts)
+        on_drained = {n for n, i in insts.items() if i.primary == drained}
+        self.assertTrue(on_drained)
+        ctx = make_ctx(c, balance=True)
+        committed: list[MaintState] = []
+        ctx.store = _Store(committed)
+        run_balance(ctx)
+        moved = {n["instance"]: n for n in ctx.notes if "instance" in n}
+        left = {n for n, note in moved.items() if note["from"] == drained}
+        self.assertTrue(left, "the planner moves something off the drained node")
+        self.assertEqual(set(ctx.state.evacuated), left)
+        for name in left:
+            first_job = moved[name]["jobs"][0]
+            first = next(st for st in committed if first_job in st.jobs)
+            self.assertIn(name, first.evacuated)
+
+
+class _Store:
+    """Stands in for the state store: keeps every committed state."""
+
+    def __init__(self, out: list[MaintState]) -> None:
+        self.out = out
+
+    def commit(self, new: MaintState) -> None:
+        self.out.append(new)
