@@ -20,6 +20,7 @@ from maintd.state import TAG_FAILED, TAG_READY, Action, MaintState, RepairStatus
 from maintd.steps import default_steps
 from maintd.steps.cleanup import cleanup_step
 from maintd.steps.collect import collect_step
+from maintd.steps.evacuated import evacuated_step
 from maintd.steps.handle import handle_step
 from maintd.steps.jobs import jobs_step
 from maintd.steps.snapshot import snapshot_step
@@ -126,12 +127,12 @@ class StepTests(SynchronousTestCase):
     def round(self, ctx: Ctx) -> None:
         ctx.notes = []
         # the incident steps only (harep and balance have their own tests)
-        self.run_steps(ctx, default_steps(ctx.config)[:5])
+        self.run_steps(ctx, default_steps(ctx.config)[:6])
 
     def test_default_steps_order(self) -> None:
         steps = default_steps(Cfg())
-        self.assertEqual(steps[:5], [jobs_step, snapshot_step, cleanup_step, collect_step,
-                                     handle_step])
+        self.assertEqual(steps[:6], [jobs_step, snapshot_step, cleanup_step, collect_step,
+                                     evacuated_step, handle_step])
 
     def test_collect_skips_offline_and_errors(self) -> None:
         c = mk_cluster([nd("a"), nd("b", offline=True), nd("c")], [])

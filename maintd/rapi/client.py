@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
+import attrs
 import treq
 from OpenSSL import SSL
 from twisted.internet import defer, task
@@ -50,7 +51,7 @@ from maintd.rapi.errors import (
     excerpt,
 )
 from maintd.rapi.jobs import JobResult, parse_job
-from maintd.rapi.loader import ClusterBuilder
+from maintd.rapi.loader import ClusterBuilder, parse_query_column
 
 log = Logger()
 
@@ -449,8 +450,51 @@ class RapiClient:
     async def tags(self, kind: str, name: str | None = None) -> list[str]:
         return await self._get_typed(self._tags_path(kind, name), list)
 
+    async def instance_hypervisors(self) -> dict[str, str]:
+        """Instance name -> hypervisor, from ``/2/query/instance``.
+
+        The bulk instance answer has no hypervisor field; Ganeti's query
+        resource has it (read access is enough).
+        """
+        path = "/2/query/instance"
+        answer = await self._get(path, [("fields", "name,hypervisor")])
+        try:
+            return parse_query_column(answer, "name", "hypervisor")
+        except ValueError as e:
+            raise RapiMalformed(str(e), method="GET", url=self.base_url + path) from None
+
+    async def _with_hypervisors(self, cluster: Cluster) -> Cluster:
+        """``cluster`` with each instance's own hypervisor, where they can differ.
+
+        Only needed when the cluster enables more than one hypervisor (else
+        the default is right for every instance).  When the query fails the
+        default stays, with one warning: Xen/KVM load handling may then be
+        wrong for some instances, nothing else depends on it.
+        """
+        if len(set(cluster.enabled_hypervisors)) < 2:
+            return cluster
+        try:
+            hvs = await self.instance_hypervisors()
+        except RapiError as e:
+            log.warn(
+                "cannot read instance hypervisors ({error}); assuming {default} for all",
+                error=e,
+                default=cluster.default_hypervisor,
+            )
+            return cluster
+        instances = {
+            name: attrs.evolve(inst, hypervisor=hvs[name])
+            if hvs.get(name) and hvs[name] != inst.hypervisor
+            else inst
+            for name, inst in cluster.instances.items()
+        }
+        return attrs.evolve(cluster, instances=instances)
+
     async def load_cluster(self) -> Cluster:
         """The cluster snapshot: the four reads in parallel, then the loader.
+
+        On a cluster with several hypervisors enabled a fifth read names each
+        instance's hypervisor (see :meth:`_with_hypervisors`).
 
         When one read fails for good the others are cancelled, so a failed
         snapshot ends with the first final error.
@@ -489,9 +533,10 @@ class RapiClient:
             builder.add_instances(
                 self._decode("/2/instances", answers, 3, builder.decode_instances)
             )
-            return builder.cluster()
+            cluster = builder.cluster()
         except ValueError as e:
             raise RapiMalformed(str(e), url=self.base_url) from None
+        return await self._with_hypervisors(cluster)
 
     def _decode(
         self, path: str, answers: list[Any], index: int, decode: Callable[[str], Any]

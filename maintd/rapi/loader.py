@@ -459,3 +459,34 @@ def build_cluster(info: Any, groups: Any, nodes: Any, instances: Any) -> Cluster
     b.add_nodes(nodes)
     b.add_instances(instances)
     return b.cluster()
+
+
+def parse_query_column(answer: Any, key: str, value: str) -> dict[str, Any]:
+    """``{key: value}`` per row of a Ganeti QueryResponse (``/2/query/...``).
+
+    The answer is ``{"fields": [{"name": ...}, ...], "data": [[[status,
+    value], ...], ...]}``; only rows where both cells have status 0 (normal)
+    count.  Raises ``ValueError`` naming what is wrong with the shape.
+    """
+    if not isinstance(answer, dict):
+        raise ValueError("query answer is not a JSON object")
+    fields, data = answer.get("fields"), answer.get("data")
+    if not isinstance(fields, list) or not isinstance(data, list):
+        raise ValueError("query answer lacks 'fields' or 'data' lists")
+    names = [f.get("name") if isinstance(f, dict) else None for f in fields]
+    try:
+        ki, vi = names.index(key), names.index(value)
+    except ValueError:
+        raise ValueError(f"query answer lacks the fields {key!r} and {value!r}") from None
+    out: dict[str, Any] = {}
+    for row in data:
+        if not isinstance(row, list) or len(row) != len(names):
+            raise ValueError(f"query row has the wrong shape: {str(row)[:80]!r}")
+        kcell, vcell = row[ki], row[vi]
+        if (
+            isinstance(kcell, list) and len(kcell) == 2 and kcell[0] == 0
+            and isinstance(vcell, list) and len(vcell) == 2 and vcell[0] == 0
+            and isinstance(kcell[1], str)
+        ):
+            out[kcell[1]] = vcell[1]
+    return out

@@ -288,6 +288,7 @@ class RapiFront:
                 f"/2/groups/({NAME})/tags",
                 self._tags_resource("groups_name_tags"),
             ),
+            (f"/2/query/({NAME})", Resource("query", GET=self.get_query)),
             ("/2/jobs", Resource("jobs", GET=self.get_jobs)),
             (f"/2/jobs/({NAME})", Resource("jobs_id", GET=self.get_job, DELETE=self.delete_job)),
             (
@@ -433,6 +434,38 @@ class RapiFront:
             data = json.dumps(build()).encode()
         self._cache[key] = (gen, data)
         return data
+
+    def get_query(self, rq: Request, resource: str) -> dict[str, Any]:
+        """``GET /2/query/instance?fields=...``: Ganeti's QueryResponse shape.
+
+        Only the instance fields maintd reads are known; any other field is
+        answered as Ganeti does for an unknown one (kind ``unknown``, every
+        value ``[1, null]``).  Another resource is Ganeti's 502 parse error.
+        """
+        if resource != "instance":
+            raise HttpError(
+                502,
+                f"Failed to parse request: Can't parse value '{resource}' as"
+                " neitherQueryTypeLuxi nor QueryTypeOp",
+            )
+        fields = [f.strip() for f in (rq.string("fields") or "").split(",") if f.strip()]
+        c = self.sim.cluster
+        getters: dict[str, tuple[str, Callable[[Any], Any]]] = {
+            "name": ("Instance", lambda i: i.name),
+            "hypervisor": ("Hypervisor", lambda i: i.hypervisor or c.default_hypervisor),
+            "pnode": ("Primary_node", lambda i: i.primary),
+        }
+        defs = [
+            {"name": f, "title": getters[f][0], "kind": "text", "doc": f}
+            if f in getters
+            else {"name": f, "title": f, "kind": "unknown", "doc": f"Unknown field '{f}'"}
+            for f in fields
+        ]
+        data = [
+            [[0, getters[f][1](inst)] if f in getters else [1, None] for f in fields]
+            for inst in c.instances.values()
+        ]
+        return {"data": data, "fields": defs}
 
     def get_info(self, rq: Request) -> bytes:
         return self._cached("info", self.sim.cluster.info_json)

@@ -1,7 +1,8 @@
 """The maintenance round's steps, in order.
 
 ``default_steps(config)`` is what the round service runs: previous jobs ->
-snapshot -> cleanup -> collect -> handle -> harep -> balance.  The harep and
+snapshot -> cleanup -> collect -> evacuated (prune /1/evacuated) -> handle ->
+harep -> balance.  The harep and
 balance steps come from their own modules when they exist.
 """
 
@@ -11,13 +12,15 @@ from typing import Any
 
 from maintd.steps.cleanup import cleanup_step
 from maintd.steps.collect import collect_step
+from maintd.steps.evacuated import evacuated_step
 from maintd.steps.handle import handle_step
 from maintd.steps.jobs import jobs_step
 from maintd.steps.snapshot import snapshot_step
 
 
 def default_steps(config: Any) -> list[Any]:
-    steps: list[Any] = [jobs_step, snapshot_step, cleanup_step, collect_step, handle_step]
+    steps: list[Any] = [jobs_step, snapshot_step, cleanup_step, collect_step, evacuated_step,
+                         handle_step]
     try:
         from maintd.steps.harep import harep_step  # type: ignore[attr-defined,unused-ignore]
     except ImportError:

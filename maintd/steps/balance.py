@@ -16,7 +16,7 @@ neither says so) with threshold ``--balance-threshold``, else
    successive jobs on the instance: migrate/failover and replace-disks, which
    Ganeti runs in order as they queue on the instance lock), every job id
    committed at once; Xen instances moved off an offline/drained node join
-   the evacuated list.
+   the evacuated list in the commit of their first job.
 
 In dry-run (or without mastership) the plan goes to the round notes only.
 Missing load data or a RAPI error is logged and noted; the step then ends
@@ -31,6 +31,7 @@ import attrs
 from twisted.internet import threads
 from twisted.logger import Logger
 
+from maintd import evacuation
 from maintd.balance.jobsets import commands
 from maintd.balance.load import (
     CPU_REPORT,
@@ -173,10 +174,12 @@ async def _submit_move(ctx: Any, cluster: Cluster, mv: PlannedMove) -> list[int]
     }
     steps = plans[mv.kind]
     jobs: list[int] = []
+    evac = [mv.instance] if evacuated_by(cluster, mv) else []
     for op, node in steps:
         job = await (migrate(node) if op == "mig" else replace(node))
         jobs.append(job)
-        await ctx.commit(attrs.evolve(ctx.state, jobs=tuple(ctx.state.jobs) + (job,)))
+        new = attrs.evolve(ctx.state, jobs=tuple(ctx.state.jobs) + (job,))
+        await ctx.commit(evacuation.added(new, evac))
     return jobs
 
 
@@ -200,7 +203,6 @@ async def balance_step(ctx: Any) -> None:
         if load.evacuated != tuple(ctx.state.evacuated):
             await ctx.commit(attrs.evolve(ctx.state, evacuated=load.evacuated))
     groups = sorted({n.group for n in cluster.nodes.values() if n.name in free})
-    new_evac: list[str] = []
     submit = _submitting(ctx) and ctx.rapi is not None
     for group in groups:
         result, jobset = await _in_thread(
@@ -238,12 +240,7 @@ async def balance_step(ctx: Any) -> None:
                 _note(ctx, **fields, error=f"RAPI: {err}")
                 return
             _note(ctx, **fields, jobs=jobs)
-            if evacuated_by(cluster, mv) and mv.instance not in ctx.state.evacuated:
-                new_evac.append(mv.instance)
         free -= {n for mv in jobset for n in mv.nodes}
-    if new_evac:
-        evac = tuple(ctx.state.evacuated) + tuple(new_evac)
-        await ctx.commit(attrs.evolve(ctx.state, evacuated=evac))
 
 
 def evacuated_by(cluster: Cluster, mv: PlannedMove) -> bool:

@@ -1,7 +1,8 @@
 """Step 5: act on the most severe active incident of every node.
 
 The decisions are :func:`maintd.incidents.decide`'s; this step submits the
-jobs, committing each job id the moment Ganeti returns it.  In dry-run (or
+jobs, committing each job id the moment Ganeti returns it (a Xen primary
+moved off the drained node joins the evacuated list in that same commit).  In dry-run (or
 without mastership) it only notes what it would do.
 """
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from maintd import evacuation
 from maintd import incidents as I
 from maintd.executor import NoExecutor, RepairResult
 from maintd.rapi.errors import RapiError
@@ -100,7 +102,11 @@ async def handle_step(ctx: Any) -> None:
             else:
                 jid = await _submit(ctx, current, plan)
                 if jid is not None:
-                    await ctx.commit(I.with_job(ctx.state, current, jid, ctx.now))
+                    new = I.with_job(ctx.state, current, jid, ctx.now)
+                    if isinstance(plan, I.MovePrimary) and evacuation.joins(ctx.cluster,
+                                                                            plan.instance):
+                        new = evacuation.added(new, [plan.instance])
+                    await ctx.commit(new)
                     log.info("incident {uuid} on {node}: {plan}, job {job}", uuid=inc.uuid,
                              node=inc.node_name, plan=text, job=jid)
                     note(ctx, incident=inc.uuid, node=inc.node_name, plan=text, job=jid)

@@ -17,7 +17,9 @@ truthful for harep and for maintd's next round:
 * a repair beyond the allowed type: an ``enoperm`` result tag, no job.
 
 Every job id (tag changes included) goes into ``MaintState.jobs`` through
-``ctx.commit`` as soon as Ganeti returns it.  Only nodes in
+``ctx.commit`` as soon as Ganeti returns it; a repair job that moves a Xen
+instance off its offline/drained primary (failover, migrate, recreate-disks
+on new nodes) also puts the instance on the evacuated list in that commit.  Only nodes in
 ``ctx.free_nodes`` are touched, and nodes a repair touches are taken out
 of it (balancing runs next).  With ``config.dry_run`` (or when the daemon
 must not submit) nothing is written: the decisions go to ``ctx.notes`` and
@@ -33,6 +35,7 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
+from maintd import evacuation
 from maintd.harep.decide import (
     Decision,
     Op,
@@ -236,13 +239,22 @@ async def _carry_out(
 
 
 async def _commit_job(
-    ctx: Any, job: int, jobs: list[int], harep: Mapping[str, Mapping[str, Any]] | None = None
+    ctx: Any,
+    job: int,
+    jobs: list[int],
+    harep: Mapping[str, Mapping[str, Any]] | None = None,
+    evacuated: Iterable[str] = (),
 ) -> None:
     jobs.append(job)
     changes: dict[str, Any] = {"jobs": (*ctx.state.jobs, job)}
     if harep is not None:
         changes["harep"] = harep
-    await ctx.commit(attrs.evolve(ctx.state, **changes))
+    await ctx.commit(evacuation.added(attrs.evolve(ctx.state, **changes), evacuated))
+
+
+def _evacuates(ctx: Any, name: str, op: Op) -> list[str]:
+    """``[name]`` when ``op`` moves this Xen instance off an offline/drained node."""
+    return [name] if evacuation.joins_by_method(ctx.cluster, name, op.method) else []
 
 
 def _with_record(ctx: Any, repair_id: str, **fields: Any) -> dict[str, Mapping[str, Any]]:
@@ -332,7 +344,7 @@ async def _launch_repair(ctx: Any, starting: _Starting, result: Any) -> None:
     harep = _with_record(
         ctx, placeholder.id, instance=name, jobs=[repair_job], tag_jobs=[], start=inst.running
     )
-    await _commit_job(ctx, repair_job, jobs, harep)
+    await _commit_job(ctx, repair_job, jobs, harep, _evacuates(ctx, name, decision.ops[0]))
     log.info(
         "harep: instance {instance}: {op} submitted as job {job}",
         instance=name,
@@ -372,7 +384,7 @@ async def _continue_repair(
         tag_jobs=[],
         start=start if isinstance(start, bool) else inst.running,
     )
-    await _commit_job(ctx, job, jobs, harep)
+    await _commit_job(ctx, job, jobs, harep, _evacuates(ctx, name, decision.ops[0]))
     updated: RepairTag = attrs.evolve(current, jobs=all_jobs)
     tag_jobs = await _set_tags(ctx, name, [updated.format()], state.current_group, jobs)
     await ctx.commit(
