@@ -20,6 +20,7 @@ import attrs
 import numpy as np
 
 from maintd.balance.score import (
+    MAP_COL,
     NMETRICS,
     NODE_COLS,
     OFF_COLS,
@@ -27,7 +28,7 @@ from maintd.balance.score import (
     WEIGHTS,
     State,
     map_value,
-    node_metrics,
+    metric_columns,
 )
 
 Row = dict[str, np.ndarray]
@@ -78,6 +79,8 @@ class Stats:
     q: np.ndarray  # (20,) sums of squares over online group nodes
     n: int
     map_value: float
+    #: (20, N) per-node metrics, transposed (contiguous per metric).
+    mt: np.ndarray | None = None
 
 
 def cluster_stats(state: State) -> Stats:
@@ -88,7 +91,13 @@ def cluster_stats(state: State) -> Stats:
     q = (m * m).sum(axis=0)
     off = np.where(offline[:, None], state.metrics, 0.0).sum(axis=0)
     s[OFF_COLS] = off[OFF_COLS]
-    return Stats(s=s, q=q, n=int(online.sum()), map_value=map_value(state.gmap))
+    return Stats(
+        s=s,
+        q=q,
+        n=int(online.sum()),
+        map_value=map_value(state.gmap),
+        mt=np.ascontiguousarray(state.metrics.T),
+    )
 
 
 @attrs.define
@@ -477,49 +486,77 @@ def _map_delta(b: Batch, old_p: np.ndarray, new_p: np.ndarray) -> np.ndarray:
     return np.where(same, 0.0, dsum - (gained - lost))
 
 
-_ONLINE_COLS = np.ones(NMETRICS, dtype=bool)
-_ONLINE_COLS[OFF_COLS] = False
-_IS_STD = np.zeros(NMETRICS, dtype=bool)
-_IS_STD[STD_COLS] = True
+
+
+_OFF_SET = frozenset(int(c) for c in OFF_COLS)
+_STD_SET = frozenset(int(c) for c in STD_COLS)
 
 
 def score_outcome(b: Batch, stats: Stats, out: Outcome) -> np.ndarray:
-    """Cluster score after each simulated move (inf where infeasible)."""
+    """Cluster score after each simulated move (inf where infeasible).
+
+    Works one metric column at a time on contiguous 1-D arrays (the per-node
+    metrics transposed once per step in :class:`Stats`), which avoids the
+    (pairs x 20) temporaries; sums are taken in the same order as a
+    row-wise computation, so the scores are bit for bit the same.
+    """
     st = b.state
     k = len(b.ii)
     on_all = st.in_group & (st.node["offline"] == 0)
     off_all = st.in_group & (st.node["offline"] != 0)
-    ds = np.zeros((k, NMETRICS))
-    dq = np.zeros((k, NMETRICS))
+    mt = stats.mt if stats.mt is not None else np.ascontiguousarray(st.metrics.T)
+    ds: list[np.ndarray | None] = [None] * NMETRICS
+    dq: list[np.ndarray | None] = [None] * NMETRICS
     for nodes, row, expand in out.slots:
-        old = st.metrics[nodes]
-        new = node_metrics(row)
+        newc = metric_columns(row)
         on = on_all[nodes]
         off = off_all[nodes]
-        if on.all():
+        all_on = bool(on.all())
+        for c in range(NMETRICS):
+            new = newc[c]
+            if new is None:
+                continue
+            is_off = c in _OFF_SET
+            if all_on and is_off:
+                continue
+            old = mt[c][nodes]
             delta = new - old
-            delta[:, OFF_COLS] = 0.0
-            dsq = new * new - old * old
-        else:
-            mask = (on[:, None] & _ONLINE_COLS) | (off[:, None] & ~_ONLINE_COLS)
-            delta = np.where(mask, new - old, 0.0)
-            dsq = np.where(mask, new * new - old * old, 0.0)
-        if expand is not None:
-            delta, dsq = delta[expand], dsq[expand]
-        ds += delta
-        dq += dsq
-    s = ds + stats.s
+            dsq = new * new - old * old if c in _STD_SET else None
+            if not all_on:
+                mask = off if is_off else on
+                delta = np.where(mask, delta, 0.0)
+                if dsq is not None:
+                    dsq = np.where(mask, dsq, 0.0)
+            if expand is not None:
+                delta = delta[expand]
+                if dsq is not None:
+                    dsq = dsq[expand]
+            prev = ds[c]
+            ds[c] = delta if prev is None else prev + delta
+            if dsq is not None:
+                prevq = dq[c]
+                dq[c] = dsq if prevq is None else prevq + dsq
     n = stats.n
+    vals = np.empty((k, NMETRICS))
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean = s / n
-        var = (dq + stats.q) / n - mean * mean
-        std = np.sqrt(np.maximum(var, 0.0))
-    vals = np.where(_IS_STD, std, s)
+        for c in range(NMETRICS):
+            if c == MAP_COL:
+                continue
+            d = ds[c]
+            sc = d + stats.s[c] if d is not None else np.full(k, stats.s[c])
+            if c in _STD_SET:
+                mean = sc / n
+                dqc = dq[c]
+                qc = dqc + stats.q[c] if dqc is not None else np.full(k, stats.q[c])
+                var = qc / n - mean * mean
+                vals[:, c] = np.sqrt(np.maximum(var, 0.0))
+            else:
+                vals[:, c] = sc
     if st.has_tags and st.has_locations:
         p_old = st.inst["pnode"][b.ii].astype(np.int64)
-        vals[:, 18] = stats.map_value + _map_delta(b, p_old, out.new_p)
+        vals[:, MAP_COL] = stats.map_value + _map_delta(b, p_old, out.new_p)
     else:
-        vals[:, 18] = stats.map_value
+        vals[:, MAP_COL] = stats.map_value
     score = vals @ WEIGHTS
     return np.where(out.fail | np.isnan(score), np.inf, score)
 

@@ -432,37 +432,50 @@ def _pdsk(excl: np.ndarray, fsp: np.ndarray, tsp: np.ndarray, fdsk: Any, tdsk: A
     return np.where(excl != 0, sp, dk)
 
 
+def metric_columns(r: Mapping[str, np.ndarray]) -> list[np.ndarray | None]:
+    """The twenty per-node score components of :func:`node_metrics`, one array each.
+
+    Entry 18 (the location-exclusion map statistic, cluster-wide) is None.
+    """
+    tmem = r["tmem"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unalloc = np.trunc(tmem) - r["nmem"] - r["imem"] - r["xpos"]
+        prem = r["rmem"] / tmem
+        return [
+            unalloc / tmem,
+            _pdsk(r["excl"], r["fsp"], r["tsp"], r["fdsk"], r["tdsk"]),
+            np.where(r["failn1"] != 0, r["nsec"] + r["npri"], 0.0),
+            prem,
+            r["nsec"] + r["npri"],
+            r["npri"],
+            r["ucpu"] / r["tcpu"] / r["speed"],
+            r["ucpu_l"],
+            r["umem_l"] / r["pool_m"],
+            r["udsk_l"],
+            r["unet_l"],
+            r["conf"],
+            r["instsp"] / r["hisp"],
+            r["fmemF"] / tmem,
+            _pdsk(r["excl"], r["fspF"], r["tsp"], r["fdskF"], r["tdsk"]),
+            r["ucpuF"] / r["tcpu"] / r["speed"],
+            r["instspF"] / r["hisp"],
+            r["locscore"],
+            None,
+            prem,
+        ]
+
+
 def node_metrics(r: Mapping[str, np.ndarray]) -> np.ndarray:
     """Per-node score components (``compDetailedCVNode``), shape (..., 20).
 
     The location-exclusion column is 0 here: it is a cluster-wide map
     statistic kept in :attr:`State.gmap`.
     """
-    tmem = r["tmem"]
     shape = np.broadcast(*[np.asarray(v) for v in r.values()]).shape
     out = np.zeros(shape + (NMETRICS,))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        unalloc = np.trunc(tmem) - r["nmem"] - r["imem"] - r["xpos"]
-        out[..., 0] = unalloc / tmem
-        out[..., 1] = _pdsk(r["excl"], r["fsp"], r["tsp"], r["fdsk"], r["tdsk"])
-        out[..., 2] = np.where(r["failn1"] != 0, r["nsec"] + r["npri"], 0.0)
-        prem = r["rmem"] / tmem
-        out[..., 3] = prem
-        out[..., 4] = r["nsec"] + r["npri"]
-        out[..., 5] = r["npri"]
-        out[..., 6] = r["ucpu"] / r["tcpu"] / r["speed"]
-        out[..., 7] = r["ucpu_l"]
-        out[..., 8] = r["umem_l"] / r["pool_m"]
-        out[..., 9] = r["udsk_l"]
-        out[..., 10] = r["unet_l"]
-        out[..., 11] = r["conf"]
-        out[..., 12] = r["instsp"] / r["hisp"]
-        out[..., 13] = r["fmemF"] / tmem
-        out[..., 14] = _pdsk(r["excl"], r["fspF"], r["tsp"], r["fdskF"], r["tdsk"])
-        out[..., 15] = r["ucpuF"] / r["tcpu"] / r["speed"]
-        out[..., 16] = r["instspF"] / r["hisp"]
-        out[..., 17] = r["locscore"]
-        out[..., 19] = prem
+    for c, col in enumerate(metric_columns(r)):
+        if col is not None:
+            out[..., c] = col
     return out
 
 
