@@ -21,6 +21,7 @@ import numpy as np
 
 from maintd.balance.score import (
     MAP_COL,
+    METRIC_DEPS,
     NMETRICS,
     NODE_COLS,
     OFF_COLS,
@@ -140,9 +141,14 @@ class Batch:
     tops: PeerTops
     ii: np.ndarray  # (K,) instance index per pair
     force: bool
+    _cols: dict[str, np.ndarray] = attrs.field(factory=dict, init=False, repr=False)
 
     def inst(self, col: str) -> np.ndarray:
-        return self.state.inst[col][self.ii]
+        """The instance column ``col`` per pair (gathered once per batch)."""
+        got = self._cols.get(col)
+        if got is None:
+            got = self._cols[col] = self.state.inst[col][self.ii]
+        return got
 
 
 def gather(state: State, nodes: np.ndarray) -> Row:
@@ -355,6 +361,9 @@ class Outcome:
     new_p: np.ndarray
     new_s: np.ndarray
     new_ls: np.ndarray
+    #: The rows as gathered before the move, by id of their ``idx`` array: a
+    #: node column that is the same object in a slot's row is unchanged.
+    bases: dict[int, Row] = attrs.field(factory=dict)
 
 
 def _mig(state: State, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -402,66 +411,73 @@ def simulate(
     def expand(x: np.ndarray) -> np.ndarray:
         return x if ex is None else x[ex]
 
+    bases: dict[int, Row] = {}
+
+    def gat(nodes: np.ndarray) -> Row:
+        row = gather(st, nodes)
+        bases[id(nodes)] = row
+        return row
+
     if move == Move.FAILOVER:
         strict = ~(p_off | force)
         fail = _mig(st, p, s)
-        rs = remove_sec(b, gather(st, s), p)
+        rs = remove_sec(b, gat(s), p)
         rs, f1 = add_pri(b, rs, ls_old, strict)
-        rp = remove_pri(b, gather(st, p), ls_old)
+        rp = remove_pri(b, gat(p), ls_old)
         rp, f2 = add_sec(b, rp, s, strict, ignore_disks=p_off)
-        return Outcome([(p, rp, None), (s, rs, None)], fail | f1 | f2, s, p, ls_old)
+        return Outcome([(p, rp, None), (s, rs, None)], fail | f1 | f2, s, p, ls_old, bases)
     if move == Move.FAILOVER_TO_ANY:
         strict = ~(p_off | force)
         fail = _mig(st, p, tt)
-        rt, f1 = add_pri(b, gather(st, tt), ls_old, strict)
-        rp = remove_pri(ub, gather(st, pu), lsu)
-        return Outcome([(pu, rp, ex), (tt, rt, None)], fail | f1, tt, s, ls_old)
+        rt, f1 = add_pri(b, gat(tt), ls_old, strict)
+        rp = remove_pri(ub, gat(pu), lsu)
+        return Outcome([(pu, rp, ex), (tt, rt, None)], fail | f1, tt, s, ls_old, bases)
     if move == Move.REPLACE_PRIMARY:
         strict = ~(p_off | force)
         ls_new = _ls(st, tt, s)
         fail = _mig(st, p, s) | _mig(st, s, tt)
-        rs = remove_sec(b, gather(st, s), p)
+        rs = remove_sec(b, gat(s), p)
         rs, f1 = add_pri(b, rs, ls_new, strict)
         rs = remove_pri(b, rs, ls_new, adj=1)
-        rt, f2 = add_pri(b, gather(st, tt), ls_new, strict)
+        rt, f2 = add_pri(b, gat(tt), ls_new, strict)
         rs, f3 = add_sec(b, rs, tt, strict)
-        rp = remove_pri(ub, gather(st, pu), lsu)
+        rp = remove_pri(ub, gat(pu), lsu)
         slots = [(pu, rp, ex), (s, rs, None), (tt, rt, None)]
-        return Outcome(slots, fail | f1 | f2 | f3, tt, s, ls_new)
+        return Outcome(slots, fail | f1 | f2 | f3, tt, s, ls_new, bases)
     if move == Move.REPLACE_SECONDARY:
         s_off = st.node["offline"][s] != 0
         strict = ~(s_off | force)
         ls_new = _ls(st, p, tt)
-        rt, f1 = add_sec(b, gather(st, tt), p, strict)
+        rt, f1 = add_sec(b, gat(tt), p, strict)
         ls_new_u = np.zeros(len(pu)) if ind else ls_new
-        rp = remove_pri(ub, gather(st, pu), lsu)
+        rp = remove_pri(ub, gat(pu), lsu)
         rp, f2 = add_pri(ub, rp, ls_new_u, np.zeros(len(pu), dtype=bool), adj=-1)
-        rs = remove_sec(ub, gather(st, su), pu)
+        rs = remove_sec(ub, gat(su), pu)
         slots = [(pu, rp, ex), (su, rs, ex), (tt, rt, None)]
-        return Outcome(slots, f1 | expand(f2), p, tt, ls_new)
+        return Outcome(slots, f1 | expand(f2), p, tt, ls_new, bases)
     if move == Move.REPLACE_AND_FAILOVER:
         s_off = st.node["offline"][s] != 0
         strict_s = ~(s_off | force)
         ls_new = _ls(st, tt, p)
         fail = _mig(st, p, tt)
-        rt, f1 = add_pri(b, gather(st, tt), ls_new, np.full(len(p), not force))
-        rp = remove_pri(b, gather(st, p), ls_old)
+        rt, f1 = add_pri(b, gat(tt), ls_new, np.full(len(p), not force))
+        rp = remove_pri(b, gat(p), ls_old)
         rp, f2 = add_sec(b, rp, tt, strict_s)
-        rs = remove_sec(ub, gather(st, su), pu)
+        rs = remove_sec(ub, gat(su), pu)
         slots = [(p, rp, None), (su, rs, ex), (tt, rt, None)]
-        return Outcome(slots, fail | f1 | f2, tt, p, ls_new)
+        return Outcome(slots, fail | f1 | f2, tt, p, ls_new, bases)
     if move == Move.FAILOVER_AND_REPLACE:
         strict = ~(p_off | force)
         ls_new = _ls(st, s, tt)
         fail = _mig(st, p, s)
         strict_u = ~((st.node["offline"][pu] != 0) | force)
         ls_new_u = np.zeros(len(pu)) if ind else ls_new
-        rs = remove_sec(ub, gather(st, su), pu)
+        rs = remove_sec(ub, gat(su), pu)
         rs, f1 = add_pri(ub, rs, ls_new_u, strict_u)
-        rt, f2 = add_sec(b, gather(st, tt), s, strict)
-        rp = remove_pri(ub, gather(st, pu), lsu)
+        rt, f2 = add_sec(b, gat(tt), s, strict)
+        rp = remove_pri(ub, gat(pu), lsu)
         slots = [(pu, rp, ex), (su, rs, ex), (tt, rt, None)]
-        return Outcome(slots, fail | expand(f1) | f2, s, tt, ls_new)
+        return Outcome(slots, fail | expand(f1) | f2, s, tt, ls_new, bases)
     raise ValueError(f"unknown move {move!r}")
 
 
@@ -508,17 +524,29 @@ def score_outcome(b: Batch, stats: Stats, out: Outcome) -> np.ndarray:
     ds: list[np.ndarray | None] = [None] * NMETRICS
     dq: list[np.ndarray | None] = [None] * NMETRICS
     for nodes, row, expand in out.slots:
-        newc = metric_columns(row)
         on = on_all[nodes]
         off = off_all[nodes]
         all_on = bool(on.all())
+        # A component whose node columns are all still the gathered arrays
+        # keeps its old value: its delta is exactly zero, skip it.
+        base = out.bases.get(id(row["idx"]))
+        changed = (
+            {k for k, v in row.items() if base.get(k) is not v}
+            if base is not None
+            else set(row)
+        )
+        wanted = [
+            deps is not None
+            and not (all_on and c in _OFF_SET)
+            and not changed.isdisjoint(deps)
+            for c, deps in enumerate(METRIC_DEPS)
+        ]
+        newc = metric_columns(row, wanted)
         for c in range(NMETRICS):
             new = newc[c]
             if new is None:
                 continue
             is_off = c in _OFF_SET
-            if all_on and is_off:
-                continue
             old = mt[c][nodes]
             delta = new - old
             dsq = new * new - old * old if c in _STD_SET else None

@@ -36,7 +36,7 @@ from maintd.balance.score import (
 from maintd.model import Cluster
 
 #: Candidate pairs evaluated per NumPy batch (bounds peak memory).
-BATCH_PAIRS = 8_000
+BATCH_PAIRS = 8000
 
 
 @attrs.frozen

@@ -432,37 +432,85 @@ def _pdsk(excl: np.ndarray, fsp: np.ndarray, tsp: np.ndarray, fdsk: Any, tdsk: A
     return np.where(excl != 0, sp, dk)
 
 
-def metric_columns(r: Mapping[str, np.ndarray]) -> list[np.ndarray | None]:
+#: Node columns each score component is computed from (None: cluster-wide).
+METRIC_DEPS: tuple[frozenset[str] | None, ...] = tuple(
+    None if d is None else frozenset(d.split())
+    for d in (
+        "tmem nmem imem xpos",
+        "excl fsp tsp fdsk tdsk",
+        "failn1 nsec npri",
+        "rmem tmem",
+        "nsec npri",
+        "npri",
+        "ucpu tcpu speed",
+        "ucpu_l",
+        "umem_l pool_m",
+        "udsk_l",
+        "unet_l",
+        "conf",
+        "instsp hisp",
+        "fmemF tmem",
+        "excl fspF tsp fdskF tdsk",
+        "ucpuF tcpu speed",
+        "instspF hisp",
+        "locscore",
+        None,
+        "rmem tmem",
+    )
+)
+
+
+def metric_columns(
+    r: Mapping[str, np.ndarray], wanted: Sequence[bool] | None = None
+) -> list[np.ndarray | None]:
     """The twenty per-node score components of :func:`node_metrics`, one array each.
 
-    Entry 18 (the location-exclusion map statistic, cluster-wide) is None.
+    Entry 18 (the location-exclusion map statistic, cluster-wide) is None,
+    and so is every entry not ``wanted`` (all are computed when None).
     """
+    w = wanted if wanted is not None else [True] * NMETRICS
     tmem = r["tmem"]
+    out: list[np.ndarray | None] = [None] * NMETRICS
     with np.errstate(divide="ignore", invalid="ignore"):
-        unalloc = np.trunc(tmem) - r["nmem"] - r["imem"] - r["xpos"]
-        prem = r["rmem"] / tmem
-        return [
-            unalloc / tmem,
-            _pdsk(r["excl"], r["fsp"], r["tsp"], r["fdsk"], r["tdsk"]),
-            np.where(r["failn1"] != 0, r["nsec"] + r["npri"], 0.0),
-            prem,
-            r["nsec"] + r["npri"],
-            r["npri"],
-            r["ucpu"] / r["tcpu"] / r["speed"],
-            r["ucpu_l"],
-            r["umem_l"] / r["pool_m"],
-            r["udsk_l"],
-            r["unet_l"],
-            r["conf"],
-            r["instsp"] / r["hisp"],
-            r["fmemF"] / tmem,
-            _pdsk(r["excl"], r["fspF"], r["tsp"], r["fdskF"], r["tdsk"]),
-            r["ucpuF"] / r["tcpu"] / r["speed"],
-            r["instspF"] / r["hisp"],
-            r["locscore"],
-            None,
-            prem,
-        ]
+        if w[0]:
+            out[0] = (np.trunc(tmem) - r["nmem"] - r["imem"] - r["xpos"]) / tmem
+        if w[1]:
+            out[1] = _pdsk(r["excl"], r["fsp"], r["tsp"], r["fdsk"], r["tdsk"])
+        if w[2]:
+            out[2] = np.where(r["failn1"] != 0, r["nsec"] + r["npri"], 0.0)
+        if w[3] or w[19]:
+            prem = r["rmem"] / tmem
+            out[3] = prem if w[3] else None
+            out[19] = prem if w[19] else None
+        if w[4]:
+            out[4] = r["nsec"] + r["npri"]
+        if w[5]:
+            out[5] = r["npri"]
+        if w[6]:
+            out[6] = r["ucpu"] / r["tcpu"] / r["speed"]
+        if w[7]:
+            out[7] = r["ucpu_l"]
+        if w[8]:
+            out[8] = r["umem_l"] / r["pool_m"]
+        if w[9]:
+            out[9] = r["udsk_l"]
+        if w[10]:
+            out[10] = r["unet_l"]
+        if w[11]:
+            out[11] = r["conf"]
+        if w[12]:
+            out[12] = r["instsp"] / r["hisp"]
+        if w[13]:
+            out[13] = r["fmemF"] / tmem
+        if w[14]:
+            out[14] = _pdsk(r["excl"], r["fspF"], r["tsp"], r["fdskF"], r["tdsk"])
+        if w[15]:
+            out[15] = r["ucpuF"] / r["tcpu"] / r["speed"]
+        if w[16]:
+            out[16] = r["instspF"] / r["hisp"]
+        if w[17]:
+            out[17] = r["locscore"]
+    return out
 
 
 def node_metrics(r: Mapping[str, np.ndarray]) -> np.ndarray:
