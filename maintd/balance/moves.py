@@ -523,7 +523,28 @@ def score_outcome(b: Batch, stats: Stats, out: Outcome) -> np.ndarray:
     mt = stats.mt if stats.mt is not None else np.ascontiguousarray(st.metrics.T)
     ds: list[np.ndarray | None] = [None] * NMETRICS
     dq: list[np.ndarray | None] = [None] * NMETRICS
+    # Leading slots that depend on the instance only are summed per instance
+    # and expanded to pairs once ((a + b)[ex] is (a[ex] + b[ex]) exactly).
+    level: np.ndarray | None = None  # expansion pending for ds/dq, if any
+
+    def flush() -> None:
+        nonlocal level
+        if level is not None:
+            ex = level
+            for acc in (ds, dq):
+                for c, v in enumerate(acc):
+                    if v is not None:
+                        acc[c] = v[ex]
+            level = None
+
+    first = True
     for nodes, row, expand in out.slots:
+        if expand is not None and (first or level is expand):
+            level = expand
+            expand = None
+        else:
+            flush()
+        first = False
         on = on_all[nodes]
         off = off_all[nodes]
         all_on = bool(on.all())
@@ -559,11 +580,19 @@ def score_outcome(b: Batch, stats: Stats, out: Outcome) -> np.ndarray:
                 delta = delta[expand]
                 if dsq is not None:
                     dsq = dsq[expand]
+            # Accumulators are always fresh arrays of their own: add in place.
             prev = ds[c]
-            ds[c] = delta if prev is None else prev + delta
+            if prev is None:
+                ds[c] = delta
+            else:
+                prev += delta
             if dsq is not None:
                 prevq = dq[c]
-                dq[c] = dsq if prevq is None else prevq + dsq
+                if prevq is None:
+                    dq[c] = dsq
+                else:
+                    prevq += dsq
+    flush()
     n = stats.n
     vals = np.empty((k, NMETRICS))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -577,7 +606,8 @@ def score_outcome(b: Batch, stats: Stats, out: Outcome) -> np.ndarray:
                 dqc = dq[c]
                 qc = dqc + stats.q[c] if dqc is not None else np.full(k, stats.q[c])
                 var = qc / n - mean * mean
-                vals[:, c] = np.sqrt(np.maximum(var, 0.0))
+                np.maximum(var, 0.0, out=var)
+                vals[:, c] = np.sqrt(var, out=var)
             else:
                 vals[:, c] = sc
     if st.has_tags and st.has_locations:
