@@ -8,7 +8,7 @@ hbal/ours of wall time, and each process's peak RSS.  Where a size gets a
 move cap, both tools get the same ``-l``; hbal runs under a time limit and
 shows ``timeout`` when it does not finish.
 
-Usage: .venv/bin/python bench/balance.py [--sizes 50x400,200x2000:10,1000x15000:1]
+Usage: .venv/bin/python bench/balance.py [--sizes 50x400:20,200x2000:1,1000x15000:1]
                                          [--hbal-timeout S]
 (the package is installed in the venv; run the script with the venv's Python)
 The box is shared: the load average is printed with the figures.
@@ -29,7 +29,7 @@ from maintd.balance.gen import generate_cluster
 from maintd.balance.text import format_text
 
 HBAL = "/usr/lib/ganeti/3.0/usr/bin/hbal"
-DEFAULT_SIZES = "50x400,200x2000:10,1000x15000:1"
+DEFAULT_SIZES = "50x400:20,200x2000:1,1000x15000:1"
 
 
 def run_measured(cmd: list[str], timeout: float) -> tuple[str, float, float, int, bool]:
@@ -62,8 +62,8 @@ def main() -> None:
     ap.add_argument(
         "--hbal-timeout",
         type=float,
-        default=120.0,
-        help="wall-time limit of each hbal run (default keeps the whole run under ~10 min)",
+        default=200.0,
+        help="wall-time limit of each hbal run (the defaults keep the whole run under ~10 min)",
     )
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()

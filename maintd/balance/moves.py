@@ -152,7 +152,11 @@ class Batch:
 
 
 def gather(state: State, nodes: np.ndarray) -> Row:
-    row = {k: state.node[k][nodes] for k in NODE_COLS}
+    stack = state.node_stack
+    if stack is None:
+        row = {k: state.node[k][nodes] for k in NODE_COLS}
+    else:  # one take for all columns; each row entry is a contiguous view
+        row = dict(zip(NODE_COLS, stack.take(nodes, axis=1), strict=True))
     row["idx"] = nodes
     return row
 
@@ -621,6 +625,7 @@ def score_outcome(b: Batch, stats: Stats, out: Outcome) -> np.ndarray:
 
 def apply_move(state: State, tops: PeerTops, inst: int, move: Move, target: int) -> None:
     """Apply one move to ``state`` in place (ignoring soft errors, like ``Moves.move``)."""
+    state.node_stack = None  # the node columns change below
     b = Batch(state=state, tops=tops, ii=np.array([inst]), force=False)
     tt = np.array([target if target >= 0 else 0])
     out = simulate(b, move, tt)

@@ -129,6 +129,9 @@ class State:
     metrics: np.ndarray = attrs.field(init=False)  # (N, 20)
     node_index: dict[str, int] = attrs.field(init=False)
     inst_index: dict[str, int] = attrs.field(init=False)
+    #: (len(NODE_COLS), N) copy of the node columns for one planning step
+    #: (set by the planner while it evaluates candidates, None otherwise).
+    node_stack: np.ndarray | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.node_index = {n: i for i, n in enumerate(self.node_names)}
