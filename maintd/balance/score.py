@@ -430,9 +430,12 @@ def _set_sec(node: dict[str, np.ndarray], inst: dict[str, np.ndarray], i: int, s
 
 def _pdsk(excl: np.ndarray, fsp: np.ndarray, tsp: np.ndarray, fdsk: Any, tdsk: Any) -> Any:
     with np.errstate(divide="ignore", invalid="ignore"):
-        sp = np.where(tsp == 0, 1.0, fsp / np.where(tsp == 0, 1.0, tsp))
         dk = np.where(tdsk == 0, 1.0, fdsk / np.where(tdsk == 0, 1.0, tdsk))
-    return np.where(excl != 0, sp, dk)
+        on_sp = excl != 0
+        if not on_sp.any():  # no exclusive storage: the disk ratio everywhere
+            return dk
+        sp = np.where(tsp == 0, 1.0, fsp / np.where(tsp == 0, 1.0, tsp))
+    return np.where(on_sp, sp, dk)
 
 
 #: Node columns each score component is computed from (None: cluster-wide).
