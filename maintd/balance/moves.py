@@ -20,6 +20,8 @@ import attrs
 import numpy as np
 
 from maintd.balance.score import (
+    MAP_COL,
+    METRIC_DEPS,
     NMETRICS,
     NODE_COLS,
     OFF_COLS,
@@ -27,7 +29,7 @@ from maintd.balance.score import (
     WEIGHTS,
     State,
     map_value,
-    node_metrics,
+    metric_columns,
 )
 
 Row = dict[str, np.ndarray]
@@ -78,6 +80,8 @@ class Stats:
     q: np.ndarray  # (20,) sums of squares over online group nodes
     n: int
     map_value: float
+    #: (20, N) per-node metrics, transposed (contiguous per metric).
+    mt: np.ndarray | None = None
 
 
 def cluster_stats(state: State) -> Stats:
@@ -88,7 +92,13 @@ def cluster_stats(state: State) -> Stats:
     q = (m * m).sum(axis=0)
     off = np.where(offline[:, None], state.metrics, 0.0).sum(axis=0)
     s[OFF_COLS] = off[OFF_COLS]
-    return Stats(s=s, q=q, n=int(online.sum()), map_value=map_value(state.gmap))
+    return Stats(
+        s=s,
+        q=q,
+        n=int(online.sum()),
+        map_value=map_value(state.gmap),
+        mt=np.ascontiguousarray(state.metrics.T),
+    )
 
 
 @attrs.define
@@ -131,13 +141,22 @@ class Batch:
     tops: PeerTops
     ii: np.ndarray  # (K,) instance index per pair
     force: bool
+    _cols: dict[str, np.ndarray] = attrs.field(factory=dict, init=False, repr=False)
 
     def inst(self, col: str) -> np.ndarray:
-        return self.state.inst[col][self.ii]
+        """The instance column ``col`` per pair (gathered once per batch)."""
+        got = self._cols.get(col)
+        if got is None:
+            got = self._cols[col] = self.state.inst[col][self.ii]
+        return got
 
 
 def gather(state: State, nodes: np.ndarray) -> Row:
-    row = {k: state.node[k][nodes] for k in NODE_COLS}
+    stack = state.node_stack
+    if stack is None:
+        row = {k: state.node[k][nodes] for k in NODE_COLS}
+    else:  # one take for all columns; each row entry is a contiguous view
+        row = dict(zip(NODE_COLS, stack.take(nodes, axis=1), strict=True))
     row["idx"] = nodes
     return row
 
@@ -346,6 +365,9 @@ class Outcome:
     new_p: np.ndarray
     new_s: np.ndarray
     new_ls: np.ndarray
+    #: The rows as gathered before the move, by id of their ``idx`` array: a
+    #: node column that is the same object in a slot's row is unchanged.
+    bases: dict[int, Row] = attrs.field(factory=dict)
 
 
 def _mig(state: State, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -393,66 +415,73 @@ def simulate(
     def expand(x: np.ndarray) -> np.ndarray:
         return x if ex is None else x[ex]
 
+    bases: dict[int, Row] = {}
+
+    def gat(nodes: np.ndarray) -> Row:
+        row = gather(st, nodes)
+        bases[id(nodes)] = row
+        return row
+
     if move == Move.FAILOVER:
         strict = ~(p_off | force)
         fail = _mig(st, p, s)
-        rs = remove_sec(b, gather(st, s), p)
+        rs = remove_sec(b, gat(s), p)
         rs, f1 = add_pri(b, rs, ls_old, strict)
-        rp = remove_pri(b, gather(st, p), ls_old)
+        rp = remove_pri(b, gat(p), ls_old)
         rp, f2 = add_sec(b, rp, s, strict, ignore_disks=p_off)
-        return Outcome([(p, rp, None), (s, rs, None)], fail | f1 | f2, s, p, ls_old)
+        return Outcome([(p, rp, None), (s, rs, None)], fail | f1 | f2, s, p, ls_old, bases)
     if move == Move.FAILOVER_TO_ANY:
         strict = ~(p_off | force)
         fail = _mig(st, p, tt)
-        rt, f1 = add_pri(b, gather(st, tt), ls_old, strict)
-        rp = remove_pri(ub, gather(st, pu), lsu)
-        return Outcome([(pu, rp, ex), (tt, rt, None)], fail | f1, tt, s, ls_old)
+        rt, f1 = add_pri(b, gat(tt), ls_old, strict)
+        rp = remove_pri(ub, gat(pu), lsu)
+        return Outcome([(pu, rp, ex), (tt, rt, None)], fail | f1, tt, s, ls_old, bases)
     if move == Move.REPLACE_PRIMARY:
         strict = ~(p_off | force)
         ls_new = _ls(st, tt, s)
         fail = _mig(st, p, s) | _mig(st, s, tt)
-        rs = remove_sec(b, gather(st, s), p)
+        rs = remove_sec(b, gat(s), p)
         rs, f1 = add_pri(b, rs, ls_new, strict)
         rs = remove_pri(b, rs, ls_new, adj=1)
-        rt, f2 = add_pri(b, gather(st, tt), ls_new, strict)
+        rt, f2 = add_pri(b, gat(tt), ls_new, strict)
         rs, f3 = add_sec(b, rs, tt, strict)
-        rp = remove_pri(ub, gather(st, pu), lsu)
+        rp = remove_pri(ub, gat(pu), lsu)
         slots = [(pu, rp, ex), (s, rs, None), (tt, rt, None)]
-        return Outcome(slots, fail | f1 | f2 | f3, tt, s, ls_new)
+        return Outcome(slots, fail | f1 | f2 | f3, tt, s, ls_new, bases)
     if move == Move.REPLACE_SECONDARY:
         s_off = st.node["offline"][s] != 0
         strict = ~(s_off | force)
         ls_new = _ls(st, p, tt)
-        rt, f1 = add_sec(b, gather(st, tt), p, strict)
+        rt, f1 = add_sec(b, gat(tt), p, strict)
         ls_new_u = np.zeros(len(pu)) if ind else ls_new
-        rp = remove_pri(ub, gather(st, pu), lsu)
+        rp = remove_pri(ub, gat(pu), lsu)
         rp, f2 = add_pri(ub, rp, ls_new_u, np.zeros(len(pu), dtype=bool), adj=-1)
-        rs = remove_sec(ub, gather(st, su), pu)
+        rs = remove_sec(ub, gat(su), pu)
         slots = [(pu, rp, ex), (su, rs, ex), (tt, rt, None)]
-        return Outcome(slots, f1 | expand(f2), p, tt, ls_new)
+        return Outcome(slots, f1 | expand(f2), p, tt, ls_new, bases)
     if move == Move.REPLACE_AND_FAILOVER:
         s_off = st.node["offline"][s] != 0
         strict_s = ~(s_off | force)
         ls_new = _ls(st, tt, p)
         fail = _mig(st, p, tt)
-        rt, f1 = add_pri(b, gather(st, tt), ls_new, np.full(len(p), not force))
-        rp = remove_pri(b, gather(st, p), ls_old)
+        rt, f1 = add_pri(b, gat(tt), ls_new, np.full(len(p), not force))
+        rp = remove_pri(b, gat(p), ls_old)
         rp, f2 = add_sec(b, rp, tt, strict_s)
-        rs = remove_sec(ub, gather(st, su), pu)
+        rs = remove_sec(ub, gat(su), pu)
         slots = [(p, rp, None), (su, rs, ex), (tt, rt, None)]
-        return Outcome(slots, fail | f1 | f2, tt, p, ls_new)
+        return Outcome(slots, fail | f1 | f2, tt, p, ls_new, bases)
     if move == Move.FAILOVER_AND_REPLACE:
         strict = ~(p_off | force)
         ls_new = _ls(st, s, tt)
         fail = _mig(st, p, s)
         strict_u = ~((st.node["offline"][pu] != 0) | force)
         ls_new_u = np.zeros(len(pu)) if ind else ls_new
-        rs = remove_sec(ub, gather(st, su), pu)
+        rs = remove_sec(ub, gat(su), pu)
         rs, f1 = add_pri(ub, rs, ls_new_u, strict_u)
-        rt, f2 = add_sec(b, gather(st, tt), s, strict)
-        rp = remove_pri(ub, gather(st, pu), lsu)
+        rt, f2 = add_sec(b, gat(tt), s, strict)
+        rp = remove_pri(ub, gat(pu), lsu)
         slots = [(pu, rp, ex), (su, rs, ex), (tt, rt, None)]
-        return Outcome(slots, fail | expand(f1) | f2, s, tt, ls_new)
+        return Outcome(slots, fail | expand(f1) | f2, s, tt, ls_new, bases)
     raise ValueError(f"unknown move {move!r}")
 
 
@@ -477,55 +506,126 @@ def _map_delta(b: Batch, old_p: np.ndarray, new_p: np.ndarray) -> np.ndarray:
     return np.where(same, 0.0, dsum - (gained - lost))
 
 
-_ONLINE_COLS = np.ones(NMETRICS, dtype=bool)
-_ONLINE_COLS[OFF_COLS] = False
-_IS_STD = np.zeros(NMETRICS, dtype=bool)
-_IS_STD[STD_COLS] = True
+
+
+_OFF_SET = frozenset(int(c) for c in OFF_COLS)
+_STD_SET = frozenset(int(c) for c in STD_COLS)
 
 
 def score_outcome(b: Batch, stats: Stats, out: Outcome) -> np.ndarray:
-    """Cluster score after each simulated move (inf where infeasible)."""
+    """Cluster score after each simulated move (inf where infeasible).
+
+    Works one metric column at a time on contiguous 1-D arrays (the per-node
+    metrics transposed once per step in :class:`Stats`), which avoids the
+    (pairs x 20) temporaries; sums are taken in the same order as a
+    row-wise computation, so the scores are bit for bit the same.
+    """
     st = b.state
     k = len(b.ii)
     on_all = st.in_group & (st.node["offline"] == 0)
     off_all = st.in_group & (st.node["offline"] != 0)
-    ds = np.zeros((k, NMETRICS))
-    dq = np.zeros((k, NMETRICS))
+    mt = stats.mt if stats.mt is not None else np.ascontiguousarray(st.metrics.T)
+    ds: list[np.ndarray | None] = [None] * NMETRICS
+    dq: list[np.ndarray | None] = [None] * NMETRICS
+    # Leading slots that depend on the instance only are summed per instance
+    # and expanded to pairs once ((a + b)[ex] is (a[ex] + b[ex]) exactly).
+    level: np.ndarray | None = None  # expansion pending for ds/dq, if any
+
+    def flush() -> None:
+        nonlocal level
+        if level is not None:
+            ex = level
+            for acc in (ds, dq):
+                for c, v in enumerate(acc):
+                    if v is not None:
+                        acc[c] = v[ex]
+            level = None
+
+    first = True
     for nodes, row, expand in out.slots:
-        old = st.metrics[nodes]
-        new = node_metrics(row)
+        if expand is not None and (first or level is expand):
+            level = expand
+            expand = None
+        else:
+            flush()
+        first = False
         on = on_all[nodes]
         off = off_all[nodes]
-        if on.all():
+        all_on = bool(on.all())
+        # A component whose node columns are all still the gathered arrays
+        # keeps its old value: its delta is exactly zero, skip it.
+        base = out.bases.get(id(row["idx"]))
+        changed = (
+            {k for k, v in row.items() if base.get(k) is not v}
+            if base is not None
+            else set(row)
+        )
+        wanted = [
+            deps is not None
+            and not (all_on and c in _OFF_SET)
+            and not changed.isdisjoint(deps)
+            for c, deps in enumerate(METRIC_DEPS)
+        ]
+        newc = metric_columns(row, wanted)
+        for c in range(NMETRICS):
+            new = newc[c]
+            if new is None:
+                continue
+            is_off = c in _OFF_SET
+            old = mt[c][nodes]
             delta = new - old
-            delta[:, OFF_COLS] = 0.0
-            dsq = new * new - old * old
-        else:
-            mask = (on[:, None] & _ONLINE_COLS) | (off[:, None] & ~_ONLINE_COLS)
-            delta = np.where(mask, new - old, 0.0)
-            dsq = np.where(mask, new * new - old * old, 0.0)
-        if expand is not None:
-            delta, dsq = delta[expand], dsq[expand]
-        ds += delta
-        dq += dsq
-    s = ds + stats.s
+            dsq = new * new - old * old if c in _STD_SET else None
+            if not all_on:
+                mask = off if is_off else on
+                delta = np.where(mask, delta, 0.0)
+                if dsq is not None:
+                    dsq = np.where(mask, dsq, 0.0)
+            if expand is not None:
+                delta = delta[expand]
+                if dsq is not None:
+                    dsq = dsq[expand]
+            # Accumulators are always fresh arrays of their own: add in place.
+            prev = ds[c]
+            if prev is None:
+                ds[c] = delta
+            else:
+                prev += delta
+            if dsq is not None:
+                prevq = dq[c]
+                if prevq is None:
+                    dq[c] = dsq
+                else:
+                    prevq += dsq
+    flush()
     n = stats.n
+    vals = np.empty((k, NMETRICS))
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean = s / n
-        var = (dq + stats.q) / n - mean * mean
-        std = np.sqrt(np.maximum(var, 0.0))
-    vals = np.where(_IS_STD, std, s)
+        for c in range(NMETRICS):
+            if c == MAP_COL:
+                continue
+            d = ds[c]
+            sc = d + stats.s[c] if d is not None else np.full(k, stats.s[c])
+            if c in _STD_SET:
+                mean = sc / n
+                dqc = dq[c]
+                qc = dqc + stats.q[c] if dqc is not None else np.full(k, stats.q[c])
+                var = qc / n - mean * mean
+                np.maximum(var, 0.0, out=var)
+                vals[:, c] = np.sqrt(var, out=var)
+            else:
+                vals[:, c] = sc
     if st.has_tags and st.has_locations:
         p_old = st.inst["pnode"][b.ii].astype(np.int64)
-        vals[:, 18] = stats.map_value + _map_delta(b, p_old, out.new_p)
+        vals[:, MAP_COL] = stats.map_value + _map_delta(b, p_old, out.new_p)
     else:
-        vals[:, 18] = stats.map_value
+        vals[:, MAP_COL] = stats.map_value
     score = vals @ WEIGHTS
     return np.where(out.fail | np.isnan(score), np.inf, score)
 
 
 def apply_move(state: State, tops: PeerTops, inst: int, move: Move, target: int) -> None:
     """Apply one move to ``state`` in place (ignoring soft errors, like ``Moves.move``)."""
+    state.node_stack = None  # the node columns change below
     b = Batch(state=state, tops=tops, ii=np.array([inst]), force=False)
     tt = np.array([target if target >= 0 else 0])
     out = simulate(b, move, tt)

@@ -27,6 +27,7 @@ from maintd.balance.moves import (
 from maintd.balance.score import (
     MIRROR_EXTERNAL,
     MIRROR_INTERNAL,
+    NODE_COLS,
     State,
     Util,
     build_state,
@@ -36,7 +37,7 @@ from maintd.balance.score import (
 from maintd.model import Cluster
 
 #: Candidate pairs evaluated per NumPy batch (bounds peak memory).
-BATCH_PAIRS = 8_000
+BATCH_PAIRS = 8000
 
 
 @attrs.frozen
@@ -116,6 +117,16 @@ def best_move(
     state: State, tops: PeerTops, opts: Options, allowed: np.ndarray
 ) -> tuple[float, int, Move, int] | None:
     """The best (score, instance, move, target) over all candidates, or None."""
+    state.node_stack = np.stack([state.node[k] for k in NODE_COLS])
+    try:
+        return _best_move(state, tops, opts, allowed)
+    finally:
+        state.node_stack = None
+
+
+def _best_move(
+    state: State, tops: PeerTops, opts: Options, allowed: np.ndarray
+) -> tuple[float, int, Move, int] | None:
     stats = cluster_stats(state)
     online = (state.node["offline"] == 0) & state.in_group & allowed
     targets = np.flatnonzero(online)

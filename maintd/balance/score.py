@@ -129,6 +129,9 @@ class State:
     metrics: np.ndarray = attrs.field(init=False)  # (N, 20)
     node_index: dict[str, int] = attrs.field(init=False)
     inst_index: dict[str, int] = attrs.field(init=False)
+    #: (len(NODE_COLS), N) copy of the node columns for one planning step
+    #: (set by the planner while it evaluates candidates, None otherwise).
+    node_stack: np.ndarray | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.node_index = {n: i for i, n in enumerate(self.node_names)}
@@ -427,9 +430,93 @@ def _set_sec(node: dict[str, np.ndarray], inst: dict[str, np.ndarray], i: int, s
 
 def _pdsk(excl: np.ndarray, fsp: np.ndarray, tsp: np.ndarray, fdsk: Any, tdsk: Any) -> Any:
     with np.errstate(divide="ignore", invalid="ignore"):
-        sp = np.where(tsp == 0, 1.0, fsp / np.where(tsp == 0, 1.0, tsp))
         dk = np.where(tdsk == 0, 1.0, fdsk / np.where(tdsk == 0, 1.0, tdsk))
-    return np.where(excl != 0, sp, dk)
+        on_sp = excl != 0
+        if not on_sp.any():  # no exclusive storage: the disk ratio everywhere
+            return dk
+        sp = np.where(tsp == 0, 1.0, fsp / np.where(tsp == 0, 1.0, tsp))
+    return np.where(on_sp, sp, dk)
+
+
+#: Node columns each score component is computed from (None: cluster-wide).
+METRIC_DEPS: tuple[frozenset[str] | None, ...] = tuple(
+    None if d is None else frozenset(d.split())
+    for d in (
+        "tmem nmem imem xpos",
+        "excl fsp tsp fdsk tdsk",
+        "failn1 nsec npri",
+        "rmem tmem",
+        "nsec npri",
+        "npri",
+        "ucpu tcpu speed",
+        "ucpu_l",
+        "umem_l pool_m",
+        "udsk_l",
+        "unet_l",
+        "conf",
+        "instsp hisp",
+        "fmemF tmem",
+        "excl fspF tsp fdskF tdsk",
+        "ucpuF tcpu speed",
+        "instspF hisp",
+        "locscore",
+        None,
+        "rmem tmem",
+    )
+)
+
+
+def metric_columns(
+    r: Mapping[str, np.ndarray], wanted: Sequence[bool] | None = None
+) -> list[np.ndarray | None]:
+    """The twenty per-node score components of :func:`node_metrics`, one array each.
+
+    Entry 18 (the location-exclusion map statistic, cluster-wide) is None,
+    and so is every entry not ``wanted`` (all are computed when None).
+    """
+    w = wanted if wanted is not None else [True] * NMETRICS
+    tmem = r["tmem"]
+    out: list[np.ndarray | None] = [None] * NMETRICS
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if w[0]:
+            out[0] = (np.trunc(tmem) - r["nmem"] - r["imem"] - r["xpos"]) / tmem
+        if w[1]:
+            out[1] = _pdsk(r["excl"], r["fsp"], r["tsp"], r["fdsk"], r["tdsk"])
+        if w[2]:
+            out[2] = np.where(r["failn1"] != 0, r["nsec"] + r["npri"], 0.0)
+        if w[3] or w[19]:
+            prem = r["rmem"] / tmem
+            out[3] = prem if w[3] else None
+            out[19] = prem if w[19] else None
+        if w[4]:
+            out[4] = r["nsec"] + r["npri"]
+        if w[5]:
+            out[5] = r["npri"]
+        if w[6]:
+            out[6] = r["ucpu"] / r["tcpu"] / r["speed"]
+        if w[7]:
+            out[7] = r["ucpu_l"]
+        if w[8]:
+            out[8] = r["umem_l"] / r["pool_m"]
+        if w[9]:
+            out[9] = r["udsk_l"]
+        if w[10]:
+            out[10] = r["unet_l"]
+        if w[11]:
+            out[11] = r["conf"]
+        if w[12]:
+            out[12] = r["instsp"] / r["hisp"]
+        if w[13]:
+            out[13] = r["fmemF"] / tmem
+        if w[14]:
+            out[14] = _pdsk(r["excl"], r["fspF"], r["tsp"], r["fdskF"], r["tdsk"])
+        if w[15]:
+            out[15] = r["ucpuF"] / r["tcpu"] / r["speed"]
+        if w[16]:
+            out[16] = r["instspF"] / r["hisp"]
+        if w[17]:
+            out[17] = r["locscore"]
+    return out
 
 
 def node_metrics(r: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -438,31 +525,11 @@ def node_metrics(r: Mapping[str, np.ndarray]) -> np.ndarray:
     The location-exclusion column is 0 here: it is a cluster-wide map
     statistic kept in :attr:`State.gmap`.
     """
-    tmem = r["tmem"]
     shape = np.broadcast(*[np.asarray(v) for v in r.values()]).shape
     out = np.zeros(shape + (NMETRICS,))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        unalloc = np.trunc(tmem) - r["nmem"] - r["imem"] - r["xpos"]
-        out[..., 0] = unalloc / tmem
-        out[..., 1] = _pdsk(r["excl"], r["fsp"], r["tsp"], r["fdsk"], r["tdsk"])
-        out[..., 2] = np.where(r["failn1"] != 0, r["nsec"] + r["npri"], 0.0)
-        prem = r["rmem"] / tmem
-        out[..., 3] = prem
-        out[..., 4] = r["nsec"] + r["npri"]
-        out[..., 5] = r["npri"]
-        out[..., 6] = r["ucpu"] / r["tcpu"] / r["speed"]
-        out[..., 7] = r["ucpu_l"]
-        out[..., 8] = r["umem_l"] / r["pool_m"]
-        out[..., 9] = r["udsk_l"]
-        out[..., 10] = r["unet_l"]
-        out[..., 11] = r["conf"]
-        out[..., 12] = r["instsp"] / r["hisp"]
-        out[..., 13] = r["fmemF"] / tmem
-        out[..., 14] = _pdsk(r["excl"], r["fspF"], r["tsp"], r["fdskF"], r["tdsk"])
-        out[..., 15] = r["ucpuF"] / r["tcpu"] / r["speed"]
-        out[..., 16] = r["instspF"] / r["hisp"]
-        out[..., 17] = r["locscore"]
-        out[..., 19] = prem
+    for c, col in enumerate(metric_columns(r)):
+        if col is not None:
+            out[..., c] = col
     return out
 
 
