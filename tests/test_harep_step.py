@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from maintd.harep.tags import RepairResult, RepairType, parse
@@ -353,6 +354,24 @@ class GuardTests(SynchronousTestCase):
         self.assertEqual(w.rapi.writes(), [])
         self.assertEqual([n["instance"] for n in ctx.notes], ["inst1"])
         self.assertEqual(ctx.notes[0]["harep"], "not-enabled")
+
+    def test_repeating_no_action_verdicts_log_at_debug(self) -> None:
+        """Without an autorepair tag a broken instance is noted every round, but
+        logged only at debug; a repair that starts is logged at info."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        World(make_cluster(offline=["n2"], instances=[drbd()])).round()
+        World(
+            make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()])
+        ).round()
+        levels = {
+            e["verdict"]: e["log_level"]
+            for e in events
+            if e.get("log_namespace") == "maintd.steps.harep" and "verdict" in e
+        }
+        self.assertEqual(levels["not-enabled"], LogLevel.debug)
+        self.assertEqual(levels["repair"], LogLevel.info)
 
     def test_failed_pending_tag_job_stops_the_repair(self) -> None:
         w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))

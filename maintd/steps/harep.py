@@ -53,6 +53,10 @@ log = Logger()
 
 #: Verdicts that change nothing on the cluster.
 _QUIET = {Verdict.HEALTHY}
+#: Verdicts that repeat every round while nothing is done: logged at debug
+#: (still noted in /1/last-round), so an operator who has not opted in to
+#: auto-repair does not get a line per broken instance per round.
+_REPEATING = {Verdict.SUSPENDED, Verdict.NOT_ENABLED, Verdict.ENOPERM_KNOWN, Verdict.WAITING}
 _WRITES = {Verdict.ENOPERM, Verdict.REPAIR, Verdict.CONTINUE, Verdict.FINISHED}
 
 
@@ -185,21 +189,18 @@ async def _instance(ctx: Any, inst: Instance) -> _Starting | None:
 def _log_decision(decision: Decision, dry: bool) -> None:
     prefix = "harep (dry run)" if dry else "harep"
     if decision.verdict in (Verdict.ERROR, Verdict.FAILED):
-        log.warn(
-            "{prefix}: instance {instance}: {verdict}: {message}",
-            prefix=prefix,
-            instance=decision.instance,
-            verdict=decision.verdict.value,
-            message=decision.message,
-        )
+        emit = log.warn
+    elif decision.verdict in _REPEATING:
+        emit = log.debug
     else:
-        log.info(
-            "{prefix}: instance {instance}: {verdict}: {message}",
-            prefix=prefix,
-            instance=decision.instance,
-            verdict=decision.verdict.value,
-            message=decision.message,
-        )
+        emit = log.info
+    emit(
+        "{prefix}: instance {instance}: {verdict}: {message}",
+        prefix=prefix,
+        instance=decision.instance,
+        verdict=decision.verdict.value,
+        message=decision.message,
+    )
 
 
 async def _carry_out(
