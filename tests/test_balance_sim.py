@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from maintd.balance.score import build_state, compute_cv
-from maintd.config import DaemonConfig
-from maintd.round import RoundContext, run_round
 from maintd.steps.balance import balance_step
 from maintd.steps.jobs import jobs_step
 from maintd.steps.snapshot import snapshot_step
@@ -19,19 +15,7 @@ from tests.test_harep_sim import SimHarness, drbd, scenario
 
 class BalanceHarness(SimHarness):
     async def balance_round(self, **cfg: Any) -> Any:
-        self.number += 1
-        config = DaemonConfig.for_tests(state_dir=self.state_dir, job_wait=30.0, **cfg)
-        ctx = RoundContext(
-            number=self.number,
-            now=time.time(),
-            config=config,
-            reactor=reactor,
-            state=self.state,
-            rapi=self.rapi,
-        )
-        await run_round(ctx, [jobs_step, snapshot_step, balance_step])
-        self.state = ctx.state
-        return ctx
+        return await self.round(steps=[jobs_step, snapshot_step, balance_step], **cfg)
 
 
 def stacked() -> Any:

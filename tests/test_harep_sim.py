@@ -64,9 +64,10 @@ class SimHarness:
         self.state_dir = test.mktemp()
         self.number = 0
 
-    async def round(self, *, dry_run: bool = False) -> RoundContext:
+    async def round(self, *, steps: Any = None, **cfg: Any) -> RoundContext:
+        """One round of ``steps`` (default: jobs, snapshot, harep) with config ``cfg``."""
         self.number += 1
-        config = DaemonConfig.for_tests(state_dir=self.state_dir, job_wait=30.0, dry_run=dry_run)
+        config = DaemonConfig.for_tests(state_dir=self.state_dir, job_wait=30.0, **cfg)
         ctx = RoundContext(
             number=self.number,
             now=time.time(),
@@ -75,7 +76,7 @@ class SimHarness:
             state=self.state,
             rapi=self.rapi,
         )
-        await run_round(ctx, [jobs_step, snapshot_step, harep_step])
+        await run_round(ctx, steps or [jobs_step, snapshot_step, harep_step])
         self.state = ctx.state
         return ctx
 
