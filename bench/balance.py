@@ -25,8 +25,8 @@ import sys
 import tempfile
 import time
 
-from maintd.balance.gen import generate_cluster
-from maintd.balance.text import format_text
+from maintd.decide.balance.gen import generate_cluster
+from maintd.decide.balance.text import format_text
 
 HBAL = "/usr/lib/ganeti/3.0/usr/bin/hbal"
 DEFAULT_SIZES = "50x400:20,200x2000:1,1000x15000:1"
@@ -67,7 +67,7 @@ def main() -> None:
     )
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
-    plan_cmd = [sys.executable, "-m", "maintd.balance.cli"]
+    plan_cmd = [sys.executable, "-m", "maintd.admin.plan"]
     print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} hbal={HBAL}")
     head = (
         f"{'size':>12} {'cap':>4} | {'ini ours':>12} {'ini hbal':>12} | {'fin ours':>12} "

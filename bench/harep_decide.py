@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 import time
 
-from maintd.harep.decide import Status, decide_without_jobs, plan_pending, tag_state
-from maintd.harep.tags import RepairResult, RepairTag, RepairType
-from maintd.model import Cluster, Group, Instance, Node
+from maintd.cluster.model import Cluster, Group, Instance, Node
+from maintd.decide.harep.decide import Status, decide_without_jobs, plan_pending, tag_state
+from maintd.decide.harep.tags import RepairResult, RepairTag, RepairType
 
 P = "ganeti:watcher:autorepair:"
 

@@ -23,8 +23,8 @@ import sys
 import tempfile
 import time
 
-from maintd.state import Action, Incident, MaintState, RepairStatus
-from maintd.store import StateStore
+from maintd.daemon.state import Action, Incident, MaintState, RepairStatus
+from maintd.daemon.store import StateStore
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 

@@ -30,14 +30,14 @@ from typing import Any
 import attrs
 from twisted.internet import defer, task
 
-from maintd import incidents as I
-from maintd.mond import DEFAULT_PARALLEL, MondClient
-from maintd.rapi.client import RapiClient
-from maintd.state import MaintState
-from maintd.steps.cleanup import cleanup_step
-from maintd.steps.collect import collect_step
-from maintd.steps.handle import handle_step
-from maintd.steps.snapshot import snapshot_step
+from maintd.cluster.mond import DEFAULT_PARALLEL, MondClient
+from maintd.cluster.rapi.client import RapiClient
+from maintd.daemon.state import MaintState
+from maintd.daemon.steps.cleanup import cleanup_step
+from maintd.daemon.steps.collect import collect_step
+from maintd.daemon.steps.handle import handle_step
+from maintd.daemon.steps.snapshot import snapshot_step
+from maintd.decide import incidents as I
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 

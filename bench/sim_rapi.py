@@ -13,7 +13,7 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet import defer, task
 
-from maintd import model
+from maintd.cluster import model
 from maintd.sim.cluster import SimCluster
 from maintd.sim.rapi import RapiFront
 from maintd.sim.runtime import Simulation

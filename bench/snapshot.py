@@ -120,8 +120,8 @@ def serve_sim(workdir: str, n_nodes: int, n_inst: int) -> None:
     """Server process: the simulator running the generated cluster."""
     from twisted.internet import reactor
 
-    from maintd import model
-    from maintd.rapi.loader import build_cluster
+    from maintd.cluster import model
+    from maintd.cluster.rapi.loader import build_cluster
     from maintd.sim.embed import EmbeddedSimulator
 
     bodies = generate(n_nodes, n_inst)
@@ -191,7 +191,7 @@ def load(server: dict[str, str], repeat: int) -> list[tuple[float, float, int, i
     from twisted.internet import task
     from twisted.internet.defer import Deferred
 
-    from maintd.rapi.client import RapiClient
+    from maintd.cluster.rapi.client import RapiClient
 
     results: list[tuple[float, float, int, int]] = []
 

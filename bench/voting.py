@@ -12,7 +12,7 @@ import time
 
 from twisted.internet import defer, task
 
-from maintd.voting import BlockingNodedClient, NodedTLS, Tally, TwistedNodedClient
+from maintd.cluster.voting import BlockingNodedClient, NodedTLS, Tally, TwistedNodedClient
 from tests.test_voting_fakes import Certs, start_nodes
 
 ME = "node1.example.com"

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-from maintd.model import Cluster, Group, Instance, Node
+from maintd.cluster.model import Cluster, Group, Instance, Node
 
 P = "ganeti:watcher:autorepair:"
 

@@ -4,7 +4,7 @@ harep reads the cluster only over Luxi (``harep -L SOCKET``): four queries
 (nodes, instances, groups, cluster info) and, for pending repairs,
 ``QueryJobs``.  Messages are JSON objects ending in ``\\x03``
 (``{"method", "args"}`` in, ``{"success", "result"}`` out).  This fake
-serves a :class:`maintd.model.Cluster` so the interoperability tests can run
+serves a :class:`maintd.cluster.model.Cluster` so the interoperability tests can run
 harep (``--dry-run``, so it submits nothing) on tags written by maintd.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
 
-from maintd.model import Cluster
+from maintd.cluster.model import Cluster
 
 EOM = b"\x03"
 

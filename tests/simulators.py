@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from maintd.rapi.client import RapiClient
+from maintd.cluster.rapi.client import RapiClient
 from maintd.sim.embed import EmbeddedSimulator, free_port
 
 __all__ = ["client_for", "free_port", "start_simulator"]

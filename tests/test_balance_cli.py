@@ -14,8 +14,8 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd.balance.cli import PlanError, run
-from maintd.balance.text import parse_text
+from maintd.admin.plan import PlanError, run
+from maintd.decide.balance.text import parse_text
 from tests.test_balance_text import DATA
 
 EVAC = os.path.join(DATA, "hbal-evac.data")
@@ -132,7 +132,7 @@ class LiveClusterTests(SynchronousTestCase):
             assert url is not None
             saved = os.path.join(tmp, "sim.data")
             cmd = [
-                sys.executable, "-m", "maintd.balance.cli", "-m", url,
+                sys.executable, "-m", "maintd.admin.plan", "-m", url,
                 "--rapi-user", "maintd", "--rapi-password-file", os.path.join(tmp, "rapi-password"),
             ]  # fmt: skip
             groups = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

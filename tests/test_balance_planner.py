@@ -6,13 +6,13 @@ import attrs
 import numpy as np
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd.balance.gen import generate_cluster
-from maintd.balance.jobsets import commands, short_code, split_jobs
-from maintd.balance.moves import Move
-from maintd.balance.planner import Options, PlannedMove, final_cluster, plan
-from maintd.balance.score import build_state, compute_cv
-from maintd.balance.text import parse_text
-from maintd.model import Cluster
+from maintd.cluster.model import Cluster
+from maintd.decide.balance.gen import generate_cluster
+from maintd.decide.balance.jobsets import commands, short_code, split_jobs
+from maintd.decide.balance.moves import Move
+from maintd.decide.balance.planner import Options, PlannedMove, final_cluster, plan
+from maintd.decide.balance.score import build_state, compute_cv
+from maintd.decide.balance.text import parse_text
 
 
 def cluster(seed: int = 5, nodes: int = 12, insts: int = 80) -> Cluster:

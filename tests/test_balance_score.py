@@ -14,10 +14,10 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd.balance.gen import generate_cluster
-from maintd.balance.planner import Options, final_cluster, plan
-from maintd.balance.score import build_state, compute_cv, detailed_cv
-from maintd.balance.text import format_text, parse_text
+from maintd.decide.balance.gen import generate_cluster
+from maintd.decide.balance.planner import Options, final_cluster, plan
+from maintd.decide.balance.score import build_state, compute_cv, detailed_cv
+from maintd.decide.balance.text import format_text, parse_text
 from tests.test_balance_text import data_files, read
 from tests.tools import find_tool
 
@@ -66,7 +66,7 @@ class ScoreFidelity(SynchronousTestCase):
             out = run_hbal(self.hbal, path, "-v", "-v", "-v", "-l", "0")
             want = dict(re.findall(r"^\s+(\w+)\s+(-?[\d.]+|NaN)\s+x", out, re.M))
             got = detailed_cv(build_state(parse_text(read(path))))
-            from maintd.balance.score import METRICS
+            from maintd.decide.balance.score import METRICS
 
             self.assertTrue(want, out)
             for (_w, metric, _k), value in zip(METRICS, got, strict=True):

@@ -6,10 +6,10 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from maintd.balance.score import build_state, compute_cv
-from maintd.steps.balance import balance_step
-from maintd.steps.jobs import jobs_step
-from maintd.steps.snapshot import snapshot_step
+from maintd.daemon.steps.balance import balance_step
+from maintd.daemon.steps.jobs import jobs_step
+from maintd.daemon.steps.snapshot import snapshot_step
+from maintd.decide.balance.score import build_state, compute_cv
 from tests.test_harep_sim import SimHarness, drbd, scenario
 
 

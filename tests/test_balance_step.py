@@ -11,17 +11,17 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd.balance.gen import generate_cluster
-from maintd.balance.jobsets import split_jobs
-from maintd.balance.load import LoadError, NodeReports, compute_load
-from maintd.balance.planner import Options, plan
-from maintd.config import DaemonConfig
-from maintd.model import Cluster
-from maintd.mond import MondError
-from maintd.rapi.errors import RapiServerError
-from maintd.round import RoundContext
-from maintd.state import MaintState
-from maintd.steps.balance import balance_step, settings
+from maintd.cluster.model import Cluster
+from maintd.cluster.mond import MondError
+from maintd.cluster.rapi.errors import RapiServerError
+from maintd.daemon.config import DaemonConfig
+from maintd.daemon.round import RoundContext
+from maintd.daemon.state import MaintState
+from maintd.daemon.steps.balance import balance_step, settings
+from maintd.decide.balance.gen import generate_cluster
+from maintd.decide.balance.jobsets import split_jobs
+from maintd.decide.balance.load import LoadError, NodeReports, compute_load
+from maintd.decide.balance.planner import Options, plan
 
 
 class FakeRapi:

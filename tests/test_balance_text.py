@@ -10,7 +10,7 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd.balance.text import TextFormatError, format_text, parse_text
+from maintd.decide.balance.text import TextFormatError, format_text, parse_text
 from tests.tools import find_tool
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "htools")

@@ -1,4 +1,4 @@
-"""The HTTP state API (maintd.api), in memory through treq's StubTreq."""
+"""The HTTP state API (maintd.daemon.api), in memory through treq's StubTreq."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 
-from maintd.api import StateAPI
-from maintd.state import Action, Incident, MaintState, RepairStatus
+from maintd.daemon.api import StateAPI
+from maintd.daemon.state import Action, Incident, MaintState, RepairStatus
 
 BASE = "http://127.0.0.1:1816"
 

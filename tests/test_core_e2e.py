@@ -21,9 +21,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
+from maintd.daemon.state import Action, Incident, MaintState, RepairStatus
+from maintd.daemon.store import StateStore
 from maintd.sim.embed import free_port
-from maintd.state import Action, Incident, MaintState, RepairStatus
-from maintd.store import StateStore
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 READY = b"Site starting on"

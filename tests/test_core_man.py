@@ -8,7 +8,7 @@ import re
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd.options import Options
+from maintd.daemon.options import Options
 
 MAN = os.path.join(os.path.dirname(__file__), "..", "man", "ganeti-maintd.rst")
 

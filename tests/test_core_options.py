@@ -1,4 +1,4 @@
-"""The daemon's command line and config file (maintd.options, maintd.config)."""
+"""The daemon's command line and config file (maintd.daemon.options, maintd.daemon.config)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from unittest import mock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd import config as cfg
-from maintd.config import DaemonConfig
-from maintd.options import Options
+from maintd.daemon import config as cfg
+from maintd.daemon.config import DaemonConfig
+from maintd.daemon.options import Options
 
 
 def parse(*argv: str) -> Options:

@@ -1,4 +1,4 @@
-"""The round service (maintd.scheduler) and the round runner (maintd.round)."""
+"""The round service (maintd.daemon.scheduler) and the round runner (maintd.daemon.round)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from twisted.internet import defer, task
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd.config import DaemonConfig
-from maintd.round import RoundContext, RoundRunner, RoundStopped, run_round
-from maintd.scheduler import RoundService
-from maintd.state import MaintState
-from maintd.store import StateStore
+from maintd.daemon.config import DaemonConfig
+from maintd.daemon.round import RoundContext, RoundRunner, RoundStopped, run_round
+from maintd.daemon.scheduler import RoundService
+from maintd.daemon.state import MaintState
+from maintd.daemon.store import StateStore
 
 
 class FakeRounds:

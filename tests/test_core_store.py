@@ -1,4 +1,4 @@
-"""The durable state store (maintd.store)."""
+"""The durable state store (maintd.daemon.store)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from unittest import mock
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd import store as store_mod
-from maintd.state import Action, Incident, MaintState, RepairStatus
-from maintd.store import StateStore, StoreError
+from maintd.daemon import store as store_mod
+from maintd.daemon.state import Action, Incident, MaintState, RepairStatus
+from maintd.daemon.store import StateStore, StoreError
 
 
 def incident(n: int, status: RepairStatus = RepairStatus.PENDING) -> Incident:

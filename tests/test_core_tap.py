@@ -1,4 +1,4 @@
-"""Service composition (maintd.tap) with a fake reactor, and the log filter."""
+"""Service composition (maintd.daemon.tap) with a fake reactor, and the log filter."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, LogPublisher, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd import tap
-from maintd.config import DaemonConfig
-from maintd.logsetup import LogLevelService
-from maintd.options import Options
-from maintd.round import RoundContext
-from maintd.state import MaintState
-from maintd.store import StateStore
+from maintd.daemon import tap
+from maintd.daemon.config import DaemonConfig
+from maintd.daemon.logsetup import LogLevelService
+from maintd.daemon.options import Options
+from maintd.daemon.round import RoundContext
+from maintd.daemon.state import MaintState
+from maintd.daemon.store import StateStore
 
 
 class EndpointTests(SynchronousTestCase):
@@ -42,10 +42,10 @@ class EndpointTests(SynchronousTestCase):
 def isolate_from_other_parts(test: SynchronousTestCase) -> None:
     """Stand-ins for the parts other engineers write (steps, RAPI, mond), so
     these tests see only the composition, whatever has been merged."""
-    steps = types.ModuleType("maintd.steps")
+    steps = types.ModuleType("maintd.daemon.steps")
     steps.default_steps = lambda config: []  # type: ignore[attr-defined]
-    absent = {"maintd.rapi.client": None, "maintd.mond": None}  # None: ImportError
-    patcher = mock.patch.dict(sys.modules, {"maintd.steps": steps, **absent})
+    absent = {"maintd.cluster.rapi.client": None, "maintd.cluster.mond": None}  # None: ImportError
+    patcher = mock.patch.dict(sys.modules, {"maintd.daemon.steps": steps, **absent})
     patcher.start()
     test.addCleanup(patcher.stop)
 
@@ -81,9 +81,9 @@ class MakeServiceTests(SynchronousTestCase):
             seen.append(ctx.number)
             await ctx.commit(ctx.state.__class__(evacuated=("inst9",)))
 
-        fake = types.ModuleType("maintd.steps")
+        fake = types.ModuleType("maintd.daemon.steps")
         fake.default_steps = lambda config: [step]  # type: ignore[attr-defined]
-        with mock.patch.dict(sys.modules, {"maintd.steps": fake}):
+        with mock.patch.dict(sys.modules, {"maintd.daemon.steps": fake}):
             svc = self.make()
         self.run_service(svc)
         self.reactor.advance(0)
@@ -161,12 +161,12 @@ class MakeServiceTests(SynchronousTestCase):
             def __init__(self, reactor: Any, **kw: Any) -> None:
                 built["mond"] = kw
 
-        rapi_mod = types.ModuleType("maintd.rapi.client")
+        rapi_mod = types.ModuleType("maintd.cluster.rapi.client")
         rapi_mod.RapiClient = FakeRapi  # type: ignore[attr-defined]
-        mond_mod = types.ModuleType("maintd.mond")
+        mond_mod = types.ModuleType("maintd.cluster.mond")
         mond_mod.MondClient = FakeMond  # type: ignore[attr-defined]
         with mock.patch.dict(
-            sys.modules, {"maintd.rapi.client": rapi_mod, "maintd.mond": mond_mod}
+            sys.modules, {"maintd.cluster.rapi.client": rapi_mod, "maintd.cluster.mond": mond_mod}
         ):
             svc = self.make(mond_port=1999, mond_parallel=7)
         self.assertEqual(built["rapi"], "http://127.0.0.1:1")
@@ -210,7 +210,7 @@ class LogLevelTests(SynchronousTestCase):
                             "log_namespace": namespace,
                         }
                     )
-            publisher({"log_level": LogLevel.info, "log_format": "round 1 done", "log_namespace": "maintd.scheduler"})
+            publisher({"log_level": LogLevel.info, "log_format": "round 1 done", "log_namespace": "maintd.daemon.scheduler"})
             svc.stopService()
             return seen
 

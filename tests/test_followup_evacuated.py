@@ -1,6 +1,6 @@
 """The evacuated list: who joins it (handle, harep), who leaves it (the prune step).
 
-Pure decisions of :mod:`maintd.evacuation`, then the steps with fakes.
+Pure decisions of :mod:`maintd.decide.evacuation`, then the steps with fakes.
 The end-to-end run against the simulator is in ``test_followup_evacuated_sim``.
 """
 
@@ -13,16 +13,16 @@ from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd import evacuation
-from maintd.balance.gen import generate_cluster
-from maintd.mond import Action, MondError
-from maintd.state import MaintState
-from maintd.steps import default_steps
-from maintd.steps.collect import collect_step
-from maintd.steps.evacuated import evacuated_step
-from maintd.steps.handle import handle_step
-from maintd.steps.jobs import jobs_step
-from maintd.steps.snapshot import snapshot_step
+from maintd.cluster.mond import Action, MondError
+from maintd.daemon.state import MaintState
+from maintd.daemon.steps import default_steps
+from maintd.daemon.steps.collect import collect_step
+from maintd.daemon.steps.evacuated import evacuated_step
+from maintd.daemon.steps.handle import handle_step
+from maintd.daemon.steps.jobs import jobs_step
+from maintd.daemon.steps.snapshot import snapshot_step
+from maintd.decide import evacuation
+from maintd.decide.balance.gen import generate_cluster
 from tests.test_balance_step import make_ctx
 from tests.test_balance_step import run as run_balance
 from tests.test_round_incidents import drbd, incident, mk_cluster, nd

@@ -21,7 +21,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
-from maintd.state import MaintState
+from maintd.daemon.state import MaintState
 from tests.test_round_e2e import Daemon as E2EDaemon
 
 TAG = "ganeti:watcher:autorepair:failover"

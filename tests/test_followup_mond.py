@@ -7,10 +7,10 @@ import resource
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd import mond
-from maintd.config import DaemonConfig
-from maintd.fdlimit import STALLED_FACTOR, ensure_fd_limit, fds_needed
-from maintd.mond import DEFAULT_PARALLEL, MondClient
+from maintd.cluster import mond
+from maintd.cluster.mond import DEFAULT_PARALLEL, MondClient
+from maintd.daemon.config import DaemonConfig
+from maintd.daemon.fdlimit import STALLED_FACTOR, ensure_fd_limit, fds_needed
 
 
 class DefaultsTests(SynchronousTestCase):

@@ -7,7 +7,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.web.server import NOT_DONE_YET
 
-from maintd.rapi.errors import RapiAuthError, RapiServerError
+from maintd.cluster.rapi.errors import RapiAuthError, RapiServerError
 from tests.test_rapi_client import ClientTestBase
 from tests.test_rapi_helpers import err_sample, read_routes
 

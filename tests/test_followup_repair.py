@@ -13,11 +13,11 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from maintd.config import DaemonConfig
-from maintd.executor import CommandExecutor, ExecutorConfigError, NoExecutor, check_program
-from maintd.options import Options
-from maintd.state import TAG_FAILED, TAG_READY, RepairStatus
-from maintd.tap import makeService, repair_executor
+from maintd.cluster.executor import CommandExecutor, ExecutorConfigError, NoExecutor, check_program
+from maintd.daemon.config import DaemonConfig
+from maintd.daemon.options import Options
+from maintd.daemon.state import TAG_FAILED, TAG_READY, RepairStatus
+from maintd.daemon.tap import makeService, repair_executor
 from tests.test_round_e2e import Daemon, scenario
 
 #: Records its arguments and stdin next to itself; succeeds only for fix-disk.

@@ -8,7 +8,7 @@ from twisted.internet import defer, reactor, task, tcp
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from maintd.scheduler import RoundService
+from maintd.daemon.scheduler import RoundService
 from tests.test_core_scheduler import FakeRounds
 from tests.test_round_e2e import Daemon, drbd, scenario
 

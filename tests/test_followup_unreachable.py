@@ -11,9 +11,9 @@ from twisted.internet import defer, reactor, task
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
-from maintd.config import DaemonConfig
-from maintd.rapi.errors import RapiConnectionError
-from maintd.tap import makeService
+from maintd.cluster.rapi.errors import RapiConnectionError
+from maintd.daemon.config import DaemonConfig
+from maintd.daemon.tap import makeService
 
 URL = "https://127.0.0.1:1"
 
@@ -60,12 +60,12 @@ class UnreachableRapiTests(TestCase):
             self.assertIn("Connection refused", line)
             self.assertIn("next round in 0.05s", line)
         # the retries are there (-d shows them), at debug level only
-        retries = [e for e in events if e.get("log_namespace") == "maintd.rapi.client"
+        retries = [e for e in events if e.get("log_namespace") == "maintd.cluster.rapi.client"
                    and "retry" in formatEvent(e)]
         self.assertTrue(retries)
         self.assertEqual({e["log_level"] for e in retries}, {LogLevel.debug})
         # nothing at info level between the rounds but the rounds' own lines
         self.assertEqual([formatEvent(e) for e in events if e["log_level"] == LogLevel.info
-                          and e.get("log_namespace") == "maintd.rapi.client"], [])
+                          and e.get("log_namespace") == "maintd.cluster.rapi.client"], [])
         self.assertEqual(daemon.store.state.last_round["result"], "failed")
         self.assertIn(RapiConnectionError.__name__, daemon.store.state.last_round["error"])

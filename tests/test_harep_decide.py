@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd.harep.decide import (
+from maintd.decide.harep.decide import (
     Repair,
     Status,
     Verdict,
@@ -19,7 +19,7 @@ from maintd.harep.decide import (
     repair_id,
     tag_state,
 )
-from maintd.harep.tags import RepairResult, RepairTag, RepairType, parse
+from maintd.decide.harep.tags import RepairResult, RepairTag, RepairType, parse
 from tests.harep_fixtures import P, drbd, make_cluster, plain, with_tags
 
 NOW = 2_000_000.0

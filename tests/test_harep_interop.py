@@ -18,8 +18,8 @@ from typing import Any
 from twisted.internet import defer, reactor, utils
 from twisted.trial.unittest import TestCase
 
-from maintd.harep.decide import Verdict, decide_without_jobs, detect, repair_id, tag_state
-from maintd.harep.tags import RepairResult, RepairTag, RepairType, SuspendTag, parse
+from maintd.decide.harep.decide import Verdict, decide_without_jobs, detect, repair_id, tag_state
+from maintd.decide.harep.tags import RepairResult, RepairTag, RepairType, SuspendTag, parse
 from tests.harep_fixtures import P, drbd, make_cluster, plain, with_tags
 from tests.harep_luxi import FakeLuxi
 from tests.tools import find_tool

@@ -14,15 +14,15 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from maintd.config import DaemonConfig
-from maintd.harep.decide import repair_id
-from maintd.harep.tags import RepairResult, RepairTag, RepairType, parse
-from maintd.round import RoundContext, run_round
+from maintd.daemon.config import DaemonConfig
+from maintd.daemon.round import RoundContext, run_round
+from maintd.daemon.state import MaintState
+from maintd.daemon.steps.harep import harep_step
+from maintd.daemon.steps.jobs import jobs_step
+from maintd.daemon.steps.snapshot import snapshot_step
+from maintd.decide.harep.decide import repair_id
+from maintd.decide.harep.tags import RepairResult, RepairTag, RepairType, parse
 from maintd.sim import scenario as scenario_mod
-from maintd.state import MaintState
-from maintd.steps.harep import harep_step
-from maintd.steps.jobs import jobs_step
-from maintd.steps.snapshot import snapshot_step
 from tests.simulators import client_for, free_port, start_simulator
 
 P = "ganeti:watcher:autorepair:"
@@ -398,8 +398,8 @@ class WithIncidentHandlingTests(TestCase):
 
     @defer.inlineCallbacks
     def test_instances_on_an_evacuated_node_are_left_to_incident_handling(self):  # type: ignore[no-untyped-def]
-        from maintd.mond import MondClient
-        from maintd.steps import default_steps
+        from maintd.cluster.mond import MondClient
+        from maintd.daemon.steps import default_steps
 
         doc = {
             "name": "harep.sim.test",

@@ -10,10 +10,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd.harep.tags import RepairResult, RepairType, parse
-from maintd.model import Cluster
-from maintd.state import MaintState
-from maintd.steps.harep import RapiError, harep_step
+from maintd.cluster.model import Cluster
+from maintd.daemon.state import MaintState
+from maintd.daemon.steps.harep import RapiError, harep_step
+from maintd.decide.harep.tags import RepairResult, RepairType, parse
 from tests.harep_fixtures import P, drbd, make_cluster, plain, with_tags
 
 
@@ -368,7 +368,7 @@ class GuardTests(SynchronousTestCase):
         levels = {
             e["verdict"]: e["log_level"]
             for e in events
-            if e.get("log_namespace") == "maintd.steps.harep" and "verdict" in e
+            if e.get("log_namespace") == "maintd.daemon.steps.harep" and "verdict" in e
         }
         self.assertEqual(levels["not-enabled"], LogLevel.debug)
         self.assertEqual(levels["repair"], LogLevel.info)

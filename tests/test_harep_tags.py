@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd.harep import tags as T
-from maintd.harep.decide import STEPS
-from maintd.harep.tags import (
+from maintd.decide.harep import tags as T
+from maintd.decide.harep.decide import STEPS
+from maintd.decide.harep.tags import (
     EnableTag,
     Policy,
     PolicyKind,

@@ -15,7 +15,7 @@ from twisted.internet import defer, reactor, task
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from maintd.logsetup import QuietConnectionsPredicate, level_predicate
+from maintd.daemon.logsetup import QuietConnectionsPredicate, level_predicate
 from maintd.sim.embed import EmbeddedSimulator, free_port
 
 
@@ -31,7 +31,7 @@ class SimStartLogTests(TestCase):
         return sim, events
 
     def shown(self, events: list[dict[str, Any]], debug: bool) -> list[str]:
-        """The lines the daemon's log shows (maintd.logsetup's filter)."""
+        """The lines the daemon's log shows (maintd.daemon.logsetup's filter)."""
         quiet = QuietConnectionsPredicate()
         level = level_predicate(debug)
         out = []

@@ -12,8 +12,8 @@ import os
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd import tap
-from maintd.options import Options
+from maintd.daemon import tap
+from maintd.daemon.options import Options
 
 
 class StartupErrorTests(SynchronousTestCase):

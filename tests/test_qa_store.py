@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd.store import StateStore, StoreError
+from maintd.daemon.store import StateStore, StoreError
 
 GOOD_INCIDENT = {
     "uuid": "u-1",

@@ -12,8 +12,8 @@ import attrs
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from maintd import incidents as I
-from maintd.state import TAG_FAILED, Incident, MaintState, RepairStatus
+from maintd.daemon.state import TAG_FAILED, Incident, MaintState, RepairStatus
+from maintd.decide import incidents as I
 from tests.test_round_e2e import Daemon, scenario
 from tests.test_round_incidents import incident, mk_cluster, nd
 

@@ -16,8 +16,8 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
 
-from maintd.rapi.client import RapiClient
-from maintd.rapi.errors import (
+from maintd.cluster.rapi.client import RapiClient
+from maintd.cluster.rapi.errors import (
     RapiAuthError,
     RapiBadRequest,
     RapiMalformed,
@@ -25,7 +25,7 @@ from maintd.rapi.errors import (
     RapiServerError,
     RapiTimeout,
 )
-from maintd.rapi.jobs import JobResult
+from maintd.cluster.rapi.jobs import JobResult
 from tests.test_rapi_helpers import (
     Recorder,
     err_sample,
@@ -473,7 +473,7 @@ class LoadClusterDecodeTests(ClientTestBase):
         self.assertIn("mtotal", skipped[("node", "node9")])
 
     def test_same_cluster_as_plain_loader(self) -> None:
-        from maintd.rapi.loader import build_cluster
+        from maintd.cluster.rapi.loader import build_cluster
 
         cluster = self.result(self.make().load_cluster())
         plain = build_cluster(

@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from maintd.rapi.loader import parse_query_column
+from maintd.cluster.rapi.loader import parse_query_column
 from tests.simulators import client_for, start_simulator
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "rapi")
@@ -83,7 +83,7 @@ class MixedClusterTests(TestCase):
         real = self.client.instance_hypervisors
 
         async def broken() -> dict[str, str]:
-            from maintd.rapi.errors import RapiServerError
+            from maintd.cluster.rapi.errors import RapiServerError
 
             raise RapiServerError("HTTP 502", method="GET", url=self.sim.rapi_url)
 

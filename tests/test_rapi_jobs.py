@@ -1,10 +1,10 @@
-"""maintd.rapi.jobs: job objects of a real Ganeti 3.0 cluster."""
+"""maintd.cluster.rapi.jobs: job objects of a real Ganeti 3.0 cluster."""
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd.rapi.jobs import JobResult, format_op_error, parse_job
+from maintd.cluster.rapi.jobs import JobResult, format_op_error, parse_job
 from tests.test_rapi_helpers import sample
 
 

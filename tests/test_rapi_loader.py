@@ -1,4 +1,4 @@
-"""maintd.rapi.loader: real Ganeti 3.0 bulk answers -> the cluster model."""
+"""maintd.cluster.rapi.loader: real Ganeti 3.0 bulk answers -> the cluster model."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd import model
-from maintd.rapi.loader import build_cluster
+from maintd.cluster import model
+from maintd.cluster.rapi.loader import build_cluster
 from tests.test_rapi_helpers import sample
 
 
@@ -190,7 +190,7 @@ class FastPathTests(SynchronousTestCase):
     """The loader's fast path gives exactly what the checked path gives."""
 
     def test_same_instances(self) -> None:
-        from maintd.rapi.loader import _instance_checked, _instance_fast
+        from maintd.cluster.rapi.loader import _instance_checked, _instance_fast
 
         variants = sample("instances-bulk.json")
         drbd = copy.deepcopy(variants[0])
@@ -205,7 +205,7 @@ class FastPathTests(SynchronousTestCase):
             self.assertEqual(fast, _instance_checked(raw, "fake"))
 
     def test_irregular_objects_leave_the_fast_path(self) -> None:
-        from maintd.rapi.loader import _instance_fast
+        from maintd.cluster.rapi.loader import _instance_fast
 
         base = sample("instances-bulk.json")[0]
         for change in (

@@ -38,8 +38,8 @@ SCRIPT = r'''
 import json, os, sys, tempfile, uuid
 from twisted.internet import task
 from twisted.internet.defer import Deferred
-from maintd.rapi.client import RapiClient
-from maintd.rapi.errors import RapiAuthError, RapiTLSError
+from maintd.cluster.rapi.client import RapiClient
+from maintd.cluster.rapi.errors import RapiAuthError, RapiTLSError
 from tests.test_rapi_helpers import make_rapi_pem
 
 URL = "https://127.0.0.1:5080"

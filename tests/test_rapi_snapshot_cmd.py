@@ -10,8 +10,8 @@ import sys
 from twisted.internet import reactor, utils
 from twisted.trial.unittest import TestCase
 
-from maintd import model
-from maintd.snapshot_cmd import parse_args, snapshot
+from maintd.admin.snapshot import parse_args, snapshot
+from maintd.cluster import model
 from tests.test_rapi_helpers import LocalHTTPSRapi
 
 
@@ -47,7 +47,7 @@ class SnapshotCommandTests(LocalHTTPSRapi, TestCase):
 
     async def test_console_entry_point(self) -> None:
         out = os.path.join(self.dir, "snap.json")
-        code = "from maintd.snapshot_cmd import main; main()"
+        code = "from maintd.admin.snapshot import main; main()"
         stdout, stderr, status = await utils.getProcessOutputAndValue(
             sys.executable, ["-c", code, *self.argv(out)], env=os.environ, reactor=reactor
         )

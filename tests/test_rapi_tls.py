@@ -15,8 +15,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from maintd.rapi.client import RapiClient
-from maintd.rapi.errors import (
+from maintd.cluster.rapi.client import RapiClient
+from maintd.cluster.rapi.errors import (
     RapiAuthError,
     RapiConfigError,
     RapiConnectionError,
@@ -87,7 +87,7 @@ class TLSTests(LocalHTTPSRapi, TestCase):
         self.assertRaises(RapiConfigError, self.client, password_file=None)
 
     async def test_from_daemon_config(self) -> None:
-        from maintd.config import DaemonConfig
+        from maintd.daemon.config import DaemonConfig
 
         config = DaemonConfig.for_tests(
             state_dir=self.dir, rapi=self.url, rapi_user="maintd",

@@ -13,11 +13,11 @@ from typing import Any
 from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from maintd import ctl
-from maintd.control import ControlService, track
-from maintd.executor import CommandExecutor, NoExecutor
-from maintd.model import Node
-from maintd.state import Action, MaintState, RepairStatus
+from maintd.admin import ctl
+from maintd.cluster.executor import CommandExecutor, NoExecutor
+from maintd.cluster.model import Node
+from maintd.daemon.control import ControlService, track
+from maintd.daemon.state import Action, MaintState, RepairStatus
 from tests.test_round_incidents import incident
 
 

@@ -22,12 +22,12 @@ from twisted.internet import defer, protocol, reactor, task, threads
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
-from maintd import ctl
-from maintd.config import DaemonConfig
-from maintd.rapi.errors import RapiServerError
+from maintd.admin import ctl
+from maintd.cluster.rapi.errors import RapiServerError
+from maintd.daemon.config import DaemonConfig
+from maintd.daemon.state import TAG_FAILED, TAG_READY, MaintState, RepairStatus
+from maintd.daemon.tap import makeService
 from maintd.sim.faults import RapiFault
-from maintd.state import TAG_FAILED, TAG_READY, MaintState, RepairStatus
-from maintd.tap import makeService
 from tests.simulators import free_port, start_simulator
 
 EVACUATE = {"status": "evacuate", "command": None, "details": ["sda: reallocated sectors"]}

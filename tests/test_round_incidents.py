@@ -8,10 +8,10 @@ from typing import Any
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd import incidents as I
-from maintd.model import Cluster, Group, Instance, Node
-from maintd.mond import DiagnoseReport, MondError
-from maintd.state import TAG_FAILED, TAG_READY, Action, Incident, MaintState, RepairStatus
+from maintd.cluster.model import Cluster, Group, Instance, Node
+from maintd.cluster.mond import DiagnoseReport, MondError
+from maintd.daemon.state import TAG_FAILED, TAG_READY, Action, Incident, MaintState, RepairStatus
+from maintd.decide import incidents as I
 
 
 def mk_cluster(nodes: list[Node], instances: list[Instance]) -> Cluster:

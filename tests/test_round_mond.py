@@ -11,8 +11,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 
-from maintd.model import Node
-from maintd.mond import (
+from maintd.cluster.model import Node
+from maintd.cluster.mond import (
     MAX_BODY,
     MAX_REPORT,
     DiagnoseReport,
@@ -20,7 +20,7 @@ from maintd.mond import (
     MondError,
     validate_diagnose,
 )
-from maintd.state import Action
+from maintd.daemon.state import Action
 
 
 def node(name: str, pip: str) -> Node:

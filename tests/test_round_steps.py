@@ -10,20 +10,20 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from maintd import incidents as I
-from maintd.executor import IRepairExecutor, RepairResult
-from maintd.model import Cluster
-from maintd.mond import DiagnoseReport, MondError
-from maintd.rapi.errors import RapiServerError
-from maintd.rapi.jobs import JobResult
-from maintd.state import TAG_FAILED, TAG_READY, Action, MaintState, RepairStatus
-from maintd.steps import default_steps
-from maintd.steps.cleanup import cleanup_step
-from maintd.steps.collect import collect_step
-from maintd.steps.evacuated import evacuated_step
-from maintd.steps.handle import handle_step
-from maintd.steps.jobs import jobs_step
-from maintd.steps.snapshot import snapshot_step
+from maintd.cluster.executor import IRepairExecutor, RepairResult
+from maintd.cluster.model import Cluster
+from maintd.cluster.mond import DiagnoseReport, MondError
+from maintd.cluster.rapi.errors import RapiServerError
+from maintd.cluster.rapi.jobs import JobResult
+from maintd.daemon.state import TAG_FAILED, TAG_READY, Action, MaintState, RepairStatus
+from maintd.daemon.steps import default_steps
+from maintd.daemon.steps.cleanup import cleanup_step
+from maintd.daemon.steps.collect import collect_step
+from maintd.daemon.steps.evacuated import evacuated_step
+from maintd.daemon.steps.handle import handle_step
+from maintd.daemon.steps.jobs import jobs_step
+from maintd.daemon.steps.snapshot import snapshot_step
+from maintd.decide import incidents as I
 from tests.test_round_incidents import drbd, incident, mk_cluster, nd, shared
 
 
@@ -258,7 +258,7 @@ class StepTests(SynchronousTestCase):
         self.assertIn("lost", ctx.state.incidents[0].reason)
 
     def test_plain_instance_fails_with_reason(self) -> None:
-        from maintd.model import Instance
+        from maintd.cluster.model import Instance
 
         c = mk_cluster([nd("a"), nd("b")], [Instance("p1", "u", "a", (), "plain")])
         rapi = FakeRapi(c)

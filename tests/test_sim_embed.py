@@ -13,7 +13,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from maintd.rapi.client import RapiClient
+from maintd.cluster.rapi.client import RapiClient
 from tests.simulators import client_for, free_port, start_simulator
 
 from .test_sim_jobs import SCENARIO
@@ -171,7 +171,7 @@ class RehearsalTests(EmbeddedTestBase):
     """A snapshot taken through RAPI becomes a simulator that answers the same."""
 
     def test_snapshot_of_a_cluster_simulates_the_same_cluster(self) -> defer.Deferred[None]:
-        from maintd import model
+        from maintd.cluster import model
 
         async def go() -> None:
             client = client_for(self, self.sim, timeout=5)

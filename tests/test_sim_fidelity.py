@@ -185,7 +185,7 @@ class TextFormatFidelityTests(HbalTestBase):
     def test_format_text_gives_the_rapi_score(self) -> Any:
         from twisted.internet.defer import ensureDeferred
 
-        from maintd.balance.text import format_text
+        from maintd.decide.balance.text import format_text
 
         async def go() -> None:
             sim = self.start(ONE_GROUP)

@@ -10,7 +10,7 @@ import os
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd import model
+from maintd.cluster import model
 from maintd.sim import scenario
 from maintd.sim.cluster import SimCluster, pip_for
 from maintd.sim.users import User, UsersFileError, parse_basic_auth, parse_users

@@ -13,8 +13,8 @@ import sys
 from twisted.scripts._twistd_unix import ServerOptions
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from maintd.config import read_config_file
-from maintd.voting import EXIT_NODESETUP_ERROR, EXIT_NOTMASTER
+from maintd.cluster.voting import EXIT_NODESETUP_ERROR, EXIT_NOTMASTER
+from maintd.daemon.config import read_config_file
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 UNIT = os.path.join(ROOT, "contrib", "systemd", "ganeti-maintd.service")

@@ -6,7 +6,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from maintd.voting import (
+from maintd.cluster.voting import (
     Ballot,
     NodedError,
     NotMasterError,

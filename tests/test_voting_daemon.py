@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
-from maintd.voting import EXIT_NOTMASTER
+from maintd.cluster.voting import EXIT_NOTMASTER
 
 from .test_voting_fakes import Certs, free_closed_port, start_nodes, write_ssconf
 

@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives import hashes
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from maintd.config import DaemonConfig
-from maintd.mastership import check_at_startup, runtime_vote
-from maintd.voting import NodedTLS, NotMasterError, TwistedNodedClient, Verdict
+from maintd.cluster.voting import NodedTLS, NotMasterError, TwistedNodedClient, Verdict
+from maintd.daemon.config import DaemonConfig
+from maintd.daemon.mastership import check_at_startup, runtime_vote
 
 from .test_voting_fakes import make_cert, random_block
 from .tools import skip_or_fail

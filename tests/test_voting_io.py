@@ -10,9 +10,7 @@ import attrs
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from maintd.config import DaemonConfig
-from maintd.mastership import check_at_startup, check_at_startup_or_exit
-from maintd.voting import (
+from maintd.cluster.voting import (
     EXIT_NODESETUP_ERROR,
     EXIT_NOTMASTER,
     BlockingNodedClient,
@@ -23,6 +21,8 @@ from maintd.voting import (
     TwistedNodedClient,
     Verdict,
 )
+from maintd.daemon.config import DaemonConfig
+from maintd.daemon.mastership import check_at_startup, check_at_startup_or_exit
 
 from .test_voting_fakes import Certs, FakeNoded, free_closed_port, start_nodes, write_ssconf
 
@@ -274,7 +274,7 @@ class StartupCheckTests(SynchronousTestCase, _Fixture):
     def test_no_voting_needs_yes_do_it(self) -> None:
         from twisted.python import usage
 
-        from maintd.options import Options
+        from maintd.daemon.options import Options
 
         with self.assertRaises(usage.UsageError) as cm:
             Options().parseOptions(["--no-voting", "--state-dir", self.dir])
@@ -288,7 +288,7 @@ class StartupCheckTests(SynchronousTestCase, _Fixture):
     def test_make_service_votes_and_wires_the_rounds(self) -> None:
         from twisted.internet.testing import MemoryReactorClock
 
-        from maintd import tap
+        from maintd.daemon import tap
 
         for n in self.nodes:
             n.vote_for(ME)
@@ -304,7 +304,7 @@ class StartupCheckTests(SynchronousTestCase, _Fixture):
     def test_make_service_exits_11_when_not_master(self) -> None:
         from twisted.internet.testing import MemoryReactorClock
 
-        from maintd import tap
+        from maintd.daemon import tap
 
         for n in self.nodes:
             n.vote_for(OTHER)

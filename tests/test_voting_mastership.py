@@ -8,8 +8,8 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from maintd.mastership import Mastership, MastershipService, attach_runner, runtime_vote
-from maintd.voting import EXIT_NOTMASTER, NodedTLS, Tally, TwistedNodedClient
+from maintd.cluster.voting import EXIT_NOTMASTER, NodedTLS, Tally, TwistedNodedClient
+from maintd.daemon.mastership import Mastership, MastershipService, attach_runner, runtime_vote
 
 from .test_voting_count import ME, OTHER, ballots
 from .test_voting_fakes import Certs, start_nodes, write_ssconf
@@ -163,7 +163,7 @@ class _Ctx:
 
 
 class _Runner:
-    """The part of maintd.round.RoundRunner that attach_runner relies on."""
+    """The part of maintd.daemon.round.RoundRunner that attach_runner relies on."""
 
     def __init__(self) -> None:
         self.submitting = lambda: True

@@ -1,6 +1,6 @@
 """Mutable state of the simulated cluster and its RAPI JSON rendering.
 
-:class:`SimCluster` is built from a :class:`maintd.model.Cluster` (whatever
+:class:`SimCluster` is built from a :class:`maintd.cluster.model.Cluster` (whatever
 the scenario loader produced) and is the one object the job executor, the
 RAPI front, the mond fronts and the control API share.  Every change goes
 through :meth:`SimCluster.changed`, which bumps :attr:`generation`; the RAPI
@@ -26,7 +26,7 @@ from typing import Any
 
 import attrs
 
-from maintd import model
+from maintd.cluster import model
 
 #: Ganeti 3.0's default instance policy (from a real cluster's /2/info).
 DEFAULT_IPOLICY: dict[str, Any] = {

@@ -19,7 +19,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from maintd import model
+from maintd.cluster import model
 from maintd.sim.cluster import SimCluster, SimInstance, SimNode
 
 log = Logger()

@@ -160,7 +160,7 @@ class _QuietSite(server.Site):
 
     Its log prefix names the node and address, so Twisted's "<prefix>
     starting on <port>" line says which mond it is; the daemon's log shows
-    that line only with -d (:data:`maintd.logsetup.DEBUG_TEXT`).
+    that line only with -d (:data:`maintd.daemon.logsetup.DEBUG_TEXT`).
     """
 
     noisy = False

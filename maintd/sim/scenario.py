@@ -2,7 +2,7 @@
 
 :func:`load` tells the three apart by content:
 
-* a ``ganeti-maintd-snapshot`` document (JSON or YAML, :func:`maintd.model.to_json`);
+* a ``ganeti-maintd-snapshot`` document (JSON or YAML, :func:`maintd.cluster.model.to_json`);
 * a scenario (JSON or YAML object with ``nodes``)::
 
     {"name": "cluster.example.com", "master": "node1",
@@ -23,7 +23,7 @@
                 {"at": 30, "fail_next": 1}, {"at": 10, "rapi": {"status": 503}}]}
 
 * anything else is read as an hbal text data file (``hbal -t``), through
-  :func:`maintd.balance.text.parse_text`.
+  :func:`maintd.decide.balance.text.parse_text`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 import attrs
 import yaml
 
-from maintd import model
+from maintd.cluster import model
 from maintd.sim.cluster import DRBD_META_MIB, new_uuid
 from maintd.sim.faults import MOND_MODES
 
@@ -141,10 +141,10 @@ def _structured(text: str, source: str) -> Any:
 
 def from_hbal_text(text: str, source: str) -> Scenario:
     try:
-        from maintd.balance.text import parse_text  # type: ignore[import-not-found]
+        from maintd.decide.balance.text import parse_text  # type: ignore[import-not-found]
     except ImportError as err:
         raise ScenarioError(
-            f"{source}: hbal text data files need maintd.balance.text (not available)"
+            f"{source}: hbal text data files need maintd.decide.balance.text (not available)"
         ) from err
     try:
         cluster = parse_text(text)

@@ -1,0 +1,40 @@
+"""The process's open-file limit, raised to what the mond client may need.
+
+A round asks up to ``--mond-parallel`` nodes at once, each over its own
+connection, and requests without answer give their slot to the next node
+(at most ``STALLED_FACTOR`` times as many open in all, see
+:mod:`maintd.cluster.mond`); with the default of 1024 that is more than the usual
+soft limit of 1024 open files.
+"""
+
+from __future__ import annotations
+
+import resource
+
+#: Requests outstanding at most, in units of ``parallel`` (as maintd.cluster.mond).
+STALLED_FACTOR = 4
+#: Files for everything else: RAPI pool, HTTP API clients, store, logs.
+HEADROOM = 256
+
+
+def fds_needed(parallel: int) -> int:
+    """Open files a :class:`MondClient` with ``parallel`` may use, plus headroom."""
+    return parallel * STALLED_FACTOR + HEADROOM
+
+
+def ensure_fd_limit(wanted: int) -> tuple[int, int]:
+    """Raise the soft open-file limit towards ``wanted`` (never above the hard limit).
+
+    Returns (the soft limit now, ``wanted``); the caller warns when the
+    first is smaller.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (OSError, ValueError):
+                pass
+    return (wanted if soft == resource.RLIM_INFINITY else soft), wanted

@@ -1,0 +1,343 @@
+"""Service composition for ``twistd ganeti-maintd``.
+
+:func:`makeService` builds a ``MultiService`` whose children start in this
+order (and stop in the reverse one):
+
+1. the log level filter (debug events only with ``-d``),
+2. with ``--simulate``: the embedded simulated cluster (``maintd.sim``),
+   whose RAPI URL, credentials, certificate and mond port replace the
+   configured ones,
+3. the HTTP state API on the ``-p``/``-b`` endpoint,
+4. the round service (``maintd.daemon.steps.default_steps``), stopped first on
+   shutdown so no round runs against a departed simulator or API.
+
+Parts written by other engineers (steps, RAPI client, mond client, simulator,
+master voting) are imported lazily: when a module is not there yet the daemon
+still starts, with a debug line saying what is missing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import defer, endpoints
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from maintd.cluster.executor import (
+    CommandExecutor,
+    ExecutorConfigError,
+    IRepairExecutor,
+    NoExecutor,
+    check_program,
+)
+from maintd.daemon.api import StateAPI
+from maintd.daemon.config import DaemonConfig
+from maintd.daemon.fdlimit import ensure_fd_limit, fds_needed
+from maintd.daemon.logsetup import LogLevelService
+from maintd.daemon.mastership import (
+    Mastership,
+    attach_runner,
+    check_at_startup_or_exit,
+    mastership_service,
+)
+from maintd.daemon.options import Options
+from maintd.daemon.round import RoundRunner, Step
+from maintd.daemon.scheduler import RoundService
+from maintd.daemon.store import StateStore, StoreError
+
+log = Logger()
+
+__all__ = ["Options", "makeService", "endpoint_description"]
+
+
+def endpoint_description(port: int, bind: str) -> str:
+    """A server endpoint string for ``bind:port`` (IPv6 colons escaped)."""
+    kind = "tcp6" if ":" in bind else "tcp"
+    return f"{kind}:port={port}:interface={bind.replace(':', chr(92) + ':')}"
+
+
+def _check_master(config: DaemonConfig) -> Mastership:
+    """The master vote (maintd.daemon.mastership; voting part, issue 9).
+
+    Runs here, in makeService, before twistd daemonises: when this host is
+    not the master the process exits 11 (12 on unusable ssconf/certificates)
+    with the votes on stderr, leaving no pid file and no bound port.
+    """
+    return check_at_startup_or_exit(config)
+
+
+def _load_steps(config: DaemonConfig, notes: list[str]) -> list[Step]:
+    try:
+        from maintd.daemon.steps import default_steps  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as e:
+        notes.append(f"no round steps yet ({e}): rounds do nothing")
+        return []
+    return list(default_steps(config))
+
+
+def _rapi_client(config: DaemonConfig, reactor: Any, notes: list[str]) -> Any:
+    try:
+        from maintd.cluster.rapi.client import RapiClient  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as e:
+        notes.append(f"no RAPI client yet ({e})")
+        return None
+    from maintd.cluster.rapi.errors import RapiConfigError
+
+    try:
+        return RapiClient.from_config(config, reactor)
+    except RapiConfigError as e:
+        # a bad URL, password file or certificate: one line, like a bad store
+        raise SystemExit(f"ganeti-maintd: {e}; not starting") from None
+
+
+def _mond_client(config: DaemonConfig, reactor: Any, notes: list[str]) -> Any:
+    try:
+        from maintd.cluster.mond import MondClient  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as e:
+        notes.append(f"no mond client yet ({e})")
+        return None
+    limit, wanted = ensure_fd_limit(fds_needed(config.mond_parallel))
+    if limit < wanted:
+        log.warn(
+            "open-file limit {limit} is below the {wanted} that --mond-parallel {parallel} "
+            "may need; nodes may be reported unreachable: lower --mond-parallel or raise "
+            "the limit (LimitNOFILE=)",
+            limit=limit,
+            wanted=wanted,
+            parallel=config.mond_parallel,
+        )
+    return MondClient(
+        reactor,
+        port=config.mond_port,
+        timeout=config.mond_timeout,
+        parallel=config.mond_parallel,
+        diagnose_path=config.mond_path,
+    )
+
+
+def repair_executor(config: DaemonConfig, reactor: Any) -> IRepairExecutor:
+    """The live-repair executor of ``--repair-command`` (else :class:`NoExecutor`).
+
+    A program that is missing, not a regular executable file, not owned by
+    root or the daemon's user, or writable by group/others is a startup error.
+    """
+    if config.repair_command is None:
+        return NoExecutor()
+    try:
+        check_program(config.repair_command)
+    except ExecutorConfigError as e:
+        raise SystemExit(f"ganeti-maintd: {e}; not starting") from None
+    return CommandExecutor(reactor, [config.repair_command], timeout=config.repair_timeout)
+
+
+class _TempDirService(service.Service):
+    """Removes a temporary state dir when the daemon stops."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def stopService(self) -> None:
+        super().stopService()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class _StoreService(service.Service):
+    """Releases the state dir lock when the daemon has stopped."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.store.close()
+
+
+class _HTTPService(StreamServerEndpointService):
+    """Listens for the API; a port in use is a one-line startup error."""
+
+    def __init__(self, endpoint: Any, factory: Any, where: str) -> None:
+        super().__init__(endpoint, factory)
+        self._raiseSynchronously = True
+        self.where = where
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise SystemExit(
+                f"ganeti-maintd: cannot listen on {self.where}: {e.socketError}"
+            ) from None
+
+
+class MaintDaemon(service.MultiService):
+    """The daemon's top service; its parts stay reachable for tests."""
+
+    config: DaemonConfig
+    store: StateStore
+    api: StateAPI
+    rounds: RoundService
+    control: Any = None
+    simulator: Any = None
+    mastership: Mastership
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Debug lines from makeService, logged once the level filter is on
+        #: (twistd starts logging only after makeService).
+        self.startup_notes: list[str] = []
+
+        #: Not a child: it filters before the first child starts and until
+        #: the last one has finished stopping (children stop concurrently).
+        self.log_level = LogLevelService(debug=False)
+
+    def startService(self) -> None:
+        self.log_level.startService()
+        super().startService()
+        for note in self.startup_notes:
+            log.debug("{note}", note=note)
+
+    def stopService(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.maybeDeferred(super().stopService)
+
+        def unfilter(result: object) -> object:
+            self.log_level.stopService()
+            return result
+
+        d.addBoth(unfilter)
+        return d
+
+
+def _simulator(reactor: Any, config: DaemonConfig) -> tuple[Any, DaemonConfig]:
+    from maintd.sim.embed import EmbeddedSimulator  # type: ignore[import-not-found,unused-ignore]
+
+    sim = EmbeddedSimulator(reactor, workdir=os.path.join(config.state_dir, "sim"))
+    config = attrs.evolve(
+        config,
+        rapi=sim.rapi_url,
+        rapi_user=sim.rapi_user,
+        rapi_password_file=sim.rapi_password_file,
+        rapi_cert=sim.rapi_cert,
+        mond_port=sim.mond_port,
+        no_voting=True,
+        yes_do_it=True,
+    )
+    return sim, config
+
+
+def _open_store(config: DaemonConfig) -> StateStore:
+    try:
+        return StateStore.open(config.state_dir)
+    except StoreError as e:
+        raise SystemExit(f"ganeti-maintd: {e}; not starting") from None
+
+
+def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDaemon:
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    temp_dir = None
+    if isinstance(options, DaemonConfig):
+        config = options
+    else:
+        config = options.daemon_config
+        if config.simulate and "state_dir" not in options.given:
+            temp_dir = tempfile.mkdtemp(prefix="ganeti-maintd-sim.")
+            config = config.with_state_dir(temp_dir)
+        if config.simulate and "bind" not in options.given:
+            config = attrs.evolve(config, bind="127.0.0.1")  # a demo stays local
+
+    executor = repair_executor(config, reactor)
+    top = MaintDaemon()
+    top.log_level = LogLevelService(config.debug)
+    if temp_dir is not None:
+        # Added early so it stops (and removes the dir) last; atexit covers
+        # a failed start (twistd's daemonising parents leave by os._exit).
+        _TempDirService(temp_dir).setServiceParent(top)
+        atexit.register(shutil.rmtree, temp_dir, True)
+
+    if config.simulate:
+        # The store first: a state dir that cannot be used is the same
+        # one-line error with or without --simulate (whose files go into it).
+        store = _open_store(config)
+        try:
+            sim, config = _simulator(reactor, config)
+        except ImportError as e:
+            store.close()
+            raise SystemExit(f"ganeti-maintd: --simulate is not available yet ({e})") from None
+        except (OSError, ValueError) as e:  # sim files, scenario (ScenarioError)
+            store.close()
+            raise SystemExit(f"ganeti-maintd: cannot start the simulator: {e}; "
+                             "not starting") from None
+        sim.setServiceParent(top)
+        top.simulator = sim
+        mastership = Mastership(hostname=config.hostname, verified=False)
+    else:
+        mastership = _check_master(config)
+        store = _open_store(config)
+
+    _StoreService(store).setServiceParent(top)
+    try:
+        rapi = _rapi_client(config, reactor, top.startup_notes)
+    except SystemExit:
+        store.close()
+        raise
+
+    api = StateAPI(store.state)
+    store.add_listener(api.update)
+    site = api.site(debug=config.debug)
+    http = _HTTPService(
+        endpoints.serverFromString(reactor, endpoint_description(config.port, config.bind)),
+        site,
+        where=f"{config.bind} port {config.port}",
+    )
+    http.setName("http")
+    http.setServiceParent(top)
+
+    runner = RoundRunner(
+        config=config,
+        reactor=reactor,
+        store=store,
+        steps=_load_steps(config, top.startup_notes),
+        rapi=rapi,
+        mond=_mond_client(config, reactor, top.startup_notes),
+        executor=executor,
+    )
+    rounds = RoundService(
+        runner, clock=reactor, round_delay=config.round_delay, on_stop=runner.close
+    )
+    rounds.setServiceParent(top)
+    # --- voting part (issue 9): rounds submit jobs only while this host is
+    # the master; re-check every --master-check-interval, exit 11 when lost.
+    attach_runner(runner, mastership)
+    recheck = mastership_service(config, mastership, reactor)
+    if recheck is not None:
+        recheck.setServiceParent(top)
+    top.mastership = mastership
+
+    from maintd.daemon.control import ControlService
+
+    control = ControlService(config.ctl_socket, store, reactor)
+    control.setServiceParent(top)
+    top.control = control
+
+    top.config = config
+    top.store = store
+    top.api = api
+    top.rounds = rounds
+    log.info(
+        "ganeti-maintd: HTTP API on {bind} port {port}, state in {state_dir}, RAPI {rapi}",
+        bind=config.bind,
+        port=config.port,
+        state_dir=config.state_dir,
+        rapi=config.rapi,
+    )
+    return top
