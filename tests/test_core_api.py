@@ -9,6 +9,7 @@ from typing import Any
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
@@ -257,3 +258,33 @@ class ChannelTests(SynchronousTestCase):
         )
         self.assertEqual(headers[b"content-encoding"], b"gzip")
         self.assertEqual(len(json.loads(zlib.decompress(body, 31))), 50)
+
+
+class LogCapture:
+    """Every log event published while the test runs."""
+
+    def __init__(self, test: SynchronousTestCase) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        test.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def texts(self) -> list[str]:
+        return [formatEvent(e) for e in self.events]
+
+
+class HostileRequestTests(SynchronousTestCase):
+    """Requests an attacker or a broken client sends: one JSON answer, and
+    nothing in the log (a log line per request is a way to fill the disk)."""
+
+    setUp = ChannelTests.setUp
+    exchange = ChannelTests.exchange
+
+    def test_path_that_is_not_utf8_is_400_without_a_traceback(self) -> None:
+        logs = LogCapture(self)
+        for path in (b"/%ff", b"/1/%c3%28", b"/%80/status"):
+            ((code, headers, body),) = self.exchange(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertEqual(code, 400, path)
+            self.assertEqual(headers[b"content-type"], b"application/json")
+            self.assertEqual(json.loads(body)["error"], "bad request")
+        self.assertEqual(logs.texts(), [])
+        self.assertFalse([e for e in logs.events if "log_failure" in e])

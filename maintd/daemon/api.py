@@ -28,6 +28,7 @@ import time
 import zlib
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.logger import Logger
@@ -115,6 +116,19 @@ def _send(request: IRequest, body: _Body, code: int = 200) -> bytes:
     # A known length: no chunked encoding, and keep-alive stays cheap.
     request.setHeader(b"Content-Length", b"%d" % len(data))
     return data
+
+
+def _path_is_utf8(path: bytes) -> bool:
+    """Whether the percent-decoded ``path`` is UTF-8 (Klein needs it to be)."""
+    try:
+        unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _bad_request(request: IRequest, reason: str) -> bytes:
+    return _send(request, _Body(None, _encode({"error": "bad request", "reason": reason})), 400)
 
 
 class StateAPI:
@@ -214,6 +228,9 @@ class _FastPath(Resource):
             body = self.api.lookup(request.path)
             if body is not None:
                 return _send(request, body)
+        if request.path is None or not _path_is_utf8(request.path):
+            # Klein would answer 400 too, but log a critical traceback first.
+            return _bad_request(request, "the path is not UTF-8")
         return self.app.render(request)
 
 
