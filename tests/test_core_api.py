@@ -288,3 +288,24 @@ class HostileRequestTests(SynchronousTestCase):
             self.assertEqual(json.loads(body)["error"], "bad request")
         self.assertEqual(logs.texts(), [])
         self.assertFalse([e for e in logs.events if "log_failure" in e])
+
+    def test_head_off_the_shortcut_has_no_body_and_logs_nothing(self) -> None:
+        logs = LogCapture(self)
+        ((_, _, get_body),) = self.exchange(b"GET /1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        long_query = b"x" * 15000
+        for request in (
+            b"HEAD /1/status?" + long_query + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HEAD /1/status HTTP/1.0\r\n\r\n",
+            b"HEAD /1/status HTTP/1.1\r\nHost: x\r\n\r\n",
+        ):
+            site = self.api.site()
+            proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+            transport = StringTransport()
+            proto.makeConnection(transport)
+            proto.dataReceived(request)
+            self.addCleanup(proto.connectionLost, None)
+            head, _, rest = transport.value().partition(b"\r\n\r\n")
+            self.assertIn(b" 200 ", head.split(b"\r\n")[0], request[:40])
+            self.assertIn(b"Content-Length: %d" % len(get_body), head)
+            self.assertEqual(rest, b"", request[:40])
+        self.assertEqual(logs.texts(), [])

@@ -115,6 +115,10 @@ def _send(request: IRequest, body: _Body, code: int = 200) -> bytes:
             data = body.gzipped
     # A known length: no chunked encoding, and keep-alive stays cheap.
     request.setHeader(b"Content-Length", b"%d" % len(data))
+    if request.method == b"HEAD":
+        # The length of the GET body, no body: twisted.web logs (at info,
+        # with the whole URI) every HEAD whose resource returns a body.
+        return b""
     return data
 
 
