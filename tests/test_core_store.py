@@ -168,6 +168,15 @@ class StoreTests(SynchronousTestCase):
             e = self.assertRaises(StoreError, StateStore.open, self.dir)
             self.assertIn(path, str(e))
 
+    def test_the_same_incident_uuid_twice_is_refused(self) -> None:
+        doc = json.loads(store_mod.encode(sample_state()))
+        twin = dict(doc["incidents"][0], node="node-uuid-9", **{"node-name": "node9.example.com"})
+        doc["incidents"].append(twin)
+        path = self.write_raw(json.dumps(doc).encode())
+        e = self.assertRaises(StoreError, StateStore.open, self.dir)
+        self.assertIn(path, str(e))
+        self.assertIn("incident 3 (uuid-1): same uuid as incident 1", str(e))
+
     def test_unreadable_dir_is_an_error_naming_it(self) -> None:
         blocker = os.path.abspath(self.mktemp())
         with open(blocker, "w") as f:

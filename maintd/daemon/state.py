@@ -235,13 +235,23 @@ class MaintState:
         if schema != STATE_SCHEMA_VERSION:
             raise ValueError(f"unsupported state schema {schema!r} (expected {STATE_SCHEMA_VERSION})")
         incidents = []
-        for n, raw in enumerate(data.get("incidents", []), 1):
+        seen: dict[str, int] = {}
+        raw_incidents = data.get("incidents", [])
+        if not isinstance(raw_incidents, list):
+            raise ValueError(f"'incidents' must be a list, not {type(raw_incidents).__name__}")
+        for n, raw in enumerate(raw_incidents, 1):
+            uuid = raw.get("uuid") if isinstance(raw, Mapping) else None
+            which = f"incident {n}" + (f" ({uuid})" if isinstance(uuid, str) else "")
             try:
-                incidents.append(Incident.from_json(raw))
+                incident = Incident.from_json(raw)
             except ValueError as e:
-                uuid = raw.get("uuid") if isinstance(raw, Mapping) else None
-                which = f"incident {n}" + (f" ({uuid})" if isinstance(uuid, str) else "")
                 raise ValueError(f"{which}: {e}") from None
+            if incident.uuid in seen:
+                # Two incidents with one uuid would both be served and both
+                # get jobs; which one is right cannot be known.
+                raise ValueError(f"{which}: same uuid as incident {seen[incident.uuid]}")
+            seen[incident.uuid] = n
+            incidents.append(incident)
         jobs = data.get("jobs", ())
         if not isinstance(jobs, list | tuple) or not all(
             isinstance(j, int) and not isinstance(j, bool) for j in jobs
