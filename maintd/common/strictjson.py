@@ -42,8 +42,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """True when *value* nests deeper than *limit* containers (iterative walk)."""
+def depth_exceeds(value: Any, limit: int) -> bool:
+    """True when *value* nests deeper than *limit* lists/dicts (iterative walk:
+    safe on values of any depth, unlike a recursive encoder)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -110,6 +111,6 @@ def loads(
         raise StrictJSONError(source, f"not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except ValueError as e:
         raise StrictJSONError(source, str(e)) from None
-    if max_depth is not None and _depth_exceeds(value, max_depth):
+    if max_depth is not None and depth_exceeds(value, max_depth):
         raise StrictJSONError(source, f"nested deeper than {max_depth} levels")
     return value
