@@ -108,6 +108,35 @@ def _failure_values(exc: BaseException) -> list[BaseException]:
     return out
 
 
+def _cancelled_is_final(inner: Deferred[T]) -> Deferred[T]:
+    """``inner``, but failing with CancelledError as soon as it is cancelled.
+
+    Cancelling a twisted.web request aborts its connection, and the request
+    then fails with ``ResponseNeverReceived([ConnectionAborted])`` or
+    ``ResponseFailed``: a connection error, which :meth:`RapiClient._call`
+    retries after a back-off.  A read cancelled from outside (a sibling of
+    ``load_cluster`` failed, the round stopped) must end instead, leaving no
+    back-off DelayedCall and no later request behind.
+    """
+
+    cancelled = False
+
+    def cancel(outer: Deferred[T]) -> None:
+        nonlocal cancelled
+        cancelled = True
+        inner.cancel()  # outer then fails with CancelledError (Deferred.cancel)
+
+    outer: Deferred[T] = Deferred(cancel)
+
+    def forward(result: Any) -> None:
+        if not cancelled and not outer.called:
+            outer.callback(result)
+        # else: the abort's own failure (now or later): consumed
+
+    inner.addBoth(forward)
+    return outer
+
+
 def _transport_error(method: str, url: str, exc: BaseException) -> RapiError:
     values = _failure_values(exc)
     for v in values:
@@ -318,7 +347,7 @@ class RapiClient:
         body: Any,
         decode: Callable[[bytes], Any],
     ) -> Any:
-        d = Deferred.fromCoroutine(self._exchange(method, url, params, body))
+        d = _cancelled_is_final(Deferred.fromCoroutine(self._exchange(method, url, params, body)))
         d.addTimeout(self.timeout, self.clock)
         try:
             status, holder = await d
