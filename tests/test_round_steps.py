@@ -367,9 +367,30 @@ class StepTests(SynchronousTestCase):
         self.assertEqual([i.node_name for i in ctx.state.incidents if i.node_name != "a"], ["b"])
         (refused,) = [n for n in ctx.notes if n.get("action") == "refused"]
         self.assertEqual((refused["node"], refused["report"]), ("a", "evacuate"))
-        (warning,) = [e for e in logged if e.get("log_level") == LogLevel.warn]
+        (warning,) = [e for e in logged if e.get("log_level") == LogLevel.warn
+                      and e.get("log_namespace") == "maintd.daemon.steps.collect"]
         self.assertIn("--max-incidents-per-node", formatEvent(warning))
         self.assertIn("a", warning["node"])
+
+    def test_a_master_node_shown_offline_is_logged_and_noted(self) -> None:
+        # Ganeti never shows this (issue 16 J); a round facing it did nothing
+        # without a word.
+        c = attrs.evolve(mk_cluster([nd("m", offline=True)], []), master="m")
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        ctx = Ctx(MaintState(), FakeRapi(c), FakeMond({}))
+        self.round(ctx)
+        texts = [formatEvent(e) for e in logged if e.get("log_level") == LogLevel.warn]
+        self.assertIn("snapshot: the master node m is offline (Ganeti refuses that: the master "
+                      "role can be changed only via master-failover); its incidents are not "
+                      "collected", texts)
+        self.assertIn("collect: no online node to ask for a self-diagnose report (1 offline)",
+                      texts)
+        self.assertIn({"step": "snapshot", "problem": "the master node m is offline (Ganeti "
+                       "refuses that: the master role can be changed only via master-failover)"},
+                      ctx.notes)
+        self.assertIn({"action": "collect", "offline": 1, "offline_nodes": ["m"]}, ctx.notes)
 
     def test_no_executor_fails(self) -> None:
         c = mk_cluster([nd("a")], [])

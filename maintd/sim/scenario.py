@@ -288,6 +288,15 @@ def from_scenario(doc: Mapping[str, Any], source: str) -> Scenario:
             mond[name] = spec["mond"]
     if master not in nodes:
         raise ScenarioError(f"{source}: master {master!r} is not a node")
+    head = nodes[master]
+    if head.offline or head.drained or not head.master_candidate:
+        # Ganeti cannot get there: "The master role can be changed only via
+        # master-failover" (LUNodeSetParams), so neither can a scenario.
+        flag = "offline" if head.offline else "drained" if head.drained else "not a candidate"
+        raise ScenarioError(
+            f"{source}: node {master}: the master cannot be {flag} (Ganeti: the master "
+            "role can be changed only via master-failover)"
+        )
     instances: dict[str, model.Instance] = {}
     for raw in doc.get("instances") or []:
         where = f"{source}: instance {_named(raw)}"

@@ -28,6 +28,12 @@ async def collect_step(ctx: Any) -> None:
     if ctx.cluster is None or ctx.mond is None:
         return
     nodes = [n for n in ctx.cluster.nodes.values() if not n.offline]
+    offline = sorted(n.name for n in ctx.cluster.nodes.values() if n.offline)
+    if not nodes:
+        log.warn("collect: no online node to ask for a self-diagnose report "
+                 "({offline} offline)", offline=len(offline))
+    if offline:
+        note(ctx, action="collect", offline=len(offline), offline_nodes=offline[:20])
     reports = await ctx.mond.gather(nodes, ctx.mond.diagnose)
     failures = sorted(n for n, r in reports.items() if isinstance(r, MondError))
     for name in failures:
