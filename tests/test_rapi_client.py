@@ -7,6 +7,7 @@ method, path, query and body against what Ganeti 3.0's ``rlib2.py`` reads
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -493,6 +494,26 @@ class LoadClusterDecodeTests(ClientTestBase):
         err = self.failure(self.make(routes).load_cluster(), RapiMalformed)
         self.assertIn("/2/instances", str(err))
         self.assertIn("not UTF-8 JSON", str(err))
+
+    def test_answers_are_read_strictly(self) -> None:
+        # NaN, a key twice, a lone surrogate: refused naming the URL and why
+        info = json.dumps(sample("info.json")).encode()
+        nodes = json.dumps(sample("nodes-bulk.json")).encode()
+        for path, body, why in [
+            ("/2/info", info.replace(b'"master_netmask": 32', b'"master_netmask": NaN'),
+             "NaN is not JSON"),
+            ("/2/info", info[:-1] + b', "name": "other"}', "duplicate key 'name'"),
+            ("/2/nodes", nodes.replace(b'"mtotal": ', b'"mtotal": 1e999, "x": ', 1),
+             "is too large"),
+            ("/2/nodes", nodes.replace(b'"name": "node1', b'"name": "\\ud800node1', 1),
+             "lone surrogate"),
+        ]:
+            self.assertNotIn(body, (info, nodes))
+            routes = read_routes()
+            routes[("GET", path)] = (200, body)
+            err = self.failure(self.make(routes).load_cluster(), RapiMalformed)
+            self.assertIn(path, str(err))
+            self.assertIn(why, str(err))
 
 
 class _AbortingHTTP:

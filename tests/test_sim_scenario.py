@@ -96,6 +96,8 @@ class ScenarioTests(SynchronousTestCase):
             ('{"nodes": [{"name": "a"}], "events": [{"at": 1, "bogus": 1}]}', "bogus"),
             ('{"format": "ganeti-maintd-snapshot", "version": 99, "cluster": {}}', "version"),
             ('{"nodes": [', "malformed JSON"),
+            ('{"nodes": [{"name": "a", "cpu_load": NaN}]}', "x.json: malformed JSON: NaN is not"),
+            ('{"nodes": [{"name": "a"}], "nodes": []}', "duplicate key 'nodes'"),
             ("[1, 2]", "neither"),
         ]:
             with self.assertRaises(scenario.ScenarioError) as cm:
