@@ -286,6 +286,8 @@ class _Channel(HTTPChannel):
     _date: tuple[int, bytes] = (0, b"")
     #: The pending request timeout (see maintd.daemon.httpguard).
     _request_call: Any = None
+    #: loseConnection was called.
+    _closing = False
 
     # --- connection limits --------------------------------------------------
 
@@ -343,8 +345,33 @@ class _Channel(HTTPChannel):
         self.site.guard.active(self)
         super().requestDone(request)
 
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's answer to a request it cannot parse (bad request
+        # line, header, length...) has no body; ours is JSON like the rest.
+        body = _encode({"error": "bad request", "reason": "malformed HTTP request"})
+        if self.transport is not None:
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+        self._disarm()
+        self.loseConnection()
+
+    def loseConnection(self) -> None:
+        # Once only: HTTPChannel's unregisters its producer, and a second
+        # call (the idle timeout of a connection already closing but not
+        # yet closed, e.g. after a bad request) raised RuntimeError in a
+        # DelayedCall: an unhandled error in the log.
+        if self._closing:
+            return
+        self._closing = True
+        super().loseConnection()
+
     def timeoutConnection(self) -> None:
         # The idle timeout; as twisted.web's, which logs each one at info.
+        if self._closing:  # closing for a whole idle period already: abort
+            self.forceAbortClient()
+            return
         log.debug("HTTP API: closing idle connection from {peer}", peer=self.peer())
         if self.abortTimeout is not None:
             self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)

@@ -257,10 +257,19 @@ class MaintState:
             isinstance(j, int) and not isinstance(j, bool) for j in jobs
         ):
             raise ValueError(f"'jobs' must be a list of job ids, not {jobs!r}")
+        evacuated = data.get("evacuated", [])
+        if not isinstance(evacuated, list) or not all(isinstance(n, str) for n in evacuated):
+            raise ValueError(f"'evacuated' must be a list of instance names, not {evacuated!r:.80}")
+        last_round = data.get("last_round", {})
+        if not isinstance(last_round, dict):
+            raise ValueError(f"'last_round' must be an object, not {last_round!r:.80}")
+        harep = data.get("harep", {})
+        if not isinstance(harep, dict) or not all(isinstance(v, dict) for v in harep.values()):
+            raise ValueError(f"'harep' must be an object of objects, not {harep!r:.80}")
         return cls(
             incidents=tuple(incidents),
             jobs=jobs,
-            evacuated=data.get("evacuated", ()),
-            last_round=data.get("last_round", {}),
-            harep=data.get("harep", {}),
+            evacuated=evacuated,
+            last_round=last_round,
+            harep=harep,
         )
