@@ -116,9 +116,14 @@ def _responses(raw: bytes, heads: list[bool]) -> list[tuple[int, dict[bytes, byt
             name, _, value = line.partition(b":")
             headers[name.strip().lower()] = value.strip()
         length = int(headers.get(b"content-length", str(len(rest)).encode()))
-        if len(out) < len(heads) and heads[len(out)]:
+        code = int(status[1])
+        # the answer to a HEAD has no body, unless its request line could not
+        # be parsed (a 400 that closes the connection: the body is all that is left)
+        if len(out) < len(heads) and heads[len(out)] and not (
+            code == 400 and headers.get(b"connection") == b"close"
+        ):
             length = 0
-        out.append((int(status[1]), headers, rest[:length]))
+        out.append((code, headers, rest[:length]))
         raw = rest[length:]
     return out
 

@@ -352,7 +352,8 @@ class _Channel(HTTPChannel):
         if self.transport is not None:
             self.transport.write(
                 b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (len(body), b"" if getattr(self, "_command", None) == b"HEAD" else body)
             )
         self._disarm()
         self.loseConnection()
