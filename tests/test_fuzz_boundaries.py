@@ -298,3 +298,37 @@ class StateFileFuzzTests(SynchronousTestCase):
         incidents = [dict(i) for i in GOOD_STATE["incidents"]]
         incidents[n][key] = value
         self.load(json.dumps({**GOOD_STATE, "incidents": incidents}).encode())
+
+
+class FuzzDriverTests(SynchronousTestCase):
+    """bench/fuzz_http.py: only loopback targets unless told otherwise."""
+
+    def setUp(self) -> None:
+        import importlib.util
+
+        path = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "fuzz_http.py")
+        spec = importlib.util.spec_from_file_location("fuzz_http", path)
+        assert spec is not None and spec.loader is not None
+        self.mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(self.mod)
+
+    def test_loopback_only_by_default(self) -> None:
+        self.assertEqual(self.mod.target("http://127.0.0.1:1816", False), ("127.0.0.1", 1816))
+        self.assertEqual(self.mod.target("http://[::1]:99", False), ("::1", 99))
+        for url in ("http://192.0.2.7:1816", "http://[2001:db8::1]:1816"):
+            with self.assertRaises(SystemExit) as cm:
+                self.mod.target(url, False)
+            self.assertEqual(cm.exception.code, 2)
+            self.assertEqual(self.mod.target(url, True)[1], 1816)  # resolved, not contacted
+        with self.assertRaises(SystemExit):
+            self.mod.target("https://127.0.0.1:1816", False)
+
+    def test_answers_are_checked(self) -> None:
+        ok = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]'
+        self.assertIsNone(self.mod.check(ok + ok, [False, False]))
+        self.assertIsNone(self.mod.check(b"HTTP/1.1 100 Continue\r\n\r\n" + ok, [False]))
+        self.assertIsNone(self.mod.check(ok[:-2], [True]))
+        self.assertIn("HTTP 500", self.mod.check(ok.replace(b"200", b"500"), [False]))
+        self.assertIn("HTTP 308", self.mod.check(ok.replace(b"200", b"308"), [False]))
+        self.assertIn("not JSON", self.mod.check(ok.replace(b"[]", b"[x"), [False]))
+        self.assertIn("content type", self.mod.check(ok.replace(b"json", b"html"), [False]))

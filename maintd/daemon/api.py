@@ -140,6 +140,9 @@ class StateAPI:
     """Serves the latest :class:`MaintState` given to :meth:`update`."""
 
     app = Klein()
+    # werkzeug answers "/1//status" with a 308 redirect to "/1/status" (an
+    # HTML body); every answer here is JSON and unknown paths are 404.
+    app.url_map.merge_slashes = False
 
     def __init__(self, state: MaintState | None = None) -> None:
         self._codec = IncidentCodec()
