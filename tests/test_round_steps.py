@@ -221,7 +221,8 @@ class StepTests(SynchronousTestCase):
         self.assertEqual(ctx.state.incidents, ())
 
     def test_failed_job_fails_incident(self) -> None:
-        c = mk_cluster([nd("a"), nd("b")], [drbd("i1", "a", "b")])
+        # a third node: room for i1's new secondary (else nothing is submitted at all)
+        c = mk_cluster([nd("a"), nd("b"), nd("c")], [drbd("i1", "a", "b")])
         rapi = FakeRapi(c)
         mond = FakeMond({"a": rep("a", Action.EVACUATE)})
         ctx = Ctx(MaintState(), rapi, mond)
@@ -251,7 +252,8 @@ class StepTests(SynchronousTestCase):
         self.assertEqual(rapi.calls[-1][:2], ("migrate", "i1"))
 
     def test_lost_job_fails_and_running_job_waits(self) -> None:
-        c = mk_cluster([nd("a"), nd("b")], [drbd("i1", "a", "b")])
+        # a third node: room for i1's new secondary (else nothing is submitted at all)
+        c = mk_cluster([nd("a"), nd("b"), nd("c")], [drbd("i1", "a", "b")])
         rapi = FakeRapi(c)
         ctx = Ctx(MaintState(), rapi, FakeMond({"a": rep("a", Action.EVACUATE)}))
         self.round(ctx)
@@ -283,7 +285,8 @@ class StepTests(SynchronousTestCase):
         self.assertEqual([c[0] for c in rapi.calls], ["drain", "add_tags"])
 
     def test_dry_run_submits_nothing(self) -> None:
-        c = mk_cluster([nd("a"), nd("b")], [drbd("i1", "a", "b")])
+        # a third node: room for i1's new secondary (else nothing is submitted at all)
+        c = mk_cluster([nd("a"), nd("b"), nd("c")], [drbd("i1", "a", "b")])
         rapi = FakeRapi(c)
         ctx = Ctx(MaintState(), rapi, FakeMond({"a": rep("a", Action.EVACUATE)}),
                   config=Cfg(dry_run=True))
@@ -294,7 +297,8 @@ class StepTests(SynchronousTestCase):
                        "submitted": False}, ctx.notes)
 
     def test_rapi_error_on_submit_keeps_incident(self) -> None:
-        c = mk_cluster([nd("a"), nd("b")], [drbd("i1", "a", "b")])
+        # a third node: room for i1's new secondary (else nothing is submitted at all)
+        c = mk_cluster([nd("a"), nd("b"), nd("c")], [drbd("i1", "a", "b")])
         rapi = FakeRapi(c)
         rapi.fail_writes = True
         ctx = Ctx(MaintState(), rapi, FakeMond({"a": rep("a", Action.EVACUATE)}))
@@ -322,7 +326,8 @@ class StepTests(SynchronousTestCase):
         ctx = Ctx(MaintState(), rapi, FakeMond({
             "a": rep("a", Action.LIVE_REPAIR, command="good"),
             "b": rep("b", Action.LIVE_REPAIR, command="bad"),
-            "c": rep("c", Action.LIVE_REPAIR)}), executor=ex)
+            "c": rep("c", Action.LIVE_REPAIR)}), executor=ex,
+            config=Cfg(storm_threshold=Limit(count=3)))  # 3 of 3 nodes: no storm here
         self.round(ctx)
         by_node = {i.node_name: i for i in ctx.state.incidents}
         self.assertEqual(sorted(ex.runs), [("a", "good"), ("b", "bad")])
@@ -341,7 +346,8 @@ class StepTests(SynchronousTestCase):
                          (RepairStatus.FAILED, "no repair executor configured"))
 
     def test_canceled_gets_no_jobs(self) -> None:
-        c = mk_cluster([nd("a"), nd("b")], [drbd("i1", "a", "b")])
+        # a third node: room for i1's new secondary (else nothing is submitted at all)
+        c = mk_cluster([nd("a"), nd("b"), nd("c")], [drbd("i1", "a", "b")])
         rapi = FakeRapi(c)
         mond = FakeMond({"a": rep("a", Action.EVACUATE)})
         ctx = Ctx(MaintState(), rapi, mond)

@@ -63,10 +63,12 @@ async def storm_step(ctx: Any) -> None:
         return
     nodes = len(ctx.cluster.nodes)
     guard = dict(ctx.state.guard)
-    guard["max-evacuating"] = ctx.config.max_evacuating.resolve(nodes)
+    guard["max-evacuating"] = getattr(ctx.config, "max_evacuating",
+                                      G.DEFAULT_MAX_EVACUATING).resolve(nodes)
     if ctx.mond is not None:
         names = reporting_nodes(ctx.reports)
-        threshold = G.storm_threshold(ctx.config.storm_threshold, nodes)
+        threshold = G.storm_threshold(getattr(ctx.config, "storm_threshold",
+                                              G.DEFAULT_STORM_THRESHOLD), nodes)
         before = G.Breaker.from_guard(guard)
         after = G.breaker_after(before, len(names), threshold)
         if after.tripped and not before.tripped:
