@@ -169,3 +169,94 @@ class OverviewTests(SynchronousTestCase):
                     self.assertEqual(ov["next-round"], 1300.0)
         self.assertIs(seen[-1], self.STATE, "built from the latest state")
         self.assertEqual(json.loads(api.body("overview"))["storm-breaker"]["reporting"], 12)
+
+
+class BusyRoundSchedulingTests(SynchronousTestCase):
+    """The round service: --busy-round-delay while work is in progress."""
+
+    def setUp(self) -> None:
+        from twisted.internet import task
+
+        from maintd.daemon.scheduler import RoundService
+        from tests.test_core_scheduler import FakeRounds
+
+        self.clock = task.Clock()
+        self.rounds = FakeRounds()
+        self.busy = True
+        self.service = RoundService(self.rounds, clock=self.clock, round_delay=300,
+                                    busy_delay=5, is_busy=lambda: self.busy)
+        self.service.startService()
+        self.clock.advance(0)
+        self.addCleanup(self.service.stopService)
+
+    def test_busy_then_idle(self) -> None:
+        self.assertIsNone(self.service.next_round, "a round runs")
+        self.clock.advance(30)
+        self.rounds.finish(1)
+        self.assertEqual(self.service.next_round, 35)
+        self.clock.advance(5)
+        self.assertEqual(self.rounds.started, [1, 2])
+        self.busy = False
+        self.rounds.finish(2)
+        self.assertEqual(self.service.next_round, 335)
+        self.clock.advance(299)
+        self.assertEqual(self.rounds.started, [1, 2])
+        self.clock.advance(1)
+        self.assertEqual(self.rounds.started, [1, 2, 3])
+
+    def test_never_longer_than_round_delay(self) -> None:
+        from twisted.internet import task
+
+        from maintd.daemon.config import DaemonConfig
+        from maintd.daemon.scheduler import RoundService
+        from tests.test_core_scheduler import FakeRounds
+
+        cfg = DaemonConfig.for_tests(state_dir="/tmp/x", round_delay=3, busy_round_delay=5)
+        self.assertEqual(cfg.next_busy_delay, 3)
+        clock, rounds = task.Clock(), FakeRounds()
+        svc = RoundService(rounds, clock=clock, round_delay=3, busy_delay=5, is_busy=lambda: True)
+        svc.startService()
+        clock.advance(0)
+        rounds.finish(1)
+        clock.advance(3)
+        self.assertEqual(rounds.started, [1, 2])
+        svc.stopService()
+
+    def test_a_broken_check_means_idle(self) -> None:
+        def broken() -> bool:
+            raise ValueError("bad state")
+
+        self.service.is_busy = broken
+        self.rounds.finish(1)
+        self.assertEqual(self.service.next_round, 300)
+
+
+class OptionTests(SynchronousTestCase):
+    def test_options_and_config_file(self) -> None:
+        import os
+        import tempfile
+
+        from maintd.daemon.config import ConfigError, DaemonConfig, read_config_file
+        from maintd.daemon.options import Options
+
+        o = Options()
+        o.parseOptions(["--max-evacuating", "10%", "--storm-threshold", "6",
+                        "--busy-round-delay", "2"])
+        c = o.daemon_config
+        self.assertEqual((c.max_evacuating, c.storm_threshold, c.busy_round_delay),
+                         (G.Limit(percent=10), G.Limit(count=6), 2.0))
+        d = DaemonConfig()
+        self.assertEqual((d.max_evacuating, d.storm_threshold, d.busy_round_delay),
+                         (G.Limit(count=1), G.Limit(percent=10), 5.0))
+        from twisted.python.usage import UsageError
+
+        self.assertRaises(UsageError, Options().parseOptions, ["--max-evacuating", "lots"])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "m.toml")
+            with open(path, "w") as f:
+                f.write("max-evacuating = 3\nstorm-threshold = \"20%\"\n")
+            self.assertEqual(read_config_file(path), {"max_evacuating": G.Limit(count=3),
+                                                      "storm_threshold": G.Limit(percent=20)})
+            with open(path, "w") as f:
+                f.write("max-evacuating = \"200%\"\n")
+            self.assertRaises(ConfigError, read_config_file, path)
