@@ -260,3 +260,67 @@ class OptionTests(SynchronousTestCase):
             with open(path, "w") as f:
                 f.write("max-evacuating = \"200%\"\n")
             self.assertRaises(ConfigError, read_config_file, path)
+
+
+class StormLeftoverTests(SynchronousTestCase):
+    def test_only_after_a_storm_only_noted_on_ok_nodes(self) -> None:
+        state = MaintState(incidents=(
+            inc("a", "n1"), inc("b", "n2"), inc("c", "n3", RepairStatus.PENDING),
+            inc("d", "n4", action=Action.LIVE_REPAIR)))
+        same, gone = G.storm_leftovers(state, ["n1", "n3", "n4"], False, 5)
+        self.assertEqual((same, gone), (state, []), "no storm: incidents stay")
+        new, gone = G.storm_leftovers(state, ["n1", "n3", "n4"], True, 5)
+        self.assertEqual(sorted(i.uuid for i in gone), ["a", "d"])
+        self.assertEqual(new.incident("a").status, RepairStatus.CANCELED)  # type: ignore[union-attr]
+        self.assertEqual(new.incident("b").status, RepairStatus.NOTED,  # type: ignore[union-attr]
+                         "n2 still reports")
+        self.assertEqual(new.incident("c").status, RepairStatus.PENDING,  # type: ignore[union-attr]
+                         "work in progress goes on")
+
+
+class ControlOpTests(SynchronousTestCase):
+    """The control socket's guardrail ops on a fake state access."""
+
+    def setUp(self) -> None:
+        from twisted.internet import task
+
+        from maintd.daemon import control_guard
+
+        self.ops = control_guard
+        self.clock = task.Clock()
+        self.clock.advance(1000)
+        outer = self
+
+        class Access:
+            clock = outer.clock
+            overview = None
+            state = MaintState()
+
+            def current(self) -> MaintState:
+                return self.state
+
+            def update(self, fn: Any) -> MaintState:
+                self.state = fn(self.state)
+                return self.state
+
+        self.access = Access()
+
+    def test_pause_resume_release_overview(self) -> None:
+        a = self.ops.handle(self.access, "pause", {"op": "pause", "reason": " upgrade ", "for": 60})
+        self.assertEqual(a, {"ok": True, "paused": {"reason": "upgrade", "until": 1060.0,
+                                                    "source": "ctl"}})
+        ov = self.ops.handle(self.access, "overview", {"op": "overview"})
+        self.assertEqual(ov["overview"]["paused"]["until"], 1060.0)  # type: ignore[index]
+        self.assertEqual(self.ops.handle(self.access, "resume", {}), {"ok": True, "paused": False})
+        self.access.state = attrs.evolve(self.access.state, guard={"breaker": {
+            "tripped": True, "released": False, "reporting": 9, "threshold": 4}})
+        a = self.ops.handle(self.access, "release", {})
+        self.assertEqual(a["storm-breaker"]["tripped"], False)  # type: ignore[index]
+        self.assertIsNone(self.ops.handle(self.access, "list", {}), "not ours")
+
+    def test_bad_requests(self) -> None:
+        for req in ({"for": 0}, {"for": -3}, {"for": True}, {"for": "1h"}, {"reason": 5},
+                    {"reason": "x" * 2000}):
+            a = self.ops.handle(self.access, "pause", {"op": "pause", **req})
+            self.assertFalse(a["ok"], req)  # type: ignore[index]
+        self.assertEqual(self.access.state, MaintState(), "nothing changed")

@@ -241,6 +241,29 @@ def breaker_after(prev: Breaker, reporting: int, threshold: int) -> Breaker:
     return Breaker(prev.tripped, prev.released, reporting, threshold)
 
 
+STORM_CANCELED = ("reported during a storm (storm breaker tripped), and the node reports Ok "
+                  "again: canceled without action")
+
+
+def storm_leftovers(state: MaintState, ok_nodes: Iterable[str], was_tripped: bool,
+                    now: float) -> tuple[MaintState, list[Incident]]:
+    """Cancel what a storm left behind: while the breaker held them back (it
+    was tripped in the last round), noted evacuations and live repairs whose
+    node reports ``Ok`` again are canceled (and so forgotten next round), so a
+    fixed diagnose script does not turn into a slow cluster-wide drain."""
+    if not was_tripped:
+        return state, []
+    ok = set(ok_nodes)
+    gone: list[Incident] = []
+    for inc in state.incidents:
+        if (inc.status == RepairStatus.NOTED and inc.node_name in ok
+                and (is_evacuation(inc) or inc.action == Action.LIVE_REPAIR)):
+            new = inc.changed(now, status=RepairStatus.CANCELED, reason=STORM_CANCELED)
+            state = state.with_incident(new)
+            gone.append(new)
+    return state, gone
+
+
 def released(guard: Mapping[str, Any]) -> dict[str, Any]:
     """``guard`` after ``ganeti-maintd-ctl release``: not tripped until the count
     has fallen under the threshold and risen above it again."""

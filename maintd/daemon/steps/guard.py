@@ -9,7 +9,8 @@ which every step obeys (as when mastership is lost).
 ``storm_step`` runs after the collect step: it counts the nodes whose
 self-diagnose report is not ``Ok``, moves the storm breaker and records the
 evacuation budget resolved on this snapshot, for the handle step and the
-overview.  The decisions are :mod:`maintd.decide.guardrails`'.
+overview.  Incidents the breaker held back whose node reports ``Ok`` again
+are canceled (:func:`maintd.decide.guardrails.storm_leftovers`).  The decisions are :mod:`maintd.decide.guardrails`'.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ def reporting_nodes(reports: dict[str, Any]) -> list[str]:
                   if isinstance(getattr(r, "status", None), Action) and r.status != Action.OK)
 
 
+def ok_nodes(reports: dict[str, Any]) -> list[str]:
+    """Nodes whose report this round says ``Ok``."""
+    return sorted(name for name, r in reports.items()
+                  if getattr(r, "status", None) == Action.OK)
+
+
 async def storm_step(ctx: Any) -> None:
     if ctx.cluster is None:
         return
@@ -85,5 +92,13 @@ async def storm_step(ctx: Any) -> None:
             note(ctx, action="storm-breaker", tripped=True, reporting=len(names),
                  threshold=threshold)
         guard["breaker"] = after.to_json()
+        state, gone = G.storm_leftovers(ctx.state, ok_nodes(ctx.reports), before.tripped,
+                                        ctx.now)
+        for inc in gone:
+            log.info("incident {uuid} on {node}: {reason}", uuid=inc.uuid, node=inc.node_name,
+                     reason=inc.reason)
+            note(ctx, incident=inc.uuid, node=inc.node_name, action="cancel", reason=inc.reason)
+        if gone:
+            await ctx.commit(state)
     if guard != dict(ctx.state.guard):
         await ctx.commit(attrs.evolve(ctx.state, guard=guard))
