@@ -102,6 +102,7 @@ class Ctx:
     store: Any = None
     free_nodes: set[str] = attrs.field(factory=set)
     notes: list[dict[str, Any]] = attrs.field(factory=list)
+    reports: dict[str, Any] = attrs.field(factory=dict)
 
     async def commit(self, new: MaintState) -> None:
         self.state = new
