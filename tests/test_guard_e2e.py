@@ -260,15 +260,16 @@ class GuardrailTests(TestCase):
         return self.run_async(self._pause_tag)
 
     async def _pause_tag(self) -> None:
-        # unbalanced: balancing would move instances off n2 at once
-        insts = [shared(f"r{k}", "n2", memory=512) for k in range(6)]
-        d = await self.daemon(scenario(insts, {}, nodes=4), balance=True)
-        await d.cluster_tag("maintd:pause", True)
-        d.sim.sim.set_diagnose("n3", EVACUATE)
-        n_jobs = len(d.jobs())
+        # unbalanced (balancing would move instances off n2 at once) and n3
+        # failing; the cluster carries the tag from the start
+        insts = [shared(f"r{k}", "n2", memory=4096) for k in range(6)]
+        spec = scenario(insts, {"n3": EVACUATE}, nodes=4)
+        spec["tags"] = ["maintd:pause"]
+        d = await self.daemon(spec, balance=True)
         for _ in range(2):
             await d.round()
-        self.assertEqual(len(d.jobs()), n_jobs, "no incident job, no balancing job")
+        self.assertEqual(d.jobs(), [], "no incident job, no balancing job")
+        self.assertEqual(d.incidents("n3")[0].status, RepairStatus.NOTED, "but noted")
         self.assertEqual((await d.overview())["paused"],
                          {"reason": "cluster tag maintd:pause is set", "until": None,
                           "source": "tag"})
@@ -278,12 +279,14 @@ class GuardrailTests(TestCase):
         code, out, _ = await d.ctl("resume")
         self.assertIn("cluster tag maintd:pause", out)
         await d.cluster_tag("maintd:pause", False)
-        n_jobs = len(d.jobs())
-        await d.round()
         await d.round()
         self.assertIs((await d.overview())["paused"], False)
-        kinds = {op["OP_ID"] for _, op in d.ops(since=n_jobs)}
-        self.assertIn("OP_NODE_SET_PARAMS", kinds, "the incident starts")
+        ops = [op for _, op in d.ops()]
+        self.assertIn(("OP_NODE_SET_PARAMS", "n3"),
+                      [(op["OP_ID"], op.get("node_name")) for op in ops],
+                      [d.state.incidents, d.state.last_round])
+        self.assertTrue(any("maintd balance" in str(op.get("reason")) for op in ops),
+                        "balancing starts")
 
     # -- busy rounds ---------------------------------------------------------
 

@@ -282,6 +282,24 @@ class GateTests(SynchronousTestCase):
         self.assertIsInstance(d.plan, I.Wait)
         self.assertIn("maintd:pause", d.plan.reason)  # type: ignore[union-attr]
 
+    def test_every_move_is_checked_again_on_each_snapshot(self) -> None:
+        c = cluster([node("m", mem=1024), node("a"), node("b"), node("c")],
+                    [shared("r1", "a", mem=3000), shared("r2", "a", mem=3000)])
+        state = MaintState(incidents=(incident("a", 1),))
+        c, state, decisions = one_round(c, state, budget=1, now=10)
+        self.assertIsInstance(decisions[0].plan, I.Drain)
+        c, state, decisions = one_round(c, state, budget=1, now=11)
+        self.assertIsInstance(decisions[0].plan, I.MovePrimary)
+        # meanwhile someone else fills b and c: the next move no longer fits
+        full = {n: attrs.evolve(c.nodes[n], mfree=1000) for n in ("b", "c")}
+        c = attrs.evolve(c, nodes={**c.nodes, **full})
+        c2, state, decisions = one_round(c, state, budget=1, now=12)
+        [d] = decisions
+        self.assertIsInstance(d.plan, I.Wait)
+        self.assertIn("cannot evacuate a: no room for instance", d.plan.reason)  # type: ignore[union-attr]
+        self.assertEqual(c2, c, "no job")
+        self.assertEqual(state.incidents[0].status, RepairStatus.PENDING, "still in progress")
+
     def test_infeasible_takes_no_slot(self) -> None:
         c = cluster([node("m", mem=1024), node("a", mem=8192), node("b"), node("c")],
                     [shared("huge", "a", mem=9000), shared("rb", "b")])

@@ -1,10 +1,11 @@
 """The guardrail steps: the pause and the storm breaker (issue 17).
 
-``pause_step`` runs first (with the pause known from the state: the
-operator's, or the ``maintd:pause`` tag of the last snapshot) and again right
-after the snapshot (the tag as it is now).  While paused the round observes
-and notes but submits no job of any kind: ``ctx.submitting`` is turned off,
-which every step obeys (as when mastership is lost).
+``pause_step`` runs first (the operator's pause from the state, the
+``maintd:pause`` tag read with ``GET /2/tags``; the tag as last seen when
+that fails) and again right after the snapshot (the tag may have been added
+meanwhile).  While paused the round observes and notes but submits no job of
+any kind: ``ctx.submitting`` is turned off for the rest of the round, which
+every step obeys (as when mastership is lost; never turned back on mid-round).
 
 ``storm_step`` runs after the collect step: it counts the nodes whose
 self-diagnose report is not ``Ok``, moves the storm breaker and records the
@@ -20,6 +21,7 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
+from maintd.cluster.rapi.errors import RapiError
 from maintd.daemon.control import track
 from maintd.daemon.state import Action
 from maintd.daemon.steps.notes import note
@@ -28,14 +30,31 @@ from maintd.decide import guardrails as G
 log = Logger()
 
 
+
+async def _cluster_tags(ctx: Any) -> Any:
+    """The cluster's tags now (``GET /2/tags``), or None when they cannot be read."""
+    if ctx.cluster is not None:
+        return ctx.cluster.tags
+    read = getattr(ctx.rapi, "tags", None)
+    if read is None:
+        return None
+    try:
+        return await read("cluster")
+    except RapiError as e:
+        log.warn("cannot read the cluster tags ({error}); the pause tag is taken as "
+                 "last seen", error=e)
+        return None
+
+
 async def pause_step(ctx: Any) -> None:
     track(ctx)
     guard = dict(ctx.state.guard)
     if G.expired(guard, ctx.now):
         guard = G.resumed(guard)
         log.warn("the operator's pause has ended; resuming")
-    if ctx.cluster is not None:
-        guard = G.with_tags(guard, ctx.cluster.tags)
+    tags = await _cluster_tags(ctx)
+    if tags is not None:
+        guard = G.with_tags(guard, tags)
     if guard != dict(ctx.state.guard):
         before = G.current_pause(ctx.state.guard, ctx.now)
         after = G.current_pause(guard, ctx.now)
@@ -48,7 +67,7 @@ async def pause_step(ctx: Any) -> None:
     pause = G.current_pause(guard, ctx.now)
     if pause is None:
         return
-    ctx.submitting = False
+    ctx.submitting = False  # never back on in this round
     if ctx.cluster is not None:  # one note per round, after the snapshot
         note(ctx, action="paused", reason=pause.reason, until=pause.until, source=pause.source)
 
