@@ -106,16 +106,15 @@ class GuardrailTests(TestCase):
         await d.round()
         ov = await d.overview()
         self.assertEqual(ov["storm-breaker"], {"tripped": False, "reporting": 1, "threshold": 4})
-        # what the storm left on the healthy nodes is canceled (and then
-        # forgotten); n2 still reports: its evacuation starts, alone
-        canceled = d.by_status(RepairStatus.CANCELED)
-        self.assertEqual(sorted(i.node_name for i in canceled),
-                         sorted(f"n{k}" for k in range(3, 14)))
-        self.assertIn("storm", canceled[0].reason)
+        # what the storm left on the healthy nodes is canceled or dropped
+        # (never acted on); n2 still reports: its evacuation starts, alone
+        healthy = {f"n{k}" for k in range(3, 14)}
+        left = [i for i in d.state.incidents if i.node_name in healthy]
+        self.assertFalse([i for i in left if i.status != RepairStatus.CANCELED], left)
         await d.rounds_until(lambda: d.incidents("n2")[0].status == RepairStatus.COMPLETED)
         self.assertEqual(d.drained(), {"n2"})
         self.assertEqual([i.node_name for i in d.state.incidents], ["n2"],
-                         "the canceled ones are forgotten")
+                         "the storm's incidents are forgotten")
 
     def test_release(self) -> defer.Deferred[None]:
         return self.run_async(self._release)
