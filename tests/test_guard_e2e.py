@@ -313,3 +313,39 @@ class GuardrailTests(TestCase):
                 break
             await task.deferLater(reactor, 0.05, lambda: None)
         self.assertGreater(ov["next-round"] - reactor.seconds(), 3000)
+
+
+class PauseHarepTests(TestCase):
+    """While paused, harep duties submit nothing either (same mechanism as the
+    incidents and balancing: the round's submitting flag); its own suspend tag
+    only ever concerns harep."""
+
+    timeout = 120
+
+    def test_paused_harep_submits_nothing(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._harep())
+
+    async def _harep(self) -> None:
+        from maintd.daemon.steps.guard import pause_step
+        from maintd.daemon.steps.harep import harep_step
+        from maintd.daemon.steps.jobs import jobs_step
+        from maintd.daemon.steps.snapshot import snapshot_step
+        from tests.test_harep_sim import P, SimHarness
+        from tests.test_harep_sim import drbd as hdrbd
+        from tests.test_harep_sim import scenario as hscenario
+
+        # n3 drained by the admin: harep would migrate "mine" off it
+        h = SimHarness(self, hscenario(drained=("n3",), instances=[hdrbd("mine", "n3", "n6")],
+                                       cluster_tags=(P + "migrate", "maintd:pause")))
+        steps = [pause_step, jobs_step, snapshot_step, pause_step, harep_step]
+        for _ in range(2):
+            ctx = await h.round(steps=steps)
+            await h.settle()
+        self.assertEqual(h.sim.sim.jobs.jobs, {}, "no harep job while paused")
+        self.assertIn("paused", [n.get("action") for n in ctx.notes])
+        self.assertEqual(await h.repair_tags("mine"), [])
+        jid = await h.rapi.remove_tags("cluster", None, ["maintd:pause"], reason="operator")
+        await h.rapi.wait_jobs([jid], 10)
+        await h.round(steps=steps)
+        await h.settle()
+        self.assertTrue(await h.repair_tags("mine"), "harep acts once the pause is lifted")
