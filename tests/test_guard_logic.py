@@ -291,10 +291,14 @@ class ControlOpTests(SynchronousTestCase):
         self.clock.advance(1000)
         outer = self
 
+        class Store:
+            pass
+
         class Access:
             clock = outer.clock
             overview = None
             state = MaintState()
+            store = Store()
 
             def current(self) -> MaintState:
                 return self.state
@@ -317,6 +321,19 @@ class ControlOpTests(SynchronousTestCase):
         a = self.ops.handle(self.access, "release", {})
         self.assertEqual(a["storm-breaker"]["tripped"], False)  # type: ignore[index]
         self.assertIsNone(self.ops.handle(self.access, "list", {}), "not ours")
+
+    def test_pause_stops_the_round_in_progress(self) -> None:
+        from maintd.daemon.control import track
+
+        @attrs.define
+        class Round:
+            store: Any
+            submitting: bool = True
+
+        ctx = Round(self.access.store)
+        track(ctx)
+        self.ops.handle(self.access, "pause", {"op": "pause"})
+        self.assertFalse(ctx.submitting, "no further job in the running round")
 
     def test_bad_requests(self) -> None:
         for req in ({"for": 0}, {"for": -3}, {"for": True}, {"for": "1h"}, {"reason": 5},

@@ -140,7 +140,6 @@ async def handle_step(ctx: Any) -> None:
             held[d.incident.uuid] = plan.reason
     await _show_reasons(ctx, held)
     ctx.free_nodes -= touched | I.incident_nodes(ctx.state)
-    act = ctx.submitting and not ctx.config.dry_run
     for d in decisions:
         inc, plan = d.incident, d.plan
         text = I.describe(plan)
@@ -149,7 +148,8 @@ async def handle_step(ctx: Any) -> None:
                       plan=text)
             note(ctx, incident=inc.uuid, node=inc.node_name, plan=text, submitted=False)
             continue
-        if not act:
+        # asked for every job: a pause or a lost mastership stops the rest at once
+        if not (ctx.submitting and not ctx.config.dry_run):
             note(ctx, incident=inc.uuid, node=inc.node_name, plan=text, submitted=False)
             continue
         current = ctx.state.incident(inc.uuid)
