@@ -300,6 +300,19 @@ class GateTests(SynchronousTestCase):
         self.assertEqual(c2, c, "no job")
         self.assertEqual(state.incidents[0].status, RepairStatus.PENDING, "still in progress")
 
+    def test_failing_at_once_needs_no_slot(self) -> None:
+        # n1 is drained already and holds a plain instance: its incident fails
+        # at once, whatever the budget; n2 (older) has the only slot
+        c = cluster([node("m"), node("n1", drained=True), node("n2"), node("n3")],
+                    [Instance("p1", "u-p1", "n1", (), "plain", memory=512), shared("r2", "n2")])
+        state = MaintState(incidents=(incident("n2", 1), incident("n1", 2)))
+        _c, state, decisions = one_round(c, state, budget=1, now=10)
+        by = {d.incident.node_name: d.plan for d in decisions}
+        self.assertIsInstance(by["n2"], I.Drain)
+        self.assertIsInstance(by["n1"], I.Fail)
+        self.assertTrue(E.Planner(c).takes_slot("n2"))
+        self.assertFalse(E.Planner(c).takes_slot("n1"))
+
     def test_infeasible_takes_no_slot(self) -> None:
         c = cluster([node("m", mem=1024), node("a", mem=8192), node("b"), node("c")],
                     [shared("huge", "a", mem=9000), shared("rb", "b")])

@@ -284,6 +284,15 @@ class Planner:
         self._model: _Model | None = None
         self.plans: dict[str, NodePlan] = {}
 
+    def takes_slot(self, node: str) -> bool:
+        """Cheap :attr:`NodePlan.takes_slot` (no planning): False only for a
+        drained (or offline) node with an instance that cannot leave it."""
+        n = self.cluster.nodes.get(node)
+        if n is None or not (n.drained or n.offline):
+            return True
+        return not any(i.primary == node and _unmovable(i)
+                       for i in self.cluster.instances.values())
+
     def plan(self, node: str) -> NodePlan:
         if node in self.plans:
             return self.plans[node]

@@ -316,6 +316,8 @@ class _NodePlan(Protocol):
 class _Planner(Protocol):
     def plan(self, node: str) -> Any: ...
 
+    def takes_slot(self, node: str) -> bool: ...
+
 
 @attrs.frozen
 class Gate:
@@ -347,7 +349,8 @@ def round_gate(
     Evacuations in progress are planned first (they keep their slot), then
     new ones, most severe and oldest first, while slots are left; one whose
     evacuation cannot be planned stays noted with the planner's reason and
-    takes no slot.  No new evacuation and no new live repair while the
+    takes no slot, nor does one that only fails at once (a drained node
+    with an instance that cannot leave it).  No new evacuation and no new live repair while the
     breaker is tripped; nothing at all on the master node.
     """
     ordered = sorted(chosen, key=severity_key)
@@ -373,7 +376,7 @@ def round_gate(
             continue
         if not is_evacuation(inc):
             continue
-        if slots <= 0:
+        if slots <= 0 and planner.takes_slot(inc.node_name):
             waits[inc.uuid] = slot_reason(len(running) + started, budget)
             continue
         plan = planner.plan(inc.node_name)
