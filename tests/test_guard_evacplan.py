@@ -393,3 +393,14 @@ class PropertyTests(SynchronousTestCase):
                                     breaker=G.Breaker(), pause=None,
                                     planner=E.Planner(c, I.incident_nodes(state)))
                 self.assertIn(inc.uuid, gate.waits)
+
+
+class RobustnessTests(SynchronousTestCase):
+    def test_a_snapshot_the_model_cannot_take_is_a_reason_not_a_crash(self) -> None:
+        # an instance whose primary is not among the nodes (the loader skips
+        # such objects; a planner bug must not end every round either)
+        c = cluster([node("m"), node("a"), node("b")], [shared("r1", "a")])
+        c = attrs.evolve(c, instances={**c.instances, "ghost": shared("ghost", "gone")})
+        plan = E.Planner(c).plan("a")
+        self.assertFalse(plan.feasible)
+        self.assertIn("cannot plan the evacuation of a: KeyError", plan.reason or "")

@@ -298,15 +298,23 @@ class Planner:
             return self.plans[node]
         if node not in self.cluster.nodes:
             return NodePlan(node, reason=f"node {node} is not in the cluster")
-        if self._model is None:
-            self._model = _Model(self.cluster, self.excluded | {node})
-        model = self._model
-        model.usable[model.idx(node)] = False
-        saved = model.snapshot()
+        try:
+            if self._model is None:
+                self._model = _Model(self.cluster, self.excluded | {node})
+            model = self._model
+            model.usable[model.idx(node)] = False
+            saved = model.snapshot()
+        except Exception as e:  # a snapshot the model cannot take: say so, act on nothing
+            return NodePlan(node, reason=f"cannot plan the evacuation of {node}: "
+                                         f"{type(e).__name__}: {e}")
         try:
             result = _plan_node(model, node)
         except _Impossible as e:
             result = NodePlan(node, reason=str(e))
+            model.restore(saved)
+        except Exception as e:
+            result = NodePlan(node, reason=f"cannot plan the evacuation of {node}: "
+                                           f"{type(e).__name__}: {e}")
             model.restore(saved)
         node_obj = self.cluster.nodes[node]
         result = attrs.evolve(result, needs_drain=not (node_obj.drained or node_obj.offline))
