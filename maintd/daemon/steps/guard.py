@@ -41,8 +41,9 @@ async def _cluster_tags(ctx: Any) -> Any:
     try:
         return await read("cluster")
     except RapiError as e:
-        log.warn("cannot read the cluster tags ({error}); the pause tag is taken as "
-                 "last seen", error=e)
+        # debug only: the snapshot asks RAPI next and says it once if it fails
+        log.debug("cannot read the cluster tags ({error}); the pause tag is taken as "
+                  "last seen", error=e)
         return None
 
 
