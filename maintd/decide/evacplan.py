@@ -345,7 +345,14 @@ def next_step(
     incident_nodes: set[str],
 ) -> I.Plan:
     """This round's job for the evacuation ``plan`` (see :func:`I.plan_evacuation`
-    for ``available``, ``busy`` and ``incident_nodes``)."""
+    for ``available``, ``busy`` and ``incident_nodes``).
+
+    The first move of the first instance whose nodes are free this round.  A
+    move taken ahead of earlier moves of the plan shares no node with them
+    (a skipped move is one whose node is busy, and every move touches the
+    node being evacuated plus its target, so moves that load or unload the
+    same node are skipped together), so its check on the plan still holds.
+    """
     node = cluster.nodes[plan.node]
     mine = frozenset({node.name})
     if not plan.feasible:
