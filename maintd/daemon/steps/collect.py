@@ -35,6 +35,7 @@ async def collect_step(ctx: Any) -> None:
     if offline:
         note(ctx, action="collect", offline=len(offline), offline_nodes=offline[:20])
     reports = await ctx.mond.gather(nodes, ctx.mond.diagnose)
+    ctx.reports = dict(reports)
     failures = sorted(n for n, r in reports.items() if isinstance(r, MondError))
     for name in failures:
         log.warn("no self-diagnose report: {error}", error=reports[name])
