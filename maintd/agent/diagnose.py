@@ -96,8 +96,11 @@ class DiagnoseCollector:
         directory: str,
         timeout: float,
         wallclock: Callable[[], float],
+        uid: int = 0,
     ) -> None:
         self.reactor = reactor
+        #: Owner whitelisted files must have (root; tests: their own user).
+        self.uid = uid
         self.command = command or None
         self.directory = directory
         self.timeout = timeout
@@ -132,7 +135,7 @@ class DiagnoseCollector:
             return dict(BUILTIN)
         name = self.command
         try:
-            path = whitelist.resolve(self.directory, name)
+            path = whitelist.resolve(self.directory, name, uid=self.uid)
         except whitelist.WhitelistError as e:
             log.error("diagnose not run: {error}", error=e)
             return failed(str(e))

@@ -85,8 +85,8 @@ class AgentResource(resource.Resource):
         if size > MAX_REQUEST:
             log.warn("repair request of {size} bytes refused (limit {limit}); nothing run",
                      size=size, limit=MAX_REQUEST)
-            return self._json(request, 413, json.dumps(
-                {"error": f"request larger than {MAX_REQUEST} bytes"}).encode())
+            return self._signed(request, 413,
+                                {"error": f"request larger than {MAX_REQUEST} bytes"})
         content.seek(0)
         body = content.read()
         d = defer.Deferred.fromCoroutine(self.repairs.handle(body))
