@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.logger import capturedLogs
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from maintd.cluster.agent import AgentClient, AgentError
 from maintd.cluster.executor import AgentExecutor
@@ -186,3 +186,25 @@ class AgentExecutorTests(TestCase):
             self.assertEqual((r.ok, r.retry), (False, True))
         return defer.Deferred.fromCoroutine(t())
 
+
+
+class DaemonKeyTests(SynchronousTestCase):
+    def test_missing_key_is_a_one_line_startup_error(self) -> None:
+        from maintd.daemon.config import DaemonConfig
+        from maintd.daemon.tap import makeService
+
+        d = os.path.abspath(self.mktemp())
+        missing = os.path.join(d, "no-hmac.key")
+        config = DaemonConfig.for_tests(state_dir=os.path.join(d, "state"), hmac_key=missing)
+        with self.assertRaises(SystemExit) as cm:
+            makeService(config, reactor)
+        self.assertEqual(str(cm.exception),
+                         f"ganeti-maintd: cannot read HMAC key {missing}: No such file or "
+                         "directory; not starting")
+        # with --allow-unsigned-reports it starts, without a key
+        config = DaemonConfig.for_tests(state_dir=os.path.join(d, "state2"), hmac_key=missing,
+                                        allow_unsigned_reports=True)
+        daemon = makeService(config, reactor)
+        self.assertIsNone(daemon.agent.key)
+        self.assertTrue(daemon.agent.allow_unsigned)
+        daemon.store.close()

@@ -235,6 +235,10 @@ class MaintDaemon(service.MultiService):
     rounds: RoundService
     control: Any = None
     simulator: Any = None
+    #: The node agents' client (None without one); ``agent.counters`` holds
+    #: the per-node report outcomes (ok, unreachable, invalid, bad_signature,
+    #: collector_failed) for an exporter.
+    agent: Any = None
     mastership: Mastership
 
     def __init__(self) -> None:
@@ -389,6 +393,7 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     top.control = control
 
     top.config = config
+    top.agent = agent
     top.store = store
     top.api = api
     top.rounds = rounds
