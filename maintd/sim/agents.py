@@ -24,7 +24,6 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, ssl
-from twisted.internet import ssl as tssl
 from twisted.web.iweb import IRequest
 
 from maintd.agent import runner, whitelist
@@ -61,11 +60,6 @@ class _AgentResource(MondResource):
 
 class _AgentPort(_MondPort):
     pass
-
-
-class _AgentSSLPort(tssl.Port):
-    def _logConnectionLostMsg(self) -> None:  # noqa: N802
-        pass
 
 
 class AgentFronts(MondFronts):
@@ -139,8 +133,9 @@ class AgentFronts(MondFronts):
         if self.tls is None:
             port = _AgentPort(self.port, site, interface=node.pip, reactor=self.reactor)
         else:
-            port = _AgentSSLPort(self.port, site, self.tls, interface=node.pip,
-                                 reactor=self.reactor)
+            self.ports[name] = self.reactor.listenSSL(self.port, site, self.tls,
+                                                      interface=node.pip)
+            return
         port.startListening()
         self.ports[name] = port
 
