@@ -239,7 +239,8 @@ async def main(reactor: Any, args: argparse.Namespace, work: str) -> None:
                 cost = agent.verify_seconds - spent
                 print(f"  verification: {n_ver} signed reports checked (strict JSON, HMAC-SHA1, "
                       f"window) in {cost * 1000:.1f} ms (reactor thread, wall), "
-                      f"{cost / max(n_ver, 1) * 1e6:.0f} us per report; outcomes (both rounds) "
+                      f"{cost / max(n_ver, 1) * 1e6:.0f} us per report; TLS sessions resumed "
+                      f"so far {agent.resumed}; outcomes (both rounds) "
                       f"{agent.counters.totals()}")
             new = len(ctx.state.incidents)
             plans = [n for n in ctx.notes if "plan" in n]

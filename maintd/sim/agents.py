@@ -23,11 +23,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, ssl
+from twisted.internet import defer
 from twisted.web.iweb import IRequest
 
 from maintd.agent import runner, whitelist
-from maintd.agent.http import AgentResource
+from maintd.agent.http import AgentResource, tls_options
 from maintd.agent.repair import RepairService, RepairState
 from maintd.sim.mond import MondFronts, MondResource, _MondPort, _QuietSite
 from maintd.sim.runtime import Simulation
@@ -78,8 +78,7 @@ class AgentFronts(MondFronts):
     ) -> None:
         super().__init__(sim, reactor, port, wallclock=wallclock)
         self.key = key
-        self.tls = None if pem is None else ssl.PrivateCertificate.loadPEM(
-            pem.decode("ascii")).options()
+        self.tls = None if pem is None else tls_options(pem)
         self.repair_timeout = repair_timeout
         #: Simulated repairs run: (node, command, report).
         self.calls: list[tuple[str, str, Any]] = []
