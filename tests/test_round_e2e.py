@@ -27,6 +27,8 @@ from maintd.cluster.rapi.errors import RapiServerError
 from maintd.daemon.config import DaemonConfig
 from maintd.daemon.state import TAG_FAILED, TAG_READY, MaintState, RepairStatus
 from maintd.daemon.tap import makeService
+from maintd.decide import incidents as I
+from maintd.decide.reason import parse_reason
 from maintd.sim.faults import RapiFault
 from tests.simulators import free_port, start_simulator
 
@@ -212,7 +214,8 @@ class EndToEndTests(TestCase):
                                  "OP_INSTANCE_MIGRATE"] + ["OP_INSTANCE_REPLACE_DISKS"] * 3
                          + ["OP_TAGS_SET"])
         for _, op in d.ops():
-            self.assertEqual(reasons(op), [f"maintd incident {uuid}"])
+            self.assertEqual(reasons(op), [I.job_reason(done)])
+            self.assertEqual(parse_reason(reasons(op)[0]).id, uuid)  # type: ignore[union-attr]
         status = await d.http_status()
         self.assertEqual([(s["uuid"], s["repair-status"], s["jobs"]) for s in status],
                          [(uuid, "completed", all_jobs)])

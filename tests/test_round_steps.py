@@ -154,7 +154,8 @@ class StepTests(SynchronousTestCase):
         self.round(ctx)
         inc = ctx.state.incidents[0]
         uuid = inc.uuid
-        reason = f"maintd incident {uuid}"
+        reason = I.job_reason(inc)
+        self.assertTrue(reason.startswith(f"maintd:1:incident:{uuid}:"))
         self.assertEqual(rapi.calls, [("drain", "a", True, reason)])
         self.assertEqual(inc.status, RepairStatus.PENDING)
         self.assertEqual(inc.jobs, (100,))
@@ -226,7 +227,7 @@ class StepTests(SynchronousTestCase):
         self.assertEqual(inc.status, RepairStatus.FAILED)
         self.assertIn("job 100 error: OpPrereqError: node busy", inc.reason)
         self.assertEqual(rapi.calls[-1], ("add_tags", "node", "a", (TAG_FAILED + uuid,),
-                                          f"maintd incident {uuid}"))
+                                          I.job_reason(inc)))
         n = len(rapi.calls)
         nodes = {**c.nodes, "a": attrs.evolve(c.nodes["a"], drained=True,
                                              tags={TAG_FAILED + uuid})}

@@ -102,6 +102,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "reason": str,
     "tag-job": (int, type(None)),
     "tag-set": bool,
+    "digest": str,
 }
 
 
@@ -126,6 +127,11 @@ class Incident:
     #: succeeded or the tag was seen on the node); the incident is forgotten
     #: on a missing tag only when True.  True in states written before.
     tag_set: bool = True
+    #: Digest of the report that started the incident, as carried in the
+    #: reason of its jobs (:mod:`maintd.decide.reason`).  Empty: computed from
+    #: ``node`` and ``original``; set on an incident rebuilt from Ganeti's job
+    #: queue before the node's report is known again.
+    digest: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -143,6 +149,7 @@ class Incident:
             "reason": self.reason,
             "tag-job": self.tag_job,
             "tag-set": self.tag_set,
+            "digest": self.digest,
         }
 
     @classmethod
@@ -174,7 +181,17 @@ class Incident:
             reason=data.get("reason", ""),
             tag_job=data.get("tag-job"),
             tag_set=data.get("tag-set", True),
+            digest=data.get("digest", ""),
         )
+
+    @property
+    def report_digest(self) -> str:
+        """The digest its jobs carry: ``digest`` when set, else of (node, original)."""
+        if self.digest:
+            return self.digest
+        from maintd.decide.reason import report_digest
+
+        return report_digest(self.node or self.node_name, self.original)
 
     def changed(self, now: float, **changes: Any) -> Incident:
         """A copy with ``changes`` applied, ``mtime`` set and ``serial_no`` bumped."""
