@@ -22,6 +22,7 @@ from maintd.daemon.steps.collect import collect_step
 from maintd.daemon.steps.evacuated import evacuated_step
 from maintd.daemon.steps.handle import handle_step
 from maintd.daemon.steps.jobs import jobs_step
+from maintd.daemon.steps.reconcile import reconcile_step, reconcile_tags_step
 from maintd.daemon.steps.snapshot import snapshot_step
 from maintd.decide import incidents as I
 from tests.test_round_incidents import drbd, incident, mk_cluster, nd, shared
@@ -47,6 +48,7 @@ class Ctx:
     notes: list[dict[str, Any]] = attrs.field(factory=list)
     commits: int = 0
     store: Any = None
+    queue: Any = None
 
     async def commit(self, new: MaintState) -> None:
         self.commits += 1
@@ -68,6 +70,9 @@ class FakeRapi:
 
     async def wait_jobs(self, ids: list[int], timeout: float) -> dict[int, JobResult]:
         return {j: self.status.get(j, JobResult(j, "success")) for j in ids}
+
+    async def jobs_bulk_raw(self) -> list[Any]:
+        return []  # these tests' jobs are not in a queue (see test_reconcile_*)
 
     def _write(self, *call: Any) -> int:
         if self.fail_writes:
@@ -127,11 +132,12 @@ class StepTests(SynchronousTestCase):
     def round(self, ctx: Ctx) -> None:
         ctx.notes = []
         # the incident steps only (harep and balance have their own tests)
-        self.run_steps(ctx, default_steps(ctx.config)[:6])
+        self.run_steps(ctx, default_steps(ctx.config)[:8])
 
     def test_default_steps_order(self) -> None:
         steps = default_steps(Cfg())
-        self.assertEqual(steps[:6], [jobs_step, snapshot_step, cleanup_step, collect_step,
+        self.assertEqual(steps[:8], [reconcile_step, jobs_step, snapshot_step,
+                                     reconcile_tags_step, cleanup_step, collect_step,
                                      evacuated_step, handle_step])
 
     def test_collect_skips_offline_and_errors(self) -> None:

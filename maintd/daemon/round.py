@@ -59,6 +59,10 @@ class RoundContext:
     #: False when jobs must not be submitted (mastership lost).  Dry-run is
     #: ``config.dry_run``: steps decide and note, but submit nothing.
     submitting: bool = True
+    #: Our jobs in Ganeti's queue, read by the reconcile step (``maintd.decide.reconcile.QueueJob``).
+    queue: Any = None
+    #: The daemon's ``maintd.daemon.mastership.Mastership`` (None in unit tests).
+    mastership: Any = None
 
     async def commit(self, new: MaintState) -> None:
         """Durably store ``new`` (when there is a store), then make it current."""

@@ -46,6 +46,7 @@ from maintd.daemon.mastership import (
     Mastership,
     attach_runner,
     check_at_startup_or_exit,
+    exit_after_shutdown,
     mastership_service,
 )
 from maintd.daemon.options import Options
@@ -317,6 +318,7 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     rounds.setServiceParent(top)
     # --- voting part (issue 9): rounds submit jobs only while this host is
     # the master; re-check every --master-check-interval, exit 11 when lost.
+    mastership.exit = lambda status: exit_after_shutdown(reactor, status)
     attach_runner(runner, mastership)
     recheck = mastership_service(config, mastership, reactor)
     if recheck is not None:
