@@ -57,15 +57,21 @@ def drbd(name: str, p: str, s: str) -> dict[str, Any]:
 class Daemon:
     """A simulator plus a ganeti-maintd built by makeService, driven round by round."""
 
-    def __init__(self, test: TestCase, spec: dict[str, Any]) -> None:
+    def __init__(self, test: TestCase, spec: dict[str, Any], *, sim: Any = None,
+                 job_seconds: float = 0.05, **config: Any) -> None:
+        """``sim``: share another daemon's simulator (``spec`` unused then);
+        ``config``: DaemonConfig fields (``hostname``, ...)."""
         self.test = test
         self.base = tempfile.mkdtemp(prefix="mdr-")  # short: UNIX socket path limit
         test.addCleanup(shutil.rmtree, self.base, True)
-        path = os.path.join(self.base, "scenario.json")
-        with open(path, "w") as f:
-            json.dump(spec, f)
-        self.sim = start_simulator(test, os.path.join(self.base, "sim"), scenario=path,
-                                   job_seconds=0.05, mond_port=free_port())
+        if sim is None:
+            path = os.path.join(self.base, "scenario.json")
+            with open(path, "w") as f:
+                json.dump(spec, f)
+            sim = start_simulator(test, os.path.join(self.base, "sim"), scenario=path,
+                                  job_seconds=job_seconds, mond_port=free_port())
+        self.sim = sim
+        self.config = config
         self.state_dir = os.path.join(self.base, "state")
         self.http_port = free_port()
         self.daemon: Any = None
@@ -82,6 +88,7 @@ class Daemon:
             state_dir=self.state_dir, port=self.http_port, rapi=s.rapi_url, rapi_user=s.rapi_user,
             rapi_password_file=s.rapi_password_file, rapi_cert=s.rapi_cert, rapi_insecure=False,
             mond_port=s.mond_port, mond_timeout=1.0, round_delay=3600.0, job_wait=10.0,
+            **self.config,
         )
         self.daemon = makeService(config, reactor)
         self.daemon.store.add_listener(self._record)
