@@ -82,13 +82,13 @@ def _log_notes(notes: Iterable[Mapping[str, Any]]) -> None:
 
 
 async def _reports(ctx: Any, nodes: Iterable[Any]) -> dict[str, Mapping[str, Any]]:
-    """Raw self-diagnose reports of ``nodes`` (online ones that answered)."""
-    if ctx.mond is None:
-        return {}
+    """Raw self-diagnose reports of ``nodes`` (online ones that answered),
+    from the same source as the collect step (the agents, else mond)."""
+    source = ctx.agent if getattr(ctx, "agent", None) is not None else ctx.mond
     ask = [n for n in nodes if not n.offline]
-    if not ask:
+    if source is None or not ask:
         return {}
-    got = await ctx.mond.gather(ask, ctx.mond.diagnose)
+    got = await source.gather(ask, source.diagnose)
     return {name: r.raw for name, r in got.items() if isinstance(r, DiagnoseReport)}
 
 
