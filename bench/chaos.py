@@ -16,7 +16,7 @@ Verdict (exit status 0 only when all hold):
   secondary per instance, one tag per incident;
 - every job carries a maintd reason.
 
-    .venv/bin/python bench/chaos.py [--kills 100] [--seed 1] [--max-alive 2.0] [--primaries 15]
+    .venv/bin/python bench/chaos.py [--kills 100] [--seed 1] [--max-alive 2.0] [--primaries 40]
                                 [--job-seconds 0.3] [--workdir DIR] [--json]
 
 Timing depends on the machine (each daemon start imports Twisted and the
@@ -80,6 +80,11 @@ class Sim:
         self.work = work
         self.port = free_port()
         self.mond_port = free_port()
+        self.agent_port = free_port()
+        self.hmac_key = os.path.join(work, "hmac.key")
+        with open(self.hmac_key, "w") as f:
+            f.write(base64.b16encode(os.urandom(20)).decode().lower() + "\n")
+        os.chmod(self.hmac_key, 0o600)
         self.password = "chaos-" + base64.b32encode(os.urandom(10)).decode().lower()
         users = os.path.join(work, "users")
         with open(users, "w") as f:
@@ -97,6 +102,7 @@ class Sim:
             [TWISTD, "-n", "--pidfile=", "-l", "-", "ganeti-sim", "--scenario", path,
              "--plain-http", "--rapi-port", str(self.port), "--mond-port", str(self.mond_port),
              "--rapi-users", users, "--job-seconds", str(job_seconds),
+             "--agent-port", str(self.agent_port), "--hmac-key", self.hmac_key,
              "--workdir", os.path.join(work, "simwork")],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
@@ -140,7 +146,9 @@ def start_daemon(sim: Sim, state_dir: str, log: Any, port: int) -> subprocess.Po
          "--rapi-user", "chaos", "--rapi-password-file", sim.password_file,
          "--state-dir", state_dir, "--no-voting", "--yes-do-it", "--hostname", "n1",
          "--round-delay", "0.2", "--job-wait", "2", "--mond-port", str(sim.mond_port),
-         "--mond-timeout", "2", "-p", str(port), "-b", "127.0.0.1"],
+         "--mond-timeout", "2", "-p", str(port), "-b", "127.0.0.1",
+         # the simulated nodes' signed agents (plain HTTP like the simulator's RAPI)
+         "--agent-port", str(sim.agent_port), "--agent-plain-http", "--hmac-key", sim.hmac_key],
         stdout=log, stderr=subprocess.STDOUT,
     )
 
@@ -262,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a daemon lives a random 0..MAX seconds after it started "
                         "listening before SIGKILL")
     p.add_argument("--job-seconds", type=float, default=0.3)
-    p.add_argument("--primaries", type=int, default=15,
+    p.add_argument("--primaries", type=int, default=40,
                    help="primary instances per failing node (and half as many secondaries)")
     p.add_argument("--workdir", help="keep logs and state here (default: a temp dir, removed)")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON only")
