@@ -12,6 +12,7 @@ job list then holds every operation exactly once.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import shutil
 
@@ -96,24 +97,53 @@ class FailoverTests(TestCase):
         self.assertEqual([(s["uuid"], s["repair-status"]) for s in status],
                          [(uuid, "completed")])
 
-    def test_empty_state_dir_on_new_master(self) -> defer.Deferred[None]:
+    def agents_down(self, a: Daemon) -> None:
+        """No agent answers from now on: no replica, no report."""
+        for name in a.sim.cluster.nodes:
+            a.sim.sim.set_mond(name, "down")
+
+    def test_empty_state_dir_no_agents(self) -> defer.Deferred[None]:
+        """Reconciliation alone: B rebuilds the incident from Ganeti's job queue."""
         async def go() -> None:
             a, exits = await self.daemon_a()  # round 1: incident, drain
             uuid = a.incidents("n3")[0].uuid
             await a.round()  # waits for the drain; migrates a1 (running)
             running = [j.id for j in a.jobs() if j.status in ("queued", "running")]
             await self.fail_over(a, exits)
+            self.agents_down(a)
 
             b = Daemon(self, SPEC, sim=a.sim, hostname="n2")
             await self.start(b)  # round 1 on an empty state dir
             inc = b.state.incident(uuid)
             self.assertIsNotNone(inc, "the same incident uuid")
+            notes = [n for n in b.state.last_round["notes"] if "reconcile" in n]
+            self.assertEqual((notes[0]["reconcile"], notes[0]["incident"]), ("rebuilt", uuid))
+            self.assertLessEqual(set(running), set(notes[0]["jobs"]), "running job adopted")
+            self.assertEqual(notes[0]["report"], "not reported now")
+            self.assertNotIn("replica", json.dumps(b.state.last_round["notes"]))
+            await self.finish_on_b(a, b, uuid)
+
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_empty_state_dir_takes_the_replica(self) -> defer.Deferred[None]:
+        """With agents: B takes A's last state from them, then reconciles."""
+        async def go() -> None:
+            a, exits = await self.daemon_a()
+            uuid = a.incidents("n3")[0].uuid
+            await a.round()  # migrates a1 (running)
+            await a.daemon.rounds.round_fn.replica.wait()
+            serial = a.state.serial
+            await self.fail_over(a, exits)
+
+            b = Daemon(self, SPEC, sim=a.sim, hostname="n2")
+            await self.start(b)
+            inc = b.state.incident(uuid)
             assert inc is not None
             self.assertEqual(dict(inc.original), EVACUATE)
-            notes = [n for n in b.state.last_round["notes"] if "reconcile" in n]
-            self.assertEqual(notes[0]["reconcile"], "rebuilt")
-            self.assertEqual(notes[0]["incident"], uuid)
-            self.assertLessEqual(set(running), set(notes[0]["jobs"]), "running job adopted")
+            taken = [n for n in b.state.last_round["notes"] if n.get("replica") == "taken"]
+            self.assertEqual(len(taken), 1)
+            self.assertGreaterEqual(taken[0]["serial"], serial)
+            self.assertGreater(b.state.serial, taken[0]["serial"])
             await self.finish_on_b(a, b, uuid)
 
         return defer.Deferred.fromCoroutine(go())
@@ -127,6 +157,7 @@ class FailoverTests(TestCase):
             await a.round()  # migrates a1
             await a.round()  # migrates a2 (running)
             await self.fail_over(a, exits)
+            self.agents_down(a)
 
             b = Daemon(self, SPEC, sim=a.sim, hostname="n2")
             os.makedirs(b.state_dir)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,8 +48,8 @@ class MasterFailoverSandboxTests(MultiSandboxTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.work = tempfile.mkdtemp(prefix="mdsb-", dir="/tmp")
-        self.addCleanup(shutil.rmtree, self.work, True)
+        # kept afterwards: the daemons' and agents' logs for a failure
+        self.work = tempfile.mkdtemp(prefix="maintd-sandbox-failover-", dir="/tmp")
         self.password = os.path.join(self.work, "rapi-password")
         with open(self.password, "w") as f:
             f.write(RAPI_PASSWORD + "\n")
@@ -63,7 +62,23 @@ class MasterFailoverSandboxTests(MultiSandboxTestCase):
             if value:
                 return value
             time.sleep(1)
-        self.fail(f"{what}: not within {timeout:.0f}s (logs in {self.work})")
+        self.fail(f"{what}: not within {timeout:.0f}s (logs in {self.work})\n{self.logs()}")
+
+    def logs(self) -> str:
+        out = []
+        for name in sorted(os.listdir(self.work)):
+            if name.endswith((".log", ".out")):
+                with open(os.path.join(self.work, name), errors="replace") as f:
+                    tail = f.read()[-1500:]
+                out.append(f"--- {name}\n{tail}")
+        return "\n".join(out)
+
+    def whitelist(self, name: str) -> str:
+        """An (empty) whitelist directory: root's, mode 0755."""
+        path = os.path.join(self.work, name)
+        os.makedirs(path, exist_ok=True)
+        os.chmod(path, 0o755)
+        return path
 
     def start_agent(self, n: int, report: dict[str, Any] | None) -> None:
         sb = self.sandbox
@@ -73,11 +88,10 @@ class MasterFailoverSandboxTests(MultiSandboxTestCase):
                 "ganeti-maintd-agent", "-p", "1817", "-b", sb.node_ip(n),
                 "--hmac-key", f"{lib}/hmac.key", "--ssl-cert", f"{lib}/server.pem",
                 "--state-dir", os.path.join(self.work, f"agent{n}"),
-                "--hostname", sb.node_name(n), "--diagnose-interval", "2"]
+                "--hostname", sb.node_name(n), "--diagnose-interval", "2",
+                "--repair-dir", self.whitelist(f"repair{n}")]
         if report is not None:
-            wl = os.path.join(self.work, f"diag{n}")
-            os.makedirs(wl, mode=0o755)
-            os.chmod(wl, 0o755)
+            wl = self.whitelist(f"diag{n}")
             script = os.path.join(wl, "diag")
             with open(script, "w") as f:
                 f.write("#!/bin/sh\necho '" + json.dumps(report) + "'\n")

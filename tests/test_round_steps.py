@@ -23,6 +23,7 @@ from maintd.daemon.steps.evacuated import evacuated_step
 from maintd.daemon.steps.handle import handle_step
 from maintd.daemon.steps.jobs import jobs_step
 from maintd.daemon.steps.reconcile import reconcile_step, reconcile_tags_step
+from maintd.daemon.steps.replica import replica_nodes_step, replica_start_step
 from maintd.daemon.steps.snapshot import snapshot_step
 from maintd.decide import incidents as I
 from tests.test_round_incidents import drbd, incident, mk_cluster, nd, shared
@@ -132,13 +133,13 @@ class StepTests(SynchronousTestCase):
     def round(self, ctx: Ctx) -> None:
         ctx.notes = []
         # the incident steps only (harep and balance have their own tests)
-        self.run_steps(ctx, default_steps(ctx.config)[:8])
+        self.run_steps(ctx, default_steps(ctx.config)[:10])
 
     def test_default_steps_order(self) -> None:
         steps = default_steps(Cfg())
-        self.assertEqual(steps[:8], [reconcile_step, jobs_step, snapshot_step,
-                                     reconcile_tags_step, cleanup_step, collect_step,
-                                     evacuated_step, handle_step])
+        self.assertEqual(steps[:10], [replica_start_step, reconcile_step, jobs_step,
+                                      snapshot_step, replica_nodes_step, reconcile_tags_step,
+                                      cleanup_step, collect_step, evacuated_step, handle_step])
 
     def test_collect_skips_offline_and_errors(self) -> None:
         c = mk_cluster([nd("a"), nd("b", offline=True), nd("c")], [])

@@ -65,6 +65,8 @@ class RoundContext:
     queue: Any = None
     #: The daemon's ``maintd.daemon.mastership.Mastership`` (None in unit tests).
     mastership: Any = None
+    #: ``maintd.daemon.replication.Replication`` (None: no state replication).
+    replica: Any = None
 
     async def commit(self, new: MaintState) -> None:
         """Durably store ``new`` (when there is a store), then make it current."""
@@ -144,6 +146,7 @@ class RoundRunner:
         mond: Any = None,
         executor: Any = None,
         agent: Any = None,
+        replica: Any = None,
         submitting: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
@@ -153,6 +156,7 @@ class RoundRunner:
         self.rapi = rapi
         self.mond = mond
         self.agent = agent
+        self.replica = replica
         self.executor = executor
         #: Asked at the start of each round (the voting part plugs in here).
         self.submitting = submitting or (lambda: True)
@@ -168,6 +172,7 @@ class RoundRunner:
             rapi=self.rapi,
             mond=self.mond,
             agent=self.agent,
+            replica=self.replica,
             executor=self.executor,
             submitting=self.submitting(),
         )

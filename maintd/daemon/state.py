@@ -212,6 +212,11 @@ class MaintState:
     #: harep repairs maintd started and has not finished, by repair id:
     #: ``{"instance": name, "jobs": [repair job ids], "tag_jobs": [tag update job ids]}``.
     harep: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    #: Bumped by every durable commit (:class:`maintd.daemon.store.StateStore`):
+    #: the newest of two copies of the state (a local file, an agent's
+    #: replica) has the higher serial.  Not part of equality: two states with
+    #: the same content are equal whatever their serials.
+    serial: int = attrs.field(default=0, eq=False)
 
     def incident(self, uuid: str) -> Incident | None:
         for inc in self.incidents:
@@ -244,6 +249,7 @@ class MaintState:
             "evacuated": list(self.evacuated),
             "last_round": dict(self.last_round),
             "harep": {k: dict(v) for k, v in self.harep.items()},
+            "serial": self.serial,
         }
 
     @classmethod
@@ -264,7 +270,11 @@ class MaintState:
             isinstance(j, int) and not isinstance(j, bool) for j in jobs
         ):
             raise ValueError(f"'jobs' must be a list of job ids, not {jobs!r}")
+        serial = data.get("serial", 0)
+        if not isinstance(serial, int) or isinstance(serial, bool) or serial < 0:
+            raise ValueError(f"'serial' must be a non-negative integer, not {serial!r}")
         return cls(
+            serial=serial,
             incidents=tuple(incidents),
             jobs=jobs,
             evacuated=data.get("evacuated", ()),

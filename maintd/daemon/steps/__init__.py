@@ -1,7 +1,7 @@
 """The maintenance round's steps, in order.
 
-``default_steps(config)`` is what the round service runs: reconcile (master
-check, Ganeti's job queue) -> previous jobs -> snapshot -> reconcile tags ->
+``default_steps(config)`` is what the round service runs: replica (once: the
+newest replica from the agents) -> reconcile (master check, Ganeti's job queue) -> previous jobs -> snapshot -> replica nodes -> reconcile tags ->
 cleanup -> collect -> evacuated (prune /1/evacuated) -> handle -> harep ->
 balance.  The harep and
 balance steps come from their own modules when they exist.
@@ -17,12 +17,14 @@ from maintd.daemon.steps.evacuated import evacuated_step
 from maintd.daemon.steps.handle import handle_step
 from maintd.daemon.steps.jobs import jobs_step
 from maintd.daemon.steps.reconcile import reconcile_step, reconcile_tags_step
+from maintd.daemon.steps.replica import replica_nodes_step, replica_start_step
 from maintd.daemon.steps.snapshot import snapshot_step
 
 
 def default_steps(config: Any) -> list[Any]:
-    steps: list[Any] = [reconcile_step, jobs_step, snapshot_step, reconcile_tags_step,
-                        cleanup_step, collect_step, evacuated_step, handle_step]
+    steps: list[Any] = [replica_start_step, reconcile_step, jobs_step, snapshot_step,
+                        replica_nodes_step, reconcile_tags_step, cleanup_step, collect_step,
+                        evacuated_step, handle_step]
     try:
         from maintd.daemon.steps.harep import harep_step  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
