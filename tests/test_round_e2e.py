@@ -62,6 +62,8 @@ class Daemon:
         """``sim``: share another daemon's simulator (``spec`` unused then);
         ``config``: DaemonConfig fields (``hostname``, ...)."""
         self.test = test
+        #: DaemonConfig fields that differ from the harness defaults.
+        self.config_extra = config
         self.base = tempfile.mkdtemp(prefix="mdr-")  # short: UNIX socket path limit
         test.addCleanup(shutil.rmtree, self.base, True)
         if sim is None:
@@ -71,7 +73,6 @@ class Daemon:
             sim = start_simulator(test, os.path.join(self.base, "sim"), scenario=path,
                                   job_seconds=job_seconds, mond_port=free_port())
         self.sim = sim
-        self.config = config
         self.state_dir = os.path.join(self.base, "state")
         self.http_port = free_port()
         self.daemon: Any = None
@@ -84,12 +85,13 @@ class Daemon:
 
     async def start(self) -> None:
         s = self.sim
-        config = DaemonConfig.for_tests(
+        values: dict[str, Any] = dict(
             state_dir=self.state_dir, port=self.http_port, rapi=s.rapi_url, rapi_user=s.rapi_user,
             rapi_password_file=s.rapi_password_file, rapi_cert=s.rapi_cert, rapi_insecure=False,
-            mond_port=s.mond_port, mond_timeout=1.0, round_delay=3600.0, job_wait=10.0,
-            **{**agent_config(s), **self.config},
+            mond_port=s.mond_port, mond_timeout=1.0, round_delay=3600.0, busy_round_delay=3600.0,
+            job_wait=10.0, **agent_config(s),
         )
+        config = DaemonConfig.for_tests(**{**values, **self.config_extra})
         self.daemon = makeService(config, reactor)
         self.daemon.store.add_listener(self._record)
         self.daemon.startService()

@@ -35,8 +35,10 @@ class Choice:
     state: MaintState | None
     serial: int = 0
     node: str = ""
-    #: One line per copy that was ignored or not newer, naming the node.
+    #: One line per copy that was ignored, naming the node (logged as warnings).
     notes: tuple[str, ...] = ()
+    #: Why the local state was kept although there were valid copies (info).
+    kept: str = ""
 
 
 def choose(copies: Mapping[str, bytes], key: bytes, now: float, local_serial: int) -> Choice:
@@ -73,10 +75,10 @@ def choose(copies: Mapping[str, bytes], key: bytes, now: float, local_serial: in
         if best is None or serial > best[0]:
             best = (serial, node, state)
     if best is None or best[0] <= local_serial:
-        if best is not None:
-            notes.append(f"newest replica (serial {best[0]}, {best[1]}) is not newer than the "
-                         f"local state (serial {local_serial}): local state kept")
-        return Choice(None, notes=tuple(notes))
+        kept = "" if best is None else (
+            f"newest replica (serial {best[0]}, {best[1]}) is not newer than the local state "
+            f"(serial {local_serial}): local state kept")
+        return Choice(None, notes=tuple(notes), kept=kept)
     return Choice(best[2], best[0], best[1], tuple(notes))
 
 

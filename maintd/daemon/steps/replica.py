@@ -41,6 +41,8 @@ async def replica_start_step(ctx: Any) -> None:
     choice = choose(copies, rep.key, rep.wallclock(), ctx.state.serial)
     for line in choice.notes:
         log.warn("replication: {line}", line=line)
+    if choice.kept:
+        log.info("replication: {line}", line=choice.kept)
     if choice.state is not None:
         log.info("replication: taking the replica with serial {serial} from the agent on "
                  "{node} (local state: serial {local}); reconciling it with Ganeti next",
