@@ -52,3 +52,4 @@ Where maintd deliberately differs from harep:
   (harep stops altogether); an ``enoperm`` result is written once, not again
   every run while nothing changed;
 * instances marked offline are not touched.
+"""
