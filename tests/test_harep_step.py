@@ -55,12 +55,15 @@ class FakeRapi:
         self.tags_at_submit: dict[int, set[str]] = {}
         #: the queue as /2/jobs?bulk=1 shows it
         self.queue: dict[int, JobResult] = {}
+        #: job ids in the order of the writes that made them
+        self.job_order: list[int] = []
         self.clock = 1_700_000_000.0
 
     def _job(self, status: str, ops: tuple[OpInfo, ...] = ()) -> int:
         self.next_id += 1
         self.status[self.next_id] = status
         self.queue[self.next_id] = JobResult(self.next_id, status, ops=ops, received=self.clock)
+        self.job_order.append(self.next_id)
         return self.next_id
 
     def _check(self, name: str) -> None:

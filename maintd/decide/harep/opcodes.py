@@ -10,7 +10,7 @@ interoperability tests compare maintd's harep jobs with the opcodes the real
 
 Only the parameters that change what Ganeti does are kept: the common ones
 (``reason``, ``priority``, ``depends``, ``comment``, ``debug_level``,
-``dry_run``) and the ``*_uuid`` twins Ganeti fills in from the names are left
+``dry_run``) and the ``*_uuid(s)`` twins Ganeti fills in from the names are left
 out.  Defaults are Ganeti 3.0's (``ganeti/opcodes.py``).
 """
 
