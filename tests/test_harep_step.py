@@ -152,10 +152,18 @@ class Ctx:
     notes: list[dict[str, Any]] = attrs.field(factory=list)
     submitting: bool = True
     commits: int = 0
+    #: the daemon dies at this commit (the state file keeps the one before)
+    crash_at: int | None = None
 
     async def commit(self, new: MaintState) -> None:
         self.commits += 1
+        if self.commits == self.crash_at:
+            raise Crash(f"daemon stopped at commit {self.commits}")
         self.state = new
+
+
+class Crash(Exception):
+    pass
 
 
 def run(ctx: Ctx) -> None:
@@ -176,7 +184,15 @@ class World:
         self.now = 1_700_000_000.0
         self.iallocator: str | None = None
 
-    def round(self, *, dry_run: bool = False, submitting: bool = True, free=None, **changes) -> Ctx:
+    def round(
+        self,
+        *,
+        dry_run: bool = False,
+        submitting: bool = True,
+        free=None,
+        crash_at: int | None = None,
+        **changes,
+    ) -> Ctx:
         insts = {
             n: attrs.evolve(i, tags=frozenset(self.rapi.tags_of[n]))
             for n, i in self.cluster.instances.items()
@@ -189,13 +205,16 @@ class World:
             state=self.state,
             free_nodes=set(self.cluster.nodes) if free is None else set(free),
             submitting=submitting,
+            crash_at=crash_at,
         )
         ctx.config.dry_run = dry_run
         ctx.config.iallocator = self.iallocator
         self.rapi.clock = self.now
-        run(ctx)
-        self.state = ctx.state
-        self.now += 300
+        try:
+            run(ctx)
+        finally:
+            self.state = ctx.state
+            self.now += 300
         return ctx
 
     def move(self, name: str, **changes: Any) -> None:
@@ -376,24 +395,11 @@ class RepairFlowTests(SynchronousTestCase):
 
 
 class RecoveryTests(SynchronousTestCase):
-    def crash_after_submit(self, w: World) -> None:
-        """Run a round whose commits are lost from the repair job's on."""
-        ctx = w.round(dry_run=True)  # the plan only
-        pending = RepairTag(
-            RepairType.FAILOVER,
-            __import__("maintd.decide.harep.decide", fromlist=["repair_id"]).repair_id(
-                "inst1", RepairType.FAILOVER, int(ctx.now)
-            ),
-            int(ctx.now),
-        )
-        w.rapi.clock = ctx.now + 1
-        d = Deferred.fromCoroutine(
-            w.rapi.failover_instance(
-                "inst1", ignore_consistency=False, reason=reason("inst1", pending)
-            )
-        )
-        self.assertEqual(self.successResultOf(d), 101)
-        w.now = ctx.now + 300
+    def crash_after_submit(self, w: World, at: int = 1) -> None:
+        """A round in which the daemon stops at commit ``at`` (1: the first
+        repair job's id never reaches the store)."""
+        with self.assertRaises(Crash):
+            w.round(crash_at=at)
 
     def test_job_found_by_its_reason_is_tagged_not_submitted_again(self) -> None:
         w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))
@@ -402,7 +408,7 @@ class RecoveryTests(SynchronousTestCase):
         self.assertEqual([c[0] for c in w.rapi.writes()], ["failover_instance", "add_tags"])
         (pending,) = w.repair_tags("inst1")
         # The very tag the lost round would have written (same id and time).
-        self.assertEqual(pending.jobs, (101,))
+        self.assertEqual((pending.jobs, pending.ts), ((101,), int(w.now) - 600))
         self.assertTrue(is_own("inst1", pending))
         self.assertIn("already submitted", ctx.notes[0]["message"])
         self.assertIn(pending.id, ctx.state.harep)
@@ -419,6 +425,64 @@ class RecoveryTests(SynchronousTestCase):
             [c[0] for c in w.rapi.writes()],
             ["failover_instance", "failover_instance", "add_tags", "remove_tags"],
         )
+
+    def test_reinstall_crash_after_both_jobs_tags_both_from_record_and_queue(self) -> None:
+        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "reinstall"], instances=[plain()]))
+        # The recreate job's id is committed, the reinstall job's is not.
+        self.crash_after_submit(w, 2)
+        self.assertEqual([c[0] for c in w.rapi.writes()], ["recreate_disks", "reinstall_instance"])
+        ctx = w.round()
+        self.assertEqual(
+            [c[0] for c in w.rapi.writes()], ["recreate_disks", "reinstall_instance", "add_tags"]
+        )
+        (pending,) = w.repair_tags("inst1")
+        self.assertEqual((pending.type, pending.jobs), (RepairType.REINSTALL, (101, 102)))
+        self.assertTrue(is_own("inst1", pending))
+        self.assertEqual(ctx.notes[0]["harep"], "retag")
+
+    def test_reinstall_crash_after_the_first_job_finishes_the_repair_once(self) -> None:
+        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "reinstall"], instances=[plain()]))
+        self.crash_after_submit(w, 1)
+        self.assertEqual([c[0] for c in w.rapi.writes()], ["recreate_disks"])
+        w.round()  # found by its reason: tagged, not submitted again
+        (pending,) = w.repair_tags("inst1")
+        self.assertEqual(pending.jobs, (101,))
+        self.assertTrue(is_own("inst1", pending))
+        w.rapi.status[101] = "success"
+        w.move("inst1", primary="n4")
+        w.round()  # the missing reinstall job, once
+        (pending,) = w.repair_tags("inst1")
+        self.assertEqual(pending.jobs, (101, 103))
+        self.assertEqual(
+            [c[0] for c in w.rapi.writes()].count("reinstall_instance"), 1, w.rapi.writes()
+        )
+
+    def test_continued_reinstall_found_in_the_queue_is_not_submitted_again(self) -> None:
+        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "reinstall"], instances=[plain()]))
+        w.rapi.fail_methods.add("reinstall_instance")
+        w.round()
+        w.rapi.fail_methods.clear()
+        w.rapi.status[101] = "success"
+        w.move("inst1", primary="n4")
+        self.crash_after_submit(w, 1)  # the continued reinstall job, never committed
+        w.round()
+        self.assertEqual([c[0] for c in w.rapi.writes()].count("reinstall_instance"), 1)
+        (pending,) = w.repair_tags("inst1")
+        self.assertEqual(pending.jobs, (101, 103))
+
+    def test_other_jobs_in_the_queue_are_not_adopted(self) -> None:
+        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))
+        # Someone's failover of inst1 (not maintd's reason), and maintd's own
+        # tag job of another instance.
+        w.rapi.queue[50] = JobResult(
+            50, "running", ops=(OpInfo("OP_INSTANCE_FAILOVER", "inst1", ("operator",)),)
+        )
+        w.rapi.queue[51] = JobResult(
+            51, "running", ops=(OpInfo("OP_INSTANCE_FAILOVER", "other", (reason("other"),)),)
+        )
+        w.rapi.status.update({50: "running", 51: "running"})
+        w.round()
+        self.assertEqual([c[0] for c in w.rapi.writes()], ["failover_instance", "add_tags"])
 
     def test_record_without_tag_job_is_tagged_from_the_store(self) -> None:
         w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))

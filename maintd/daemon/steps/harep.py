@@ -55,7 +55,7 @@ from maintd.decide.harep.decide import (
     plan_pending,
     tag_state,
 )
-from maintd.decide.harep.recover import orphaned_repair, repair_reason
+from maintd.decide.harep.recover import orphaned_repair, repair_reason, with_reinstall_job
 from maintd.decide.harep.tags import RepairTag, RepairType, TagError, parse, parse_all
 
 log = Logger()
@@ -198,7 +198,7 @@ async def _instance(
         fresh = await ctx.rapi.tags("instance", inst.name)
         if any(_same_repair(t, rid) for t in fresh):
             tags = fresh  # the tag landed after the snapshot
-        elif await _untagged(ctx, inst, rid, rec):
+        elif await _untagged(ctx, inst, rid, rec, queue):
             return
     state = tag_state(inst.name, tags)
     for problem in state.problems:
@@ -232,7 +232,9 @@ async def _instance(
     await _carry_out(ctx, inst, decision, record, queue)
 
 
-async def _untagged(ctx: Any, inst: Instance, rid: str, rec: Mapping[str, Any]) -> bool:
+async def _untagged(
+    ctx: Any, inst: Instance, rid: str, rec: Mapping[str, Any], queue: _Queue
+) -> bool:
     """Handle a submitted repair whose pending tag is not on the instance.
 
     True when the instance is done with for this round.
@@ -263,6 +265,7 @@ async def _untagged(ctx: Any, inst: Instance, rid: str, rec: Mapping[str, Any]) 
     tag = _record_tag(rid, rec)
     if tag is None or not tag.jobs or not ctx.submitting:
         return tag is not None
+    tag = with_reinstall_job(inst.name, tag, await queue.get())
     jobs: list[int] = []
     msg = f"repair {rid}: writing the pending tag of job(s) {list(tag.jobs)}"
     log.info("harep: instance {instance}: {msg}", instance=name, msg=msg)
@@ -321,7 +324,7 @@ async def _carry_out(
     elif decision.verdict is Verdict.REPAIR:
         await _start_repair(ctx, inst, decision, jobs, queue, note)
     elif decision.verdict is Verdict.CONTINUE:
-        await _continue_repair(ctx, inst, decision, record, jobs)
+        await _continue_repair(ctx, inst, decision, record, jobs, queue)
     else:
         await _finish_repair(ctx, inst, decision, record, jobs)
 
@@ -517,8 +520,13 @@ async def _continue_repair(
     decision: Decision,
     record: Mapping[str, Any] | None,
     jobs: list[int],
+    queue: _Queue,
 ) -> None:
-    """maintd's own repair missing some of its jobs: the rest, then its updated tag."""
+    """maintd's own repair missing some of its jobs: the rest, then its updated tag.
+
+    Never twice: a job already in Ganeti's queue for the missing step is
+    taken into the tag instead.
+    """
     name = inst.name
     state = tag_state(name, inst.tags)
     current = state.current
@@ -526,6 +534,15 @@ async def _continue_repair(
     done_jobs = _int_list(record.get("jobs")) if record else current.jobs
     if len(done_jobs) < len(current.jobs):
         done_jobs = current.jobs
+    found = with_reinstall_job(name, attrs.evolve(current, jobs=done_jobs), await queue.get())
+    if len(found.jobs) > len(done_jobs):
+        msg = f"job(s) {list(found.jobs[len(done_jobs) :])} already submitted; tagging them"
+        log.warn("harep: instance {instance}: {msg}", instance=name, msg=msg)
+        start = record.get("start") if record is not None else None
+        harep = _repair_record(ctx, name, found, start if isinstance(start, bool) else inst.running)
+        await ctx.commit(attrs.evolve(ctx.state, harep=harep))
+        await _write_pending(ctx, name, found, state.current_group, jobs)
+        return
     start = record.get("start") if record is not None else None
     all_jobs = await _submit_ops(
         ctx,

@@ -118,9 +118,21 @@ def orphaned_repair(
     ts = _timestamp(instance, newest.rtype, newest.rid, first.received)
     if ts is None:
         ts = int(first.received) if first.received is not None else int(newer_than)
-    ids = tuple(j.id for j in newest.jobs)
-    if newest.rtype is RepairType.REINSTALL and len(ids) == 1:
-        after = [j for j in queue if j.id > ids[0] and _is_reinstall_job(j, instance)]
-        if after:
-            ids = (*ids, after[0].id)
-    return RepairTag(newest.rtype, newest.rid, ts, ids)
+    tag = RepairTag(newest.rtype, newest.rid, ts, tuple(j.id for j in newest.jobs))
+    return with_reinstall_job(instance, tag, queue)
+
+
+def with_reinstall_job(instance: str, tag: RepairTag, jobs: Iterable[JobResult]) -> RepairTag:
+    """``tag`` with its reinstall job added when Ganeti has one it does not name.
+
+    A reinstall repair whose tag or record names only its recreate-disks
+    job: the daemon stopped after submitting the reinstall job and before
+    committing its id, or the reinstall was refused and is still to come.
+    """
+    if tag.type is not RepairType.REINSTALL or len(tag.jobs) != 1:
+        return tag
+    after = sorted(
+        (j for j in jobs if j.id > tag.jobs[0] and _is_reinstall_job(j, instance)),
+        key=lambda j: j.id,
+    )
+    return attrs.evolve(tag, jobs=(*tag.jobs, after[0].id)) if after else tag
