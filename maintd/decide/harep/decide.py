@@ -584,10 +584,20 @@ def plan_pending(
     while the tag update is still queued), ``statuses`` their job statuses
     ("lost" for jobs Ganeti no longer knows).  A pending tag with no jobs is
     finished as a success (harep's reading), unless it is one of maintd's
-    own: that repair is started now if it is still needed.  Runs whatever the policy says:
-    jobs submitted before a suspension are allowed to finish; a further
-    step of one of maintd's own repairs waits while suspended.  ``start``
-    is passed to the reinstall step (recorded when the repair began).
+    own (written before the job by older versions): that repair is started
+    now if it is still needed.  One of maintd's own repairs with fewer jobs
+    than it takes (its reinstall job could not be submitted with its
+    recreate-disks job) gets the rest (CONTINUE).  Runs whatever the policy
+    says: jobs submitted before a suspension are allowed to finish; the rest
+    of one of maintd's own repairs waits while suspended.  ``start`` is
+    passed to the reinstall job (recorded when the repair began).
+
+    Tags of older maintd versions: a three-job reinstall (recreate,
+    shutdown, reinstall) finishes once its jobs are done; one with only its
+    recreate job gets RAPI's reinstall job (shutdown included); one stopped
+    after its shutdown job (two jobs) cannot be told from a new two-job
+    reinstall and is closed as a success without reinstalling: let such
+    repairs finish before upgrading.
     """
     name = inst.name
     cur = state.current
