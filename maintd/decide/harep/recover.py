@@ -23,14 +23,35 @@ are a shutdown and a reinstall of the same instance.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import attrs
 
-from maintd.cluster.rapi.jobs import JobResult
 from maintd.decide.harep.decide import repair_id
 from maintd.decide.harep.tags import RepairTag, RepairType
 from maintd.decide.reason import HAREP, format_reason, is_uuid, parse_reason
+
+
+class QueuedOp(Protocol):
+    @property
+    def op_id(self) -> str: ...
+    @property
+    def instance(self) -> str: ...
+    @property
+    def reasons(self) -> Sequence[str]: ...
+
+
+class QueuedJob(Protocol):
+    """A job of Ganeti's queue as read here (``maintd.cluster.rapi.jobs.QueuedJob``)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def ops(self) -> Sequence[QueuedOp]: ...
+    @property
+    def received(self) -> float | None: ...
+
 
 #: The repair type of each opcode maintd's harep repairs start with.
 TYPE_OF_OPCODE = {
@@ -65,17 +86,17 @@ def _timestamp(instance: str, rtype: RepairType, rid: str, received: float | Non
 class _Found:
     rid: str
     rtype: RepairType
-    jobs: tuple[JobResult, ...]
+    jobs: tuple[QueuedJob, ...]
 
 
-def _is_reinstall_job(job: JobResult, instance: str) -> bool:
+def _is_reinstall_job(job: QueuedJob, instance: str) -> bool:
     ids = [op.op_id for op in job.ops]
     return ids[:2] == ["OP_INSTANCE_SHUTDOWN", "OP_INSTANCE_REINSTALL"] and all(
         op.instance == instance for op in job.ops
     )
 
 
-def _repair_of(job: JobResult, instance: str) -> tuple[str, RepairType] | None:
+def _repair_of(job: QueuedJob, instance: str) -> tuple[str, RepairType] | None:
     for op in job.ops:
         if op.instance != instance or op.op_id not in TYPE_OF_OPCODE:
             continue
@@ -88,7 +109,7 @@ def _repair_of(job: JobResult, instance: str) -> tuple[str, RepairType] | None:
 
 def orphaned_repair(
     instance: str,
-    jobs: Iterable[JobResult],
+    jobs: Iterable[QueuedJob],
     known_ids: Iterable[str],
     newer_than: float,
 ) -> RepairTag | None:
@@ -122,7 +143,7 @@ def orphaned_repair(
     return with_reinstall_job(instance, tag, queue)
 
 
-def with_reinstall_job(instance: str, tag: RepairTag, jobs: Iterable[JobResult]) -> RepairTag:
+def with_reinstall_job(instance: str, tag: RepairTag, jobs: Iterable[QueuedJob]) -> RepairTag:
     """``tag`` with its reinstall job added when Ganeti has one it does not name.
 
     A reinstall repair whose tag or record names only its recreate-disks
