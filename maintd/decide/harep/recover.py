@@ -43,7 +43,7 @@ class QueuedOp(Protocol):
 
 
 class QueuedJob(Protocol):
-    """A job of Ganeti's queue as read here (``maintd.cluster.rapi.jobs.QueuedJob``)."""
+    """A job of Ganeti's queue as read here (``maintd.cluster.rapi.jobs.JobResult``)."""
 
     @property
     def id(self) -> int: ...
