@@ -14,7 +14,7 @@ from maintd.cluster.model import Cluster
 from maintd.cluster.rapi.jobs import JobResult, OpInfo
 from maintd.daemon.state import MaintState
 from maintd.daemon.steps.harep import RapiError, harep_step, reason
-from maintd.decide.harep.decide import is_own
+from maintd.decide.harep.decide import is_own, repair_id
 from maintd.decide.harep.opcodes import RAPI_WRITES
 from maintd.decide.harep.tags import RepairResult, RepairTag, RepairType, parse
 from maintd.decide.reason import parse_reason
@@ -469,6 +469,29 @@ class RecoveryTests(SynchronousTestCase):
         self.assertEqual([c[0] for c in w.rapi.writes()].count("reinstall_instance"), 1)
         (pending,) = w.repair_tags("inst1")
         self.assertEqual(pending.jobs, (101, 103))
+
+    def test_older_versions_reinstall_stopped_after_its_shutdown_gets_its_reinstall(self) -> None:
+        rid = repair_id("inst1", RepairType.REINSTALL, 1_600_000_000)
+        legacy = RepairTag(RepairType.REINSTALL, rid, 1_600_000_000, (7, 8)).format()
+        inst = with_tags(plain(primary="n4", admin_state="down"), legacy)
+        w = World(make_cluster(cluster_tags=[P + "reinstall"], instances=[inst]))
+        w.rapi.queue[7] = JobResult(
+            7, "success", ops=(OpInfo("OP_INSTANCE_RECREATE_DISKS", "inst1"),)
+        )
+        w.rapi.queue[8] = JobResult(8, "success", ops=(OpInfo("OP_INSTANCE_SHUTDOWN", "inst1"),))
+        w.rapi.status.update({7: "success", 8: "success"})
+        w.state = MaintState(harep={rid: {"instance": "inst1", "jobs": [7, 8], "start": True}})
+        w.round()
+        self.assertEqual(
+            [c[:3] for c in w.rapi.writes()][0], ("reinstall_instance", "inst1", {"start": True})
+        )
+        (pending,) = w.repair_tags("inst1")
+        self.assertEqual(pending.jobs, (7, 8, 101))
+        # A two-job reinstall of this version (recreate, reinstall) just finishes.
+        w.rapi.status[101] = "success"
+        w.round()
+        (result,) = w.repair_tags("inst1")
+        self.assertEqual((result.result, result.jobs), (RepairResult.SUCCESS, (7, 8, 101)))
 
     def test_other_jobs_in_the_queue_are_not_adopted(self) -> None:
         w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))

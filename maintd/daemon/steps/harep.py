@@ -52,6 +52,7 @@ from maintd.decide.harep.decide import (
     Verdict,
     decide_without_jobs,
     iallocator_for,
+    is_own,
     plan_pending,
     tag_state,
 )
@@ -215,6 +216,8 @@ async def _instance(
         if jobs:
             seen = await ctx.rapi.wait_jobs(list(jobs), timeout=0)
             statuses = {j: r.status for j, r in seen.items()}
+        if await _legacy_reinstall(inst, state.current, jobs, statuses, queue):
+            jobs = jobs[:1]  # its reinstall job is still to come
         start = record.get("start") if record is not None else None
         decision = plan_pending(
             ctx.cluster,
@@ -230,6 +233,30 @@ async def _instance(
     else:
         decision = decide_without_jobs(ctx.cluster, inst, state, ctx.now, free, ialloc)
     await _carry_out(ctx, inst, decision, record, queue)
+
+
+async def _legacy_reinstall(
+    inst: Instance,
+    tag: RepairTag,
+    jobs: tuple[int, ...],
+    statuses: Mapping[int, str],
+    queue: _Queue,
+) -> bool:
+    """An older version's own reinstall stopped after its shutdown job.
+
+    Those reinstalled in three jobs (recreate disks, shut down, reinstall);
+    two successful jobs of which the second is a lone shutdown mean the
+    reinstall is still to do.
+    """
+    if (
+        tag.type is not RepairType.REINSTALL
+        or len(jobs) != 2
+        or not is_own(inst.name, tag)
+        or any(statuses.get(j) != "success" for j in jobs)
+    ):
+        return False
+    second = [j for j in await queue.get() if j.id == jobs[1]]
+    return bool(second) and [op.op_id for op in second[0].ops] == ["OP_INSTANCE_SHUTDOWN"]
 
 
 async def _untagged(

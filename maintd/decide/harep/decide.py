@@ -595,9 +595,9 @@ def plan_pending(
     Tags of older maintd versions: a three-job reinstall (recreate,
     shutdown, reinstall) finishes once its jobs are done; one with only its
     recreate job gets RAPI's reinstall job (shutdown included); one stopped
-    after its shutdown job (two jobs) cannot be told from a new two-job
-    reinstall and is closed as a success without reinstalling: let such
-    repairs finish before upgrading.
+    after its shutdown job (two jobs) looks like a finished two-job
+    reinstall here: the step tells them apart by the second job's opcodes in
+    Ganeti's queue and passes only the first job then.
     """
     name = inst.name
     cur = state.current
