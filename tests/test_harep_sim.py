@@ -142,6 +142,14 @@ class DetectionRulesTests(TestCase):
             (rtype, pending.id, RepairResult.SUCCESS, (repair_job,)),
         )
         self.assertEqual(h.state.harep, {})
+        # Three tag jobs for the whole repair, in harep's order: pending
+        # (after the repair job), result, removal of the pending tag.
+        tag_jobs = [
+            j.ops[0].op_id
+            for j in await h.rapi.jobs_bulk()
+            if j.ops and j.ops[0].op_id.startswith("OP_TAGS_")
+        ]
+        self.assertEqual(tag_jobs, ["OP_TAGS_SET", "OP_TAGS_SET", "OP_TAGS_DEL"])
         return h, pending, before
 
     @defer.inlineCallbacks
