@@ -245,6 +245,66 @@ class Options(usage.Options):
             + _default(int(_D.repair_timeout)),
             cfg.parse_seconds,
         ],
+        [
+            "http-max-connections",
+            None,
+            None,
+            "Connections the HTTP API keeps open at most; beyond it the least "
+            "recently active one is closed (a warning at most once a minute)."
+            + _default(_D.http_max_connections),
+            cfg.parse_positive_int,
+        ],
+        [
+            "http-header-timeout",
+            None,
+            None,
+            "Seconds an HTTP API client has to send a whole request from its "
+            "first byte (or from connecting); slower ones are dropped (0: no limit)."
+            + _default(f"{_D.http_header_timeout:g}"),
+            cfg.parse_seconds,
+        ],
+        [
+            "http-idle-timeout",
+            None,
+            None,
+            "Seconds an idle keep-alive HTTP API connection stays open (0: no limit)."
+            + _default(f"{_D.http_idle_timeout:g}"),
+            cfg.parse_seconds,
+        ],
+        [
+            "max-incidents-per-node",
+            None,
+            None,
+            "Incidents kept per node; further reports of that node are logged and "
+            "noted in the round, not stored." + _default(_D.max_incidents_per_node),
+            cfg.parse_positive_int,
+        ],
+        [
+            "max-evacuating",
+            None,
+            None,
+            "At most this many nodes under evacuation by the daemon at any time: N, "
+            "or P% of the cluster's nodes; further evacuations stay noted until a "
+            "slot frees up." + _default(_D.max_evacuating),
+            cfg.parse_limit,
+        ],
+        [
+            "storm-threshold",
+            None,
+            None,
+            "Storm breaker: when more than this many nodes (N or P% of the nodes, "
+            "at least 2) report a problem in one round, start no new evacuation "
+            "or live repair." + _default(_D.storm_threshold),
+            cfg.parse_limit,
+        ],
+        [
+            "busy-round-delay",
+            None,
+            None,
+            "Seconds from the end of a round to the next while work is in progress "
+            "(never longer than --round-delay)." + _default(int(_D.busy_round_delay)),
+            cfg.parse_seconds,
+        ],
     ]
 
     daemon_config: cfg.DaemonConfig

@@ -31,6 +31,7 @@ from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from maintd import __version__
 from maintd.cluster.executor import (
     CommandExecutor,
     ExecutorConfigError,
@@ -41,6 +42,7 @@ from maintd.cluster.executor import (
 from maintd.daemon.api import StateAPI
 from maintd.daemon.config import DaemonConfig
 from maintd.daemon.fdlimit import ensure_fd_limit, fds_needed
+from maintd.daemon.httpguard import HttpLimits
 from maintd.daemon.logsetup import LogLevelService
 from maintd.daemon.mastership import (
     Mastership,
@@ -52,6 +54,7 @@ from maintd.daemon.options import Options
 from maintd.daemon.round import RoundRunner, Step
 from maintd.daemon.scheduler import RoundService
 from maintd.daemon.store import StateStore, StoreError
+from maintd.decide import guardrails
 
 log = Logger()
 
@@ -104,7 +107,9 @@ def _mond_client(config: DaemonConfig, reactor: Any, notes: list[str]) -> Any:
     except ImportError as e:
         notes.append(f"no mond client yet ({e})")
         return None
-    limit, wanted = ensure_fd_limit(fds_needed(config.mond_parallel))
+    limit, wanted = ensure_fd_limit(
+        fds_needed(config.mond_parallel) + config.http_max_connections
+    )
     if limit < wanted:
         log.warn(
             "open-file limit {limit} is below the {wanted} that --mond-parallel {parallel} "
@@ -239,6 +244,18 @@ def _open_store(config: DaemonConfig) -> StateStore:
         raise SystemExit(f"ganeti-maintd: {e}; not starting") from None
 
 
+def overview_for(config: DaemonConfig, clock: Any, rounds: RoundService) -> Any:
+    """The ``/1/overview`` builder of a daemon: the state plus the round service's
+    next round and the configured budget."""
+
+    def build(state: Any) -> dict[str, Any]:
+        budget = config.max_evacuating.count  # None for P%: the last round's resolution
+        return guardrails.overview(state, now=clock.seconds(), max_evacuating=budget,
+                                   next_round=rounds.next_round, version=__version__)
+
+    return build
+
+
 def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDaemon:
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -293,7 +310,7 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
 
     api = StateAPI(store.state)
     store.add_listener(api.update)
-    site = api.site(debug=config.debug)
+    site = api.site(debug=config.debug, limits=HttpLimits.from_config(config), reactor=reactor)
     http = _HTTPService(
         endpoints.serverFromString(reactor, endpoint_description(config.port, config.bind)),
         site,
@@ -312,9 +329,15 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         executor=executor,
     )
     rounds = RoundService(
-        runner, clock=reactor, round_delay=config.round_delay, on_stop=runner.close
+        runner,
+        clock=reactor,
+        round_delay=config.round_delay,
+        on_stop=runner.close,
+        busy_delay=config.next_busy_delay,
+        is_busy=lambda: guardrails.work_in_progress(store.state, reactor.seconds()),
     )
     rounds.setServiceParent(top)
+    api.overview_fn = overview_for(config, reactor, rounds)
     # --- voting part (issue 9): rounds submit jobs only while this host is
     # the master; re-check every --master-check-interval, exit 11 when lost.
     attach_runner(runner, mastership)
@@ -326,6 +349,7 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     from maintd.daemon.control import ControlService
 
     control = ControlService(config.ctl_socket, store, reactor)
+    control.access.overview = api.overview_fn
     control.setServiceParent(top)
     top.control = control
 
