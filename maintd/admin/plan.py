@@ -16,7 +16,14 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from maintd.cluster.model import Cluster
-from maintd.decide.balance.jobsets import commands, common_suffix, hbal_line, move_json, split_jobs
+from maintd.decide.balance.jobsets import (
+    aliased,
+    commands,
+    common_suffix,
+    hbal_line,
+    move_json,
+    split_jobs,
+)
 from maintd.decide.balance.planner import Options, Plan, final_cluster, plan
 from maintd.decide.balance.score import Util
 from maintd.decide.balance.text import TextFormatError, format_text, parse_text
@@ -186,6 +193,8 @@ def plan_json(result: Plan, cluster: Cluster, seconds: float) -> dict[str, Any]:
             for js in split_jobs(result.moves)
         ],
         "seconds": round(seconds, 3),
+        # CPU seconds of each search step (the last found nothing to take).
+        "step_seconds": [round(x, 4) for x in result.step_seconds],
     }
 
 
@@ -255,7 +264,8 @@ def run(argv: Sequence[str], out: TextIO) -> int:
             out.write(f"  \n  echo jobset {jsn}, {len(js)} jobs\n")
             for sn, mv in enumerate(js, 1):
                 out.write(f"    echo job {jsn}/{sn}\n")
-                for cmd in commands(mv, running.get(mv.instance, True)):
+                # hbal's commands name instances and nodes by their aliases.
+                for cmd in commands(aliased(mv, suffix), running.get(mv.instance, True)):
                     out.write(f"    gnt-instance {cmd}\n")
     if args.save:
         out.write(f"The cluster state after balancing has been written to file '{args.save}'\n")

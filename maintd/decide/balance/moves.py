@@ -509,8 +509,6 @@ def _map_delta(b: Batch, old_p: np.ndarray, new_p: np.ndarray) -> np.ndarray:
     return np.where(same, 0.0, dsum - (gained - lost))
 
 
-
-
 _OFF_SET = frozenset(int(c) for c in OFF_COLS)
 _STD_SET = frozenset(int(c) for c in STD_COLS)
 _STD_POS = {int(c): j for j, c in enumerate(STD_COLS)}
@@ -580,14 +578,10 @@ def score_outcome(
         # keeps its old value: its delta is exactly zero, skip it.
         base = out.bases.get(id(row["idx"]))
         changed = (
-            {k for k, v in row.items() if base.get(k) is not v}
-            if base is not None
-            else set(row)
+            {k for k, v in row.items() if base.get(k) is not v} if base is not None else set(row)
         )
         wanted = [
-            deps is not None
-            and not (all_on and c in _OFF_SET)
-            and not changed.isdisjoint(deps)
+            deps is not None and not (all_on and c in _OFF_SET) and not changed.isdisjoint(deps)
             for c, deps in enumerate(METRIC_DEPS)
         ]
         newc = metric_columns(row, wanted)

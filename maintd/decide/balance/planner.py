@@ -18,7 +18,6 @@ import numpy as np
 from maintd.cluster.model import Cluster
 from maintd.decide.balance.moves import Move, PeerTops, apply_move
 from maintd.decide.balance.score import (
-    NODE_COLS,
     State,
     Util,
     build_state,
@@ -158,8 +157,7 @@ def plan(
         new_cv, inst, move, target = found
         # tryBalance: exact scores, like hbal's (see search.py).
         if not (
-            new_cv < cur_cv
-            and (cur_cv > opts.min_gain_limit or cur_cv - new_cv >= opts.min_gain)
+            new_cv < cur_cv and (cur_cv > opts.min_gain_limit or cur_cv - new_cv >= opts.min_gain)
         ):
             break
         old_p = int(state.inst["pnode"][inst])

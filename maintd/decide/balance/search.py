@@ -290,8 +290,9 @@ class Search:
         self.umin[kind, recs] = um
         return best
 
-    def _columns(self, stats: Stats, base: float, kind: int, recs: np.ndarray,
-                 cols: np.ndarray) -> None:
+    def _columns(
+        self, stats: Stats, base: float, kind: int, recs: np.ndarray, cols: np.ndarray
+    ) -> None:
         """Score records ``recs`` on the touched targets ``cols``; fold into their bounds."""
         st, move = self.state, KINDS[kind]
         p = st.inst["pnode"][recs].astype(np.int64)
@@ -303,7 +304,7 @@ class Search:
         if len(rows) == 0:
             return
         ii = recs[rows]
-        sc, det = self._score(stats, move, ii, tt, False)
+        sc, det = self._score(stats, move, ii, tt, True)
         feas = np.isfinite(sc)
         if not feas.any():
             return
@@ -329,8 +330,13 @@ class Search:
         return fr[starts], d, g, np.minimum.reduceat(u, starts, axis=0)
 
     def _collect(
-        self, pool: list[tuple], sc: np.ndarray, ii: np.ndarray, move: Move,
-        tt: np.ndarray, tp: np.ndarray | None,
+        self,
+        pool: list[tuple],
+        sc: np.ndarray,
+        ii: np.ndarray,
+        move: Move,
+        tt: np.ndarray,
+        tp: np.ndarray | None,
     ) -> float:
         """Keep the candidates that may tie for the best; returns their lowest score."""
         if len(sc) == 0:
@@ -390,7 +396,7 @@ class Search:
             if len(cols):
                 for kind in range(len(KINDS)):
                     recs = np.flatnonzero(kinds[kind] & ~dirty[kind])
-                    per = max(1, BATCH_PAIRS // len(cols))
+                    per = max(1, 4 * BATCH_PAIRS // len(cols))
                     for start in range(0, len(recs), per):
                         chunk = recs[start : start + per]
                         self._columns(stats, base, kind, chunk, cols)
@@ -412,38 +418,43 @@ class Search:
             cost.pairs += len(ii)
         nt = len(self.targets)
         if nt:
-            fresh = np.zeros_like(kinds)
+            # Bounds do not change within the step (only the best score falls):
+            # visit records by increasing bound until one is above the best.
+            nrec = kinds.shape[1]
+            lb = self._bounds(base, kinds, dirty).ravel()
+            order = np.flatnonzero(np.isfinite(lb) | (lb < 0))
+            order = order[np.argsort(lb[order], kind="stable")]
             per = max(1, BATCH_PAIRS // nt)
-            while True:
-                lb = self._bounds(base, kinds, dirty, fresh)
-                open_ = np.flatnonzero((lb <= thr + _tol(thr)).ravel())
-                if len(open_) == 0:
+            pos = 0
+            while pos < len(order):
+                block = order[pos : pos + per * len(KINDS)]
+                block = block[lb[block] <= thr + _tol(thr)]
+                if len(block) == 0:
                     break
-                # The most promising first; all of one kind per batch.
-                open_ = open_[np.argsort(lb.ravel()[open_], kind="stable")]
-                kind = int(open_[0] // kinds.shape[1])
-                same = open_[open_ // kinds.shape[1] == kind] % kinds.shape[1]
-                recs = np.sort(same[: max(per, 1)])
-                thr = min(thr, self._full(stats, base, kind, recs, pool))
-                fresh[kind, recs] = True
-                dirty[kind, recs] = False
-                cost.records += len(recs)
-                cost.pairs += len(recs) * nt
+                pos += len(block)
+                for kind in range(len(KINDS)):
+                    recs = np.sort(block[block // nrec == kind] % nrec)
+                    for start in range(0, len(recs), per):
+                        chunk = recs[start : start + per]
+                        thr = min(thr, self._full(stats, base, kind, chunk, pool))
+                        cost.records += len(chunk)
+                        cost.pairs += len(chunk) * nt
         result = self._pick(pool, thr, cur_cv)
         cost.seconds = time.process_time() - t0
         self.costs.append(cost)
         return result
 
-    def _bounds(
-        self, base: float, kinds: np.ndarray, dirty: np.ndarray, fresh: np.ndarray
-    ) -> np.ndarray:
-        """Lower bound of each record's best score (inf: not a record this step)."""
+    def _bounds(self, base: float, kinds: np.ndarray, dirty: np.ndarray) -> np.ndarray:
+        """Lower bound of each record's best score (-inf: must be scored; inf: no record)."""
         valid = self.touched_at[self.top_t] <= self.evaluated[..., None]
         best_valid = np.where(valid, self.top_g, np.inf).min(axis=-1)
-        gain = np.minimum(np.minimum(best_valid, self.tail), self.aux) - self.drift
-        lb = base + gain
+        gain = np.minimum(np.minimum(best_valid, self.tail), self.aux)
+        with np.errstate(invalid="ignore"):
+            lb = base + gain - self.drift
+        # No feasible candidate: nothing to find; an unbounded drift: must rescore.
+        lb = np.where(np.isposinf(gain), np.inf, np.where(np.isinf(self.drift), -np.inf, lb))
         lb = np.where(dirty, -np.inf, lb)
-        return np.where(kinds & ~fresh, lb, np.inf)
+        return np.where(kinds, lb, np.inf)
 
     def _pick(
         self, pool: list[tuple], thr: float, cur_cv: float
