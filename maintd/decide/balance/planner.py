@@ -1,11 +1,10 @@
 """hbal's greedy balancing loop (``Cluster.tryBalance`` / ``Hbal.iterateDepth``).
 
-Each step evaluates every allowed move of every movable instance, in
-batches (see :mod:`maintd.decide.balance.moves`), and applies the best one when it
+Each step takes hbal's best move (:mod:`maintd.decide.balance.search`: the
+first of the lowest-scoring candidates in hbal's order, found without
+rescoring candidates that provably cannot win) and applies it when it
 improves the score enough: ``new < old`` and (``old > min_gain_limit`` or
-``old - new >= min_gain``).  Candidates are ranked in hbal's order (instance
-order; failover first, then targets in node order, then move kinds in
-hbal's order) so equal scores resolve the way hbal resolves them.
+``old - new >= min_gain``), both scores folded exactly like hbal's.
 """
 
 from __future__ import annotations
