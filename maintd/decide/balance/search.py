@@ -425,13 +425,16 @@ class Search:
             order = np.flatnonzero(np.isfinite(lb) | (lb < 0))
             order = order[np.argsort(lb[order], kind="stable")]
             per = max(1, BATCH_PAIRS // nt)
-            pos = 0
-            while pos < len(order):
-                block = order[pos : pos + per * len(KINDS)]
+            # Records that must be rescored first (full batches per kind), then
+            # the others in small blocks, so the best score falls quickly and
+            # prunes the rest.
+            pos = int(np.count_nonzero(np.isneginf(lb[order])))
+            block = order[:pos]
+            while True:
                 block = block[lb[block] <= thr + _tol(thr)]
-                if len(block) == 0:
-                    break
-                pos += len(block)
+                last = order[min(pos, len(order)) - 1] if pos > 0 else -1
+                if len(block) == 0 and last >= 0 and not np.isneginf(lb[last]):
+                    break  # sorted: every later bound is higher still
                 for kind in range(len(KINDS)):
                     recs = np.sort(block[block // nrec == kind] % nrec)
                     for start in range(0, len(recs), per):
@@ -439,6 +442,9 @@ class Search:
                         thr = min(thr, self._full(stats, base, kind, chunk, pool))
                         cost.records += len(chunk)
                         cost.pairs += len(chunk) * nt
+                if pos >= len(order):
+                    break
+                block, pos = order[pos : pos + per], pos + per
         result = self._pick(pool, thr, cur_cv)
         cost.seconds = time.process_time() - t0
         self.costs.append(cost)
