@@ -31,16 +31,18 @@ from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from maintd import __version__
 from maintd.cluster.executor import (
+    AgentExecutor,
     CommandExecutor,
     ExecutorConfigError,
     IRepairExecutor,
-    NoExecutor,
     check_program,
 )
 from maintd.daemon.api import StateAPI
 from maintd.daemon.config import DaemonConfig
 from maintd.daemon.fdlimit import ensure_fd_limit, fds_needed
+from maintd.daemon.httpguard import HttpLimits
 from maintd.daemon.logsetup import LogLevelService
 from maintd.daemon.mastership import (
     Mastership,
@@ -52,6 +54,7 @@ from maintd.daemon.options import Options
 from maintd.daemon.round import RoundRunner, Step
 from maintd.daemon.scheduler import RoundService
 from maintd.daemon.store import StateStore, StoreError
+from maintd.decide import guardrails
 
 log = Logger()
 
@@ -104,7 +107,9 @@ def _mond_client(config: DaemonConfig, reactor: Any, notes: list[str]) -> Any:
     except ImportError as e:
         notes.append(f"no mond client yet ({e})")
         return None
-    limit, wanted = ensure_fd_limit(fds_needed(config.mond_parallel))
+    limit, wanted = ensure_fd_limit(
+        fds_needed(config.mond_parallel) + config.http_max_connections
+    )
     if limit < wanted:
         log.warn(
             "open-file limit {limit} is below the {wanted} that --mond-parallel {parallel} "
@@ -123,14 +128,63 @@ def _mond_client(config: DaemonConfig, reactor: Any, notes: list[str]) -> Any:
     )
 
 
-def repair_executor(config: DaemonConfig, reactor: Any) -> IRepairExecutor:
-    """The live-repair executor of ``--repair-command`` (else :class:`NoExecutor`).
+def hmac_key(config: DaemonConfig) -> bytes | None:
+    """The cluster HMAC key of ``--hmac-key`` (None when not configured).
+
+    An unreadable key is a startup error, unless unsigned reports are
+    allowed (then the daemon goes on without one, saying so).
+    """
+    from maintd.common import signing
+
+    if config.hmac_key is None:
+        return None
+    try:
+        return signing.read_key(config.hmac_key)
+    except signing.KeyFileError as e:
+        if config.allow_unsigned_reports:
+            log.warn("{error}: only unsigned reports are accepted and live repairs through "
+                     "the node agents fail", error=e)
+            return None
+        raise SystemExit(f"ganeti-maintd: {e}; not starting") from None
+
+
+def agent_client(config: DaemonConfig, reactor: Any, key: bytes | None) -> Any:
+    """The node agents' client (signed self-diagnose reports); None when the
+    client modules are not importable (the round then asks mond)."""
+    try:
+        from maintd.cluster.agent import AgentClient
+        from maintd.cluster.rapi.errors import RapiConfigError
+    except ImportError:
+        return None
+
+    try:
+        return AgentClient.create(
+            reactor, key=key, cert=None if config.agent_plain_http else config.agent_cert,
+            port=config.agent_port, timeout=config.mond_timeout,
+            parallel=config.mond_parallel, allow_unsigned=config.allow_unsigned_reports)
+    except RapiConfigError as e:
+        raise SystemExit(f"ganeti-maintd: node agent certificate: {e}; not starting") from None
+
+
+def repair_executor(config: DaemonConfig, reactor: Any,
+                    key: bytes | None = None) -> IRepairExecutor:
+    """The live-repair executor: ``--repair-command``'s program, else the
+    node agents (:class:`AgentExecutor`, requests signed with ``key``).
 
     A program that is missing, not a regular executable file, not owned by
     root or the daemon's user, or writable by group/others is a startup error.
     """
     if config.repair_command is None:
-        return NoExecutor()
+        from maintd.cluster.rapi.errors import RapiConfigError
+
+        try:
+            return AgentExecutor(
+                reactor, key=key, port=config.agent_port,
+                cert=None if config.agent_plain_http else config.agent_cert,
+                timeout=config.repair_timeout)
+        except RapiConfigError as e:
+            raise SystemExit(f"ganeti-maintd: node agent certificate: {e}; "
+                             "not starting") from None
     try:
         check_program(config.repair_command)
     except ExecutorConfigError as e:
@@ -186,6 +240,10 @@ class MaintDaemon(service.MultiService):
     rounds: RoundService
     control: Any = None
     simulator: Any = None
+    #: The node agents' client (None without one); ``agent.counters`` holds
+    #: the per-node report outcomes (ok, unreachable, invalid, bad_signature,
+    #: collector_failed) for an exporter.
+    agent: Any = None
     mastership: Mastership
 
     def __init__(self) -> None:
@@ -226,6 +284,10 @@ def _simulator(reactor: Any, config: DaemonConfig) -> tuple[Any, DaemonConfig]:
         rapi_password_file=sim.rapi_password_file,
         rapi_cert=sim.rapi_cert,
         mond_port=sim.mond_port,
+        agent_port=sim.agent_port,
+        agent_cert=sim.agent_cert,
+        agent_plain_http=sim.plain_http,
+        hmac_key=sim.hmac_key_file,
         no_voting=True,
         yes_do_it=True,
     )
@@ -237,6 +299,18 @@ def _open_store(config: DaemonConfig) -> StateStore:
         return StateStore.open(config.state_dir)
     except StoreError as e:
         raise SystemExit(f"ganeti-maintd: {e}; not starting") from None
+
+
+def overview_for(config: DaemonConfig, clock: Any, rounds: RoundService) -> Any:
+    """The ``/1/overview`` builder of a daemon: the state plus the round service's
+    next round and the configured budget."""
+
+    def build(state: Any) -> dict[str, Any]:
+        budget = config.max_evacuating.count  # None for P%: the last round's resolution
+        return guardrails.overview(state, now=clock.seconds(), max_evacuating=budget,
+                                   next_round=rounds.next_round, version=__version__)
+
+    return build
 
 
 def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDaemon:
@@ -255,7 +329,8 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         if config.simulate and "bind" not in options.given:
             config = attrs.evolve(config, bind="127.0.0.1")  # a demo stays local
 
-    executor = repair_executor(config, reactor)
+    # a bad --repair-command is an error before anything else starts
+    executor = repair_executor(config, reactor) if config.repair_command else None
     top = MaintDaemon()
     top.log_level = LogLevelService(config.debug)
     if temp_dir is not None:
@@ -287,13 +362,17 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     _StoreService(store).setServiceParent(top)
     try:
         rapi = _rapi_client(config, reactor, top.startup_notes)
+        key = hmac_key(config)
+        if executor is None:
+            executor = repair_executor(config, reactor, key)
+        agent = agent_client(config, reactor, key)
     except SystemExit:
         store.close()
         raise
 
     api = StateAPI(store.state)
     store.add_listener(api.update)
-    site = api.site(debug=config.debug)
+    site = api.site(debug=config.debug, limits=HttpLimits.from_config(config), reactor=reactor)
     http = _HTTPService(
         endpoints.serverFromString(reactor, endpoint_description(config.port, config.bind)),
         site,
@@ -310,11 +389,18 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         rapi=rapi,
         mond=_mond_client(config, reactor, top.startup_notes),
         executor=executor,
+        agent=agent,
     )
     rounds = RoundService(
-        runner, clock=reactor, round_delay=config.round_delay, on_stop=runner.close
+        runner,
+        clock=reactor,
+        round_delay=config.round_delay,
+        on_stop=runner.close,
+        busy_delay=config.next_busy_delay,
+        is_busy=lambda: guardrails.work_in_progress(store.state, reactor.seconds()),
     )
     rounds.setServiceParent(top)
+    api.overview_fn = overview_for(config, reactor, rounds)
     # --- voting part (issue 9): rounds submit jobs only while this host is
     # the master; re-check every --master-check-interval, exit 11 when lost.
     attach_runner(runner, mastership)
@@ -326,10 +412,12 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     from maintd.daemon.control import ControlService
 
     control = ControlService(config.ctl_socket, store, reactor)
+    control.access.overview = api.overview_fn
     control.setServiceParent(top)
     top.control = control
 
     top.config = config
+    top.agent = agent
     top.store = store
     top.api = api
     top.rounds = rounds
