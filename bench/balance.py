@@ -202,7 +202,7 @@ def main() -> None:
             else:
                 print("  move lists identical")
             steps = doc.get("step_seconds", [])
-            h_step = [b - a for a, b in zip([0.0] + stamps[:-1], stamps, strict=True)]
+            h_step = [b - a for a, b in zip([0.0, *stamps], stamps, strict=False)]
             print(f"  {'step':>6} {'ours cpu s':>11} {'hbal wall s':>12} {'ratio':>7}")
             for p in curve_points(len(steps)):
                 ours_s = steps[p - 1]
