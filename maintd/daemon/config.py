@@ -16,6 +16,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -126,6 +127,14 @@ def parse_str(text: Any) -> str:
     return text
 
 
+def parse_iallocator(text: Any) -> str:
+    """An iallocator name as Ganeti looks it up (a program name, no path)."""
+    name = parse_str(text)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+        raise ValueError(f"bad iallocator name {name!r} (a program name such as hail)")
+    return name
+
+
 def parse_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -155,6 +164,7 @@ PARAMETERS: dict[str, Callable[[Any], Any]] = {
     "mond_parallel": parse_positive_int,
     "job_wait": parse_seconds,
     "balance_threshold": parse_fraction,
+    "iallocator": parse_iallocator,
     "ctl_socket": parse_str,
     "ssconf_dir": parse_str,
     "noded_cert": parse_str,
@@ -217,6 +227,8 @@ class DaemonConfig:
     balance: bool | None = None
     #: None: the cluster's maint_balance_threshold, else 0.1.
     balance_threshold: float | None = None
+    #: iallocator of harep's repairs; None: the cluster's default, else hail.
+    iallocator: str | None = None
     #: Always a path; defaults to ``<state_dir>/ctl.sock``.
     ctl_socket: str = os.path.join(DEFAULT_STATE_DIR, CTL_SOCKET_NAME)
     ssconf_dir: str = "/var/lib/ganeti"
