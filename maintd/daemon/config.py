@@ -117,6 +117,16 @@ def parse_str(text: Any) -> str:
     return text
 
 
+LOG_FORMATS = ("text", "json")
+
+
+def parse_log_format(text: Any) -> str:
+    value = str(text).strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"not a log format (text or json): {text!r}")
+    return value
+
+
 def parse_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -154,6 +164,7 @@ PARAMETERS: dict[str, Callable[[Any], Any]] = {
     "master_check_interval": parse_seconds,
     "repair_command": parse_str,
     "repair_timeout": parse_seconds,
+    "log_format": parse_log_format,
 }
 
 #: Options without a value (``balance`` is tri-state: --balance / --no-balance).
@@ -206,6 +217,9 @@ class DaemonConfig:
     #: Absolute path of the live-repair program (None: live repairs fail).
     repair_command: str | None = None
     repair_timeout: float = 600.0
+    #: ``text`` (twistd's log) or ``json`` (one object per line; set up by the
+    #: ``ganeti-maintd`` command, see maintd.common.jsonlog).
+    log_format: str = "text"
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> DaemonConfig:

@@ -38,6 +38,9 @@ from maintd.cluster.executor import (
     NoExecutor,
     check_program,
 )
+from maintd.common import jsonlog
+from maintd.common.cli import one_line_usage
+from maintd.daemon import options as _options
 from maintd.daemon.api import StateAPI
 from maintd.daemon.config import DaemonConfig
 from maintd.daemon.fdlimit import ensure_fd_limit, fds_needed
@@ -48,12 +51,19 @@ from maintd.daemon.mastership import (
     check_at_startup_or_exit,
     mastership_service,
 )
-from maintd.daemon.options import Options
 from maintd.daemon.round import RoundRunner, Step
 from maintd.daemon.scheduler import RoundService
 from maintd.daemon.store import StateStore, StoreError
 
 log = Logger()
+
+#: twistd's option class for the plugin: a usage error is one line on stderr
+#: and exit 2 (see maintd.common.cli).
+Options = one_line_usage(_options.Options, "twistd ganeti-maintd")
+
+#: ``--simulate`` without ``--round-delay``: rounds this far apart, so that
+#: ``make demo`` shows a whole evacuation within a couple of minutes.
+SIMULATE_ROUND_DELAY = 10.0
 
 __all__ = ["Options", "makeService", "endpoint_description"]
 
@@ -239,7 +249,7 @@ def _open_store(config: DaemonConfig) -> StateStore:
         raise SystemExit(f"ganeti-maintd: {e}; not starting") from None
 
 
-def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDaemon:
+def makeService(options: _options.Options | DaemonConfig, reactor: Any = None) -> MaintDaemon:
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -254,6 +264,15 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
             config = config.with_state_dir(temp_dir)
         if config.simulate and "bind" not in options.given:
             config = attrs.evolve(config, bind="127.0.0.1")  # a demo stays local
+        if config.simulate and "round_delay" not in options.given:
+            config = attrs.evolve(config, round_delay=SIMULATE_ROUND_DELAY)
+    if config.log_format == "json" and not jsonlog.INSTALLED:
+        # twistd has already chosen its (text) log; only the ganeti-maintd
+        # command (maintd.admin.launcher) can hand it a JSON one.
+        raise SystemExit(
+            "ganeti-maintd: --log-format json needs the ganeti-maintd command "
+            "(plain twistd writes its own text log); not starting"
+        )
 
     executor = repair_executor(config, reactor)
     top = MaintDaemon()
@@ -340,4 +359,21 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         state_dir=config.state_dir,
         rapi=config.rapi,
     )
+    if top.simulator is not None:
+        _where_to_look(config, top.simulator)
     return top
+
+
+def _where_to_look(config: DaemonConfig, sim: Any) -> None:
+    """With ``--simulate``: the URLs and credentials a newcomer needs."""
+    host = "127.0.0.1" if config.bind in ("0.0.0.0", "::") else config.bind
+    base = f"http://{host}:{config.port}" if ":" not in host else f"http://[{host}]:{config.port}"
+    for line in (
+        f"status page {base}/ui ; incidents {base}/1/status (one: {base}/1/status/UUID)",
+        f"simulated cluster: RAPI {sim.rapi_url} user {sim.rapi_user} password "
+        f"{getattr(sim, 'generated_password', None)} (certificate {sim.rapi_cert}, "
+        f"password file {sim.rapi_password_file})",
+        f"admin: ganeti-maintd-ctl --socket {config.ctl_socket} list ; "
+        f"rounds every {config.round_delay:g}s (--round-delay)",
+    ):
+        log.info("where to look: {line}", line=line)
