@@ -4,6 +4,9 @@
 ``GET /``               ``[1]``: the supported protocol versions
 ``GET /1``              ``null``
 ``GET /1/status``       the incidents (``Incident.to_json`` objects)
+``GET /1/status/UUID``  one incident with ``job-details`` (status and
+                        summary of each job, from RAPI on demand; see
+                        maintd.daemon.details); 404 for an unknown uuid
 ``GET /1/jobs``         ids of the Ganeti jobs the daemon waits for
 ``GET /1/evacuated``    names of recently evacuated instances
 ``GET /1/last-round``   summary of the last round (and the dry-run plan)
@@ -30,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, datetimeToString
@@ -38,6 +42,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from maintd.daemon.details import incident_details
 from maintd.daemon.state import MaintState
 from maintd.daemon.store import IncidentCodec
 
@@ -122,7 +127,11 @@ class StateAPI:
 
     app = Klein()
 
-    def __init__(self, state: MaintState | None = None) -> None:
+    def __init__(self, state: MaintState | None = None, *, jobs: Any = None) -> None:
+        #: A maintd.cluster.jobinfo.JobInfo for /1/status/UUID (None: job
+        #: status "unknown").
+        self.jobs = jobs
+        self._state = MaintState()
         self._codec = IncidentCodec()
         self._fixed = {"root": _Body(None, _encode(API_VERSIONS)), "1": _Body(None, _encode(None))}
         self._parts: dict[str, _Body] = {}
@@ -130,6 +139,7 @@ class StateAPI:
 
     def update(self, state: MaintState) -> None:
         """Show ``state`` from now on (re-encode only what changed)."""
+        self._state = state
         self._set("status", state.incidents, lambda: self._codec.encode(state.incidents))
         self._set("jobs", state.jobs, lambda: _encode(list(state.jobs)))
         self._set("evacuated", state.evacuated, lambda: _encode(list(state.evacuated)))
@@ -184,6 +194,19 @@ class StateAPI:
     )
     def part(self, request: IRequest, part: str) -> bytes:
         return _send(request, self._parts[part])
+
+    @app.route("/1/status/<string:uuid>", methods=_METHODS, strict_slashes=False)
+    def one_incident(self, request: IRequest, uuid: str) -> Any:
+        inc = self._state.incident(uuid)
+        if inc is None:
+            body = {"error": "no such incident", "uuid": uuid}
+            return _send(request, _Body(None, _encode(body)), 404)
+
+        async def answer() -> bytes:
+            details = await incident_details(inc, self.jobs)
+            return _send(request, _Body(None, _encode(details)))
+
+        return Deferred.fromCoroutine(answer())
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:

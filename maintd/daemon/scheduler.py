@@ -62,6 +62,9 @@ class RoundService(service.Service):
         self.stopping = False
         self._call: IDelayedCall | None = None
         self._running: defer.Deferred[None] | None = None
+        #: The operator asked for a round while one was running: start the
+        #: next one right after it.
+        self._again = False
 
     @property
     def running_round(self) -> bool:
@@ -71,6 +74,31 @@ class RoundService(service.Service):
         super().startService()
         self.stopping = False
         self._schedule(self.first_delay)
+
+    def run_now(self) -> str:
+        """Start the next round now (``ganeti-maintd-ctl round-now``).
+
+        ``"started"``: it is running; ``"queued"``: a round is running, the
+        next one starts as soon as it ends (no overlap, no delay);
+        ``"stopping"``: the service is stopping, no round starts.
+        """
+        if self.stopping or not self.running:
+            return "stopping"
+        if self._running is not None:
+            self._again = True
+            return "queued"
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        log.info("round {number} started by the operator", number=self.rounds + 1)
+        self._start_round()
+        return "started"
+
+    def _next_delay(self, delay: float) -> float:
+        if self._again:
+            self._again = False
+            return 0.0
+        return delay
 
     def _schedule(self, delay: float) -> None:
         if self.stopping or not self.running:
@@ -106,7 +134,7 @@ class RoundService(service.Service):
                 number=number,
                 took=took,
                 error=describe_error(result.value or Exception("unknown")),
-                delay=self.failure_delay,
+                delay=0 if self._again else self.failure_delay,
             )
             # Text, not log.failure: a failed round is handled, not an
             # unhandled error (trial and error-log watchers count those).
@@ -115,15 +143,15 @@ class RoundService(service.Service):
                 number=number,
                 traceback=result.getTraceback(),
             )
-            self._schedule(self.failure_delay)
+            self._schedule(self._next_delay(self.failure_delay))
         else:
             log.info(
                 "round {number} done in {took:.1f}s; next round in {delay:g}s",
                 number=number,
                 took=took,
-                delay=self.round_delay,
+                delay=0 if self._again else self.round_delay,
             )
-            self._schedule(self.round_delay)
+            self._schedule(self._next_delay(self.round_delay))
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()

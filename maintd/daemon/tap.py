@@ -38,6 +38,7 @@ from maintd.cluster.executor import (
     NoExecutor,
     check_program,
 )
+from maintd.cluster.jobinfo import JobInfo
 from maintd.common import jsonlog
 from maintd.common.cli import one_line_usage
 from maintd.daemon import options as _options
@@ -310,7 +311,9 @@ def makeService(options: _options.Options | DaemonConfig, reactor: Any = None) -
         store.close()
         raise
 
-    api = StateAPI(store.state)
+    # job status and summary for /1/status/UUID and ganeti-maintd-ctl show
+    job_info = JobInfo(rapi, reactor)
+    api = StateAPI(store.state, jobs=job_info)
     store.add_listener(api.update)
     site = api.site(debug=config.debug)
     http = _HTTPService(
@@ -345,6 +348,8 @@ def makeService(options: _options.Options | DaemonConfig, reactor: Any = None) -
     from maintd.daemon.control import ControlService
 
     control = ControlService(config.ctl_socket, store, reactor)
+    control.access.rounds = rounds
+    control.access.jobs = job_info
     control.setServiceParent(top)
     top.control = control
 

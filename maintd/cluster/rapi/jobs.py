@@ -33,6 +33,9 @@ class JobResult:
     status: str
     #: Error text for failed jobs (from ``opresult``), else "".
     error: str = ""
+    #: Ganeti's one-line summary of each opcode (``summary``), e.g.
+    #: ``NODE_EVACUATE(node4)``; empty when RAPI gave none (bulk answers).
+    summary: tuple[str, ...] = attrs.field(default=(), converter=lambda v: tuple(str(s) for s in v))
 
     @property
     def final(self) -> bool:
@@ -90,4 +93,6 @@ def parse_job(job_id: int, job: Any) -> JobResult:
     if status not in KNOWN_STATUSES:
         raise ValueError(f"job {job_id}: unknown status {status!r}")
     error = job_error_text(job) if status in (ERROR, CANCELED) else ""
-    return JobResult(id=job_id, status=status, error=error)
+    raw = job.get("summary")
+    summary = tuple(str(s) for s in raw) if isinstance(raw, list) else ()
+    return JobResult(id=job_id, status=status, error=error, summary=summary)
