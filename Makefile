@@ -21,7 +21,7 @@ demo: $(STAMP)
 test: lint unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check maintd tests bench twisted
+	$(BIN)/ruff check maintd tests bench twisted build_backend
 	$(BIN)/mypy
 
 unit: $(STAMP)

@@ -129,7 +129,7 @@ class CommandTests(TestCase):
                                r"password (\S+) ")
             self.assertGreater(len(m.group(2)), 10)
             self.assertIn(f"status page http://127.0.0.1:{self.port}/ui", cmd.out)
-            self.assertIn("rounds every 10s", cmd.out)
+            self.assertIn("rounds every 5s", cmd.out)
             cmd.signal_process("TERM")
             await cmd.exited()
             self.assertIn(cmd.exit_code, (0, None), cmd.transcript())

@@ -14,7 +14,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from maintd.sim.embed import free_port
-from maintd.sim.tap import Options
+from maintd.sim.tap import SimOptions as Options
 
 from .test_sim_fidelity import ONE_GROUP
 from .tools import find_tool

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from maintd.cluster.model import Cluster
+from maintd.common.cli import ArgumentParser
 from maintd.decide.balance.jobsets import commands, common_suffix, hbal_line, move_json, split_jobs
 from maintd.decide.balance.planner import Options, Plan, final_cluster, plan
 from maintd.decide.balance.score import Util
@@ -31,7 +32,7 @@ class PlanError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="ganeti-maintd-plan",
         description="Compute the cluster balancing hbal would do (faster), without executing it.",
     )

@@ -18,10 +18,7 @@ still starts, with a debug line saying what is missing.
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import attrs
@@ -41,6 +38,7 @@ from maintd.cluster.executor import (
 from maintd.cluster.jobinfo import JobInfo
 from maintd.common import jsonlog
 from maintd.common.cli import one_line_usage
+from maintd.common.tempdir import TempDirService, temporary_dir
 from maintd.daemon import options as _options
 from maintd.daemon.api import StateAPI
 from maintd.daemon.config import DaemonConfig
@@ -62,9 +60,11 @@ log = Logger()
 #: and exit 2 (see maintd.common.cli).
 Options = one_line_usage(_options.Options, "twistd ganeti-maintd")
 
-#: ``--simulate`` without ``--round-delay``: rounds this far apart, so that
-#: ``make demo`` shows a whole evacuation within a couple of minutes.
-SIMULATE_ROUND_DELAY = 10.0
+#: ``--simulate`` without ``--round-delay``: rounds this far apart, and the
+#: simulated jobs this long, so that ``make demo`` shows a whole evacuation
+#: (node4 reports ``evacuate`` 20 s after the start) within two minutes.
+SIMULATE_ROUND_DELAY = 5.0
+SIMULATE_JOB_SECONDS = 1.0
 
 __all__ = ["Options", "makeService", "endpoint_description"]
 
@@ -149,17 +149,6 @@ def repair_executor(config: DaemonConfig, reactor: Any) -> IRepairExecutor:
     return CommandExecutor(reactor, [config.repair_command], timeout=config.repair_timeout)
 
 
-class _TempDirService(service.Service):
-    """Removes a temporary state dir when the daemon stops."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def stopService(self) -> None:
-        super().stopService()
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
 class _StoreService(service.Service):
     """Releases the state dir lock when the daemon has stopped."""
 
@@ -229,7 +218,8 @@ class MaintDaemon(service.MultiService):
 def _simulator(reactor: Any, config: DaemonConfig) -> tuple[Any, DaemonConfig]:
     from maintd.sim.embed import EmbeddedSimulator  # type: ignore[import-not-found,unused-ignore]
 
-    sim = EmbeddedSimulator(reactor, workdir=os.path.join(config.state_dir, "sim"))
+    sim = EmbeddedSimulator(reactor, workdir=os.path.join(config.state_dir, "sim"),
+                            job_seconds=SIMULATE_JOB_SECONDS)
     config = attrs.evolve(
         config,
         rapi=sim.rapi_url,
@@ -255,14 +245,14 @@ def makeService(options: _options.Options | DaemonConfig, reactor: Any = None) -
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    temp_dir = None
+    temp_dir: TempDirService | None = None
     if isinstance(options, DaemonConfig):
         config = options
     else:
         config = options.daemon_config
         if config.simulate and "state_dir" not in options.given:
-            temp_dir = tempfile.mkdtemp(prefix="ganeti-maintd-sim.")
-            config = config.with_state_dir(temp_dir)
+            temp_dir = temporary_dir("ganeti-maintd-sim.")
+            config = config.with_state_dir(temp_dir.path)
         if config.simulate and "bind" not in options.given:
             config = attrs.evolve(config, bind="127.0.0.1")  # a demo stays local
         if config.simulate and "round_delay" not in options.given:
@@ -279,10 +269,8 @@ def makeService(options: _options.Options | DaemonConfig, reactor: Any = None) -
     top = MaintDaemon()
     top.log_level = LogLevelService(config.debug)
     if temp_dir is not None:
-        # Added early so it stops (and removes the dir) last; atexit covers
-        # a failed start (twistd's daemonising parents leave by os._exit).
-        _TempDirService(temp_dir).setServiceParent(top)
-        atexit.register(shutil.rmtree, temp_dir, True)
+        # Added early so it stops (and removes the dir) last.
+        temp_dir.setServiceParent(top)
 
     if config.simulate:
         # The store first: a state dir that cannot be used is the same

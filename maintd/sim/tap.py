@@ -1,15 +1,24 @@
-"""``twistd -n ganeti-sim``: the simulated cluster as a standalone service."""
+"""``twistd -n ganeti-sim``: the simulated cluster as a standalone service.
+
+In the foreground (``-n``) no pid file is written unless ``--pidfile`` is
+given (twistd would write ``twistd.pid`` into the working directory, and a
+second simulator there would refuse to start).  Without ``--workdir`` the
+certificate and password files go into a temporary directory that is
+removed when the simulator stops.  A usage error is one line on stderr and
+exit 2.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from typing import Any
 
 from twisted.application import service
 from twisted.python import usage
 
+from maintd.common.cli import one_line_usage
+from maintd.common.tempdir import temporary_dir
 from maintd.sim.scenario import ScenarioError
 
 
@@ -27,7 +36,7 @@ def _seconds(text: str) -> float:
         raise ValueError(f"not a number of seconds: {text!r}") from None
 
 
-class Options(usage.Options):
+class SimOptions(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Simulated Ganeti 3.0 cluster: RAPI on 127.0.0.1 (HTTPS with a generated"
@@ -55,16 +64,46 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{key} must be a port number")
         if self["scenario"] and not os.path.exists(self["scenario"]):
             raise usage.UsageError(f"scenario file {self['scenario']} does not exist")
+        _no_default_pidfile(self.parent)
 
 
-def makeService(config: Options, reactor: Any = None) -> service.IService:  # noqa: N802
+#: twistd's default pid file name (``--pidfile``'s default).
+TWISTD_PIDFILE = "twistd.pid"
+
+
+def _no_default_pidfile(twistd_options: Any, argv: list[str] | None = None) -> None:
+    """In the foreground, drop twistd's default pid file unless asked for.
+
+    Runs while twistd parses its command line, before it checks or writes
+    the pid file.  "Asked for": any ``--pid...`` option on the command line.
+    """
+    if twistd_options is None or not twistd_options.get("nodaemon"):
+        return
+    args = sys.argv[1:] if argv is None else argv
+    if any(a.startswith("--pid") for a in args):
+        return
+    if twistd_options.get("pidfile") == TWISTD_PIDFILE:
+        twistd_options["pidfile"] = ""
+
+
+#: twistd's option class for the plugin (one-line usage errors, exit 2).
+Options = one_line_usage(SimOptions, "twistd ganeti-sim")
+
+
+def makeService(config: SimOptions, reactor: Any = None) -> service.IService:  # noqa: N802
     from maintd.sim.embed import EmbeddedSimulator
 
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    workdir = config["workdir"] or tempfile.mkdtemp(prefix="ganeti-sim-")
+    top = service.MultiService()
+    if config["workdir"]:
+        workdir = config["workdir"]
+    else:
+        temp = temporary_dir("ganeti-sim-")
+        temp.setServiceParent(top)  # first child: stops (removes the dir) last
+        workdir = temp.path
     try:
         sim = EmbeddedSimulator(
             reactor,
@@ -87,4 +126,5 @@ def makeService(config: Options, reactor: Any = None) -> service.IService:  # no
         out.write(f"ganeti-sim RAPI user: {sim.rapi_user} password: {sim.generated_password}\n")
         out.write(f"ganeti-sim password file: {sim.rapi_password_file}\n")
     out.flush()
-    return sim
+    sim.setServiceParent(top)
+    return top
