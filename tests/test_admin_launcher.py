@@ -138,6 +138,24 @@ class CommandTests(TestCase):
 
         return defer.Deferred.fromCoroutine(run())
 
+    def test_demo_shows_a_whole_evacuation_within_two_minutes(self) -> defer.Deferred[None]:
+        # `make demo` runs `ganeti-maintd -f --simulate` with its defaults
+        async def run() -> None:
+            started = reactor.seconds()
+            cmd = spawn(self, ["ganeti-maintd", "-f", "--simulate", "-p", str(self.port)],
+                        path=self.dir)
+            await cmd.line(r"incident \S+ on node4\.sim\.test: ", timeout=60)
+            m = await cmd.line(r"incident (\S+) on node4\.sim\.test completed, tag "
+                               r"maintd:repairready:", timeout=120 - (reactor.seconds() - started))
+            took = reactor.seconds() - started
+            [inc] = await self.get("/1/status")
+            self.assertEqual((inc["uuid"], inc["repair-status"]), (m.group(1), "completed"))
+            self.assertLess(took, 120)
+            cmd.signal_process("TERM")
+            await cmd.exited()
+
+        return defer.Deferred.fromCoroutine(run())
+
     def test_daemonised_pidfile_logfile_sigterm(self) -> defer.Deferred[None]:
         async def run() -> None:
             pidfile = os.path.join(self.dir, "run", "ganeti-maintd.pid")  # dirs made on demand

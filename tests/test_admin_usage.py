@@ -129,3 +129,38 @@ class StandaloneSimulatorTests(TestCase):
             self.assertFalse(os.path.exists(pidfile), sim.transcript())
 
         return defer.Deferred.fromCoroutine(run())
+
+
+class ReadmeSimulatorTests(TestCase):
+    """The README's simulator + hbal example, as written (only the port differs)."""
+
+    timeout = 120
+
+    def test_hbal_example(self) -> defer.Deferred[None]:
+        async def run() -> None:
+            from .tools import find_tool
+
+            hbal = find_tool("hbal")
+            readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+            sim_line = re.search(r"(?m)^twistd -n ganeti-sim (--plain-http .*--rapi-port 5080) &$", readme)
+            hbal_line = re.search(r"(?m)^hbal (-m http://127\.0\.0\.1:5080.*?) +#", readme)
+            assert sim_line is not None and hbal_line is not None, "README example changed"
+            port = str(free_port())
+            cwd = os.path.abspath(self.mktemp())
+            os.makedirs(cwd)
+            sim_args = sim_line.group(1).replace("5080", port).split()
+            sim = spawn(self, ["twistd", "-n", "ganeti-sim", *sim_args, "--mond-port", str(free_port())],
+                        path=cwd)
+            await sim.line(r"ganeti-sim: cluster demo")
+            await serving(int(port))
+            cmd = spawn(self, [hbal, *hbal_line.group(1).replace("5080", port).split()], path=cwd)
+            self.assertEqual(await cmd.exited(), 0, cmd.transcript())
+            self.assertIn("Loaded 12 nodes, 36 instances", cmd.out + cmd.err)
+            # why the README gives -G: the demo cluster has several groups
+            bare = spawn(self, [hbal, "-m", f"http://127.0.0.1:{port}"], path=cwd)
+            self.assertNotEqual(await bare.exited(), 0)
+            self.assertIn("multiple node groups", bare.out + bare.err)
+            sim.signal_process("TERM")
+            await sim.exited()
+
+        return defer.Deferred.fromCoroutine(run())
