@@ -10,7 +10,13 @@ cleanup, collect, handle) in dry-run so nothing is submitted.
 
 Target: snapshot + collect + decide < 2 s plus one per-node timeout.
 
-    .venv/bin/python bench/round.py [--nodes 1000] [--timeout 2] [--parallel 1024]
+With ``--agents`` the self-diagnose reports come from the simulator's node
+agents instead (what the daemon uses by default): HTTPS pinned to the
+simulator's ``server.pem``, every report signed with its HMAC key and
+verified by the daemon's agent client (RAPI over HTTPS too); the figures add
+the signature verification cost.
+
+    .venv/bin/python bench/round.py [--nodes 1000] [--timeout 2] [--parallel 1024] [--agents]
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ from typing import Any
 import attrs
 from twisted.internet import defer, task
 
+from maintd.cluster.agent import AgentClient
 from maintd.cluster.mond import DEFAULT_PARALLEL, MondClient
 from maintd.cluster.rapi.client import RapiClient
+from maintd.common import signing
 from maintd.daemon.state import MaintState
 from maintd.daemon.steps.cleanup import cleanup_step
 from maintd.daemon.steps.collect import collect_step
@@ -88,6 +96,7 @@ class Ctx:
     now: float
     reactor: Any
     executor: Any = None
+    agent: Any = None
     submitting: bool = True
     cluster: Any = None
     store: Any = None
@@ -166,26 +175,44 @@ async def main(reactor: Any, args: argparse.Namespace, work: str) -> None:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(text)
-    rapi_port, mond_port = free_port(), free_port()
+    rapi_port, mond_port, agent_port = free_port(), free_port(), free_port()
     log = open(os.path.join(work, "sim.log"), "wb")
     t0 = time.perf_counter()
+    key_file = os.path.join(work, "hmac.key")
+    with open(key_file, "w") as f:
+        f.write(secrets.token_hex(20) + "\n")
     child = subprocess.Popen(
-        [TWISTD, "-n", "--pidfile=", "-l", "-", "ganeti-sim", "--scenario", path, "--plain-http",
+        [TWISTD, "-n", "--pidfile=", "-l", "-", "ganeti-sim", "--scenario", path,
+         *([] if args.agents else ["--plain-http"]),
          "--rapi-port", str(rapi_port), "--mond-port", str(mond_port), "--rapi-users", users,
-         "--workdir", work],
+         "--agent-port", str(agent_port), "--hmac-key", key_file, "--workdir", work],
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        rapi = RapiClient.create(f"http://127.0.0.1:{rapi_port}", reactor=reactor, user="bench",
-                                 password_file=pwfile, timeout=60)
+        scheme = "https" if args.agents else "http"
+        rapi = RapiClient.create(f"{scheme}://127.0.0.1:{rapi_port}", reactor=reactor,
+                                 user="bench", password_file=pwfile, timeout=60,
+                                 cert=os.path.join(work, "rapi.pem") if args.agents else None)
         await wait_for_rapi(reactor, rapi, child)
         print(f"simulator (child process): {args.nodes} nodes, {len(spec['instances'])} DRBD "
               f"instances, {n_dead} monds hang, {n_inc} report evacuate; "
               f"up in {time.perf_counter() - t0:.1f} s")
-        mond = TimedMond(MondClient(reactor, port=mond_port, timeout=args.timeout,
-                                    parallel=args.parallel))
+        agent = None
+        if args.agents:
+            agent = AgentClient.create(reactor, key=signing.read_key(key_file),
+                                       cert=os.path.join(work, "server.pem"), port=agent_port,
+                                       timeout=args.timeout, parallel=args.parallel)
+            mond = TimedMond(agent)
+            print("self-diagnose from the node agents: HTTPS (pinned server.pem), signed "
+                  "reports verified")
+        else:
+            mond = TimedMond(MondClient(reactor, port=mond_port, timeout=args.timeout,
+                                        parallel=args.parallel))
         for attempt in range(2):
             ctx = Ctx(MaintState(), rapi, mond, Cfg(), reactor.seconds(), reactor)
+            if agent is not None:
+                ctx.agent, ctx.mond = mond, None
+                verified, spent = agent.verified, agent.verify_seconds
             times, cpu = {}, {}
             start = time.perf_counter()
             for step in (snapshot_step, cleanup_step, collect_step, handle_step):
@@ -199,6 +226,12 @@ async def main(reactor: Any, args: argparse.Namespace, work: str) -> None:
             for k, v in times.items():
                 print(f"  {k:14s} {v:7.3f} s wall {cpu[k]:7.3f} s CPU")
             print(f"  collect: {mond.summary()}")
+            if agent is not None:
+                n_ver = agent.verified - verified
+                cost = agent.verify_seconds - spent
+                print(f"  verification: {n_ver} signed reports checked (strict JSON, HMAC-SHA1, "
+                      f"window) in {cost * 1000:.1f} ms CPU, {cost / max(n_ver, 1) * 1e6:.0f} "
+                      f"us per report; outcomes {agent.counters.totals()}")
             new = len(ctx.state.incidents)
             plans = [n for n in ctx.notes if "plan" in n]
             unreachable = sum(n.get("unreachable", 0) for n in ctx.notes)
@@ -231,6 +264,8 @@ if __name__ == "__main__":
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--agents", action="store_true",
+                        help="signed reports from the node agents over TLS")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-round-") as work:
         task.react(lambda r: defer.Deferred.fromCoroutine(main(r, args, work)))

@@ -101,8 +101,12 @@ class CommandTests(TestCase):
 
     def offline_args(self, *extra: str) -> list[str]:
         """A daemon whose RAPI is unreachable (rounds fail, the API serves)."""
+        key = os.path.join(self.dir, "hmac.key")  # the cluster's, for the node agents
+        with open(key, "w") as f:
+            f.write("0" * 40 + "\n")
         return ["-p", str(self.port), "-b", "127.0.0.1", "--state-dir",
-                os.path.join(self.dir, "state"), "--rapi", "http://127.0.0.1:1", *extra]
+                os.path.join(self.dir, "state"), "--rapi", "http://127.0.0.1:1",
+                "--hmac-key", key, "--agent-plain-http", *extra]
 
     def test_version_and_help(self) -> defer.Deferred[None]:
         async def run() -> None:
@@ -281,10 +285,44 @@ class CommandTests(TestCase):
 class AgentCommandTests(TestCase):
     """``ganeti-maintd-agent`` runs the agent's plugin the same way."""
 
+    timeout = 120
+
     def setUp(self) -> None:
         if find_plugin(AGENT.plugin) is None:
             raise SkipTest(f"the twistd plugin {AGENT.plugin} (branch agent) is not installed "
                            f"here: only the launcher's part is tested (CommandLineTests.test_agent_paths)")
+
+    def test_daemonised_serves_and_stops(self) -> defer.Deferred[None]:
+        from twisted.web.client import Agent
+
+        from maintd.cluster.rapi.tls import PinnedCertificatePolicy
+
+        from .test_agent_tap import argv, files
+
+        async def run() -> None:
+            if os.geteuid() != 0:
+                raise SkipTest("the agent's whitelist directories must be owned by root")
+            f = files(self)
+            port = free_port()
+            pidfile = os.path.join(f["dir"], "run", "agent.pid")
+            logfile = os.path.join(f["dir"], "agent.log")
+            cmd = spawn(self, ["ganeti-maintd-agent", "--pidfile", pidfile, "--logfile", logfile,
+                               "-p", str(port), *argv(f)], path=f["dir"])
+            self.assertEqual(await cmd.exited(), 0, cmd.transcript())
+            pid = int(open(pidfile).read())
+            self.addCleanup(lambda: pid_alive(pid) and os.kill(pid, signal.SIGKILL))
+            policy = PinnedCertificatePolicy.from_file(f["cert"])
+            client = treq.client.HTTPClient(Agent(reactor, contextFactory=policy,
+                                                  pool=HTTPConnectionPool(reactor, False)))
+            r = await client.get(f"https://127.0.0.1:{port}/1/list/collectors", timeout=10)
+            self.assertEqual(r.code, 200)
+            await r.content()
+            os.kill(pid, signal.SIGTERM)
+            await wait_until(lambda: not pid_alive(pid), "the agent's exit")
+            self.assertFalse(os.path.exists(pidfile))
+            self.assertIn("Server Shut Down.", open(logfile).read())
+
+        return defer.Deferred.fromCoroutine(run())
 
     def test_version_and_help(self) -> defer.Deferred[None]:
         async def run() -> None:

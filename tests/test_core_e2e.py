@@ -112,6 +112,10 @@ class EndToEndTests(TestCase):
                 state_dir,
                 "--no-voting",
                 "--yes-do-it",
+                # no cluster HMAC key (/var/lib/ganeti/hmac.key) nor node
+                # agent certificate here
+                "--allow-unsigned-reports",
+                "--agent-plain-http",
                 "--rapi",
                 "http://127.0.0.1:1",
                 "--round-delay",

@@ -305,7 +305,7 @@ class StepTests(SynchronousTestCase):
             def __init__(self) -> None:
                 self.runs: list[tuple[str, str]] = []
 
-            def execute(self, node: Any, command: str, report: Any) -> Any:
+            def execute(self, node: Any, command: str, report: Any, incident: str = "") -> Any:
                 self.runs.append((node.name, command))
                 return defer.succeed(RepairResult(ok=command == "good"))
 

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.web.http import HTTPClient as HTTPClient11
 
 from maintd.cluster.model import Node
+from maintd.common import strictjson
 from maintd.daemon.state import Action
 
 log = Logger()
@@ -174,8 +175,10 @@ class _GetFactory(protocol.ClientFactory):
             self.proto.done.errback(reason)
 
 
-async def _raw_get(reactor: Any, host: str, port: int, path: str) -> tuple[int, bytes]:
-    """``GET path`` from ``host:port``: (status, body).
+async def _raw_get(reactor: Any, host: str, port: int, path: str,
+                   tls: Any = None) -> tuple[int, bytes]:
+    """``GET path`` from ``host:port``: (status, body).  ``tls``: an
+    ``IOpenSSLClientConnectionCreator`` for HTTPS (None: plain HTTP).
 
     Straight ``reactor.connectTCP`` with a quiet factory instead of an
     endpoint: fewer layers per request (a round makes one per node).
@@ -194,12 +197,21 @@ async def _raw_get(reactor: Any, host: str, port: int, path: str) -> tuple[int, 
 
     done: defer.Deferred[tuple[int, bytes]] = defer.Deferred(abort)
     proto = _Get(host.encode("ascii"), path.encode("ascii"), done)
-    connector = reactor.connectTCP(host, port, _GetFactory(proto))
+    if tls is None:
+        connector = reactor.connectTCP(host, port, _GetFactory(proto))
+    else:
+        connector = reactor.connectSSL(host, port, _GetFactory(proto), tls)
     return await done
 
 
 class MondClient:
     """Asks nodes' monds for reports; see the module docstring."""
+
+    #: Raised for one node's failure (the agent client raises its own kind).
+    Error: type[MondError] = MondError
+    scheme = "http"
+    #: TLS connection creator (None: plain HTTP, as mond speaks).
+    _tls: Any = None
 
     def __init__(
         self,
@@ -245,9 +257,9 @@ class MondClient:
 
     def url(self, node: Node, path: str) -> str:
         if not node.pip:
-            raise MondError(node.name, "node has no primary IP")
+            raise self.Error(node.name, "node has no primary IP")
         host = f"[{node.pip}]" if ":" in node.pip else node.pip
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
     async def _get_json(self, node: Node, path: str) -> Any:
         url = self.url(node, path)
@@ -264,7 +276,7 @@ class MondClient:
             return await d
         except Exception:
             if timed_out:
-                raise MondError(node.name, f"no answer from {url} within {self.timeout:g}s") from None
+                raise self.Error(node.name, f"no answer from {url} within {self.timeout:g}s") from None
             raise
         finally:
             if call.active():
@@ -276,7 +288,7 @@ class MondClient:
         try:
             response = await self._http.request("GET", url)
         except Exception as e:  # connection refused, DNS, TLS, ...
-            raise MondError(node.name, f"cannot reach {url}: {e}") from None
+            raise self.Error(node.name, f"cannot reach {url}: {e}") from None
         chunks: list[bytes] = []
         size = 0
 
@@ -290,33 +302,32 @@ class MondClient:
         try:
             await treq.collect(response, collect)
         except _TooLarge:
-            raise MondError(node.name, f"answer from {url} is larger than {MAX_BODY} bytes") from None
+            raise self.Error(node.name, f"answer from {url} is larger than {MAX_BODY} bytes") from None
         except Exception as e:
-            raise MondError(node.name, f"reading answer from {url} failed: {e}") from None
+            raise self.Error(node.name, f"reading answer from {url} failed: {e}") from None
         return self._decode(node, url, response.code, b"".join(chunks))
 
     async def _fetch_raw(self, node: Node, url: str) -> Any:
         path = url.split(str(self.port), 1)[1]
         try:
-            code, body = await _raw_get(self._reactor, node.pip, self.port, path)
+            code, body = await _raw_get(self._reactor, node.pip, self.port, path, self._tls)
         except _TooLarge:
-            raise MondError(node.name, f"answer from {url} is larger than {MAX_BODY} bytes") from None
+            raise self.Error(node.name, f"answer from {url} is larger than {MAX_BODY} bytes") from None
         except defer.CancelledError:
             raise
         except Exception as e:  # refused, reset, closed early
             text = getattr(e, "value", e)
-            raise MondError(node.name, f"cannot reach {url}: {text}") from None
+            raise self.Error(node.name, f"cannot reach {url}: {text}") from None
         return self._decode(node, url, code, body)
 
-    @staticmethod
-    def _decode(node: Node, url: str, code: int, body: bytes) -> Any:
+    def _decode(self, node: Node, url: str, code: int, body: bytes) -> Any:
         if code != 200:
             text = body[:200].decode("utf-8", "replace").strip()
-            raise MondError(node.name, f"{url} answered HTTP {code}: {text}")
+            raise self.Error(node.name, f"{url} answered HTTP {code}: {text}")
         try:
-            return json.loads(body)
-        except ValueError as e:
-            raise MondError(node.name, f"malformed JSON from {url}: {e}") from None
+            return strictjson.loads(body, url, max_bytes=MAX_BODY, max_depth=64)
+        except strictjson.StrictJSONError as e:
+            raise self.Error(node.name, f"malformed JSON from {url}: {e.problem}") from None
 
     async def diagnose(self, node: Node) -> DiagnoseReport:
         """The node's validated self-diagnose report."""
@@ -327,10 +338,10 @@ class MondClient:
         """A raw mond report object (``{"name", "data", ...}``)."""
         for part in (category, name):
             if not _SAFE_PART.match(part):
-                raise MondError(node.name, f"bad report name {part!r}")
+                raise self.Error(node.name, f"bad report name {part!r}")
         document = await self._get_json(node, f"/1/report/{category}/{name}")
         if not isinstance(document, dict):
-            raise MondError(node.name, f"report {category}/{name} is not a JSON object")
+            raise self.Error(node.name, f"report {category}/{name} is not a JSON object")
         return document
 
     async def gather(

@@ -165,6 +165,9 @@ PARAMETERS: dict[str, Callable[[Any], Any]] = {
     "repair_command": parse_str,
     "repair_timeout": parse_seconds,
     "log_format": parse_log_format,
+    "agent_port": parse_port,
+    "agent_cert": parse_str,
+    "hmac_key": parse_str,
 }
 
 #: Options without a value (``balance`` is tri-state: --balance / --no-balance).
@@ -176,6 +179,8 @@ FLAGS = (
     "simulate",
     "dry_run",
     "balance",
+    "agent_plain_http",
+    "allow_unsigned_reports",
 )
 
 
@@ -220,6 +225,13 @@ class DaemonConfig:
     #: ``text`` (twistd's log) or ``json`` (one object per line; set up by the
     #: ``ganeti-maintd`` command, see maintd.common.jsonlog).
     log_format: str = "text"
+    #: The node agents (ganeti-maintd-agent): port, pinned certificate, plain HTTP.
+    agent_port: int = 1817
+    agent_cert: str = "/var/lib/ganeti/server.pem"
+    agent_plain_http: bool = False
+    #: The cluster HMAC key (None: none, only in tests / with unsigned reports).
+    hmac_key: str | None = "/var/lib/ganeti/hmac.key"
+    allow_unsigned_reports: bool = False
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> DaemonConfig:
@@ -240,6 +252,8 @@ class DaemonConfig:
             "mond_timeout": 2.0,
             "job_wait": 5.0,
             "hostname": "localhost",
+            "agent_plain_http": True,
+            "hmac_key": None,
             "ctl_socket": os.path.join(overrides["state_dir"], CTL_SOCKET_NAME),
         }
         values.update(overrides)

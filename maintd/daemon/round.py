@@ -52,6 +52,8 @@ class RoundContext:
     store: StateStore | None = None
     rapi: Any = None  # maintd.cluster.rapi.client.RapiClient | None
     mond: Any = None  # maintd.cluster.mond.MondClient | None
+    #: maintd.cluster.agent.AgentClient | None: self-diagnose reports (else mond's)
+    agent: Any = None
     executor: Any = None  # maintd.cluster.executor.IRepairExecutor | None
     cluster: Cluster | None = None
     free_nodes: set[str] = attrs.field(factory=set)
@@ -137,6 +139,7 @@ class RoundRunner:
         rapi: Any = None,
         mond: Any = None,
         executor: Any = None,
+        agent: Any = None,
         submitting: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
@@ -145,6 +148,7 @@ class RoundRunner:
         self.steps = list(steps)
         self.rapi = rapi
         self.mond = mond
+        self.agent = agent
         self.executor = executor
         #: Asked at the start of each round (the voting part plugs in here).
         self.submitting = submitting or (lambda: True)
@@ -159,6 +163,7 @@ class RoundRunner:
             store=self.store,
             rapi=self.rapi,
             mond=self.mond,
+            agent=self.agent,
             executor=self.executor,
             submitting=self.submitting(),
         )
