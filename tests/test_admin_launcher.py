@@ -62,6 +62,14 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(args, ["--nodaemon", "--pidfile=", "ganeti-maintd",
                                 "--debug", "--port=1900", "--bind=::1"])
 
+    def test_syslog(self) -> None:
+        for argv in (["--syslog"], ["-f", "--syslog"]):
+            args = twistd_argv(MAINTD, parse(*argv), argv)
+            self.assertIn("--syslog", args)
+            self.assertIn("--prefix=ganeti-maintd", args)
+            self.assertFalse([a for a in args if a.startswith("--logfile")], args)
+            self.assertEqual(args[-1], "ganeti-maintd", "not passed to the plugin")
+
     def test_launcher_options_are_not_passed_to_the_plugin(self) -> None:
         argv = ["-fd", "--pidfile", "/x/p", "--logfile=/x/l", "--rapi-u", "maintd",
                 "--rapi-password-file", "/pw"]

@@ -10,7 +10,8 @@ synopsis (``ganeti-maintd [-f] [-d] [-p PORT] [-b ADDRESS] [--no-voting
   started its services (or failed to, with its error and exit status);
 * ``-f``/``--foreground`` stays in the foreground and logs to stdout, as
   ``twistd -n`` does, without a pid file (systemd supervises it);
-* ``--pidfile`` / ``--logfile`` override those paths;
+* ``--pidfile`` / ``--logfile`` override those paths; ``--syslog`` logs to
+  syslog instead (as Ganeti's daemons can);
 * ``--version`` prints the version, ``--help`` every option;
 * every other option is the twistd plugin's own (``-d``, ``-p``, ``-b``,
   ``--no-voting --yes-do-it``, ``--config``, ...).
@@ -47,7 +48,7 @@ from maintd.common import jsonlog
 from maintd.common.cli import usage_exit
 
 #: Options of the launcher itself, never passed on to the plugin.
-LAUNCHER_OPTIONS = frozenset({"foreground", "pidfile", "logfile", "version", "help"})
+LAUNCHER_OPTIONS = frozenset({"foreground", "syslog", "pidfile", "logfile", "version", "help"})
 
 
 @attrs.frozen
@@ -100,6 +101,7 @@ def launcher_options(daemon: Daemon, plugin_options: type[usage.Options]) -> typ
         )
         optFlags = [
             ["foreground", "f", "Stay in the foreground and log to stdout (no pid file)."],
+            ["syslog", None, f"Log to syslog (ident {daemon.prog}) instead of a file or stdout."],
         ]
         optParameters = [
             ["pidfile", None, None, f"Pid file [default: {daemon.pidfile}; none with -f]."],
@@ -147,10 +149,13 @@ def twistd_argv(daemon: Daemon, opts: usage.Options, argv: Sequence[str]) -> lis
     logfile = opts["logfile"]
     if opts["foreground"]:
         head = ["--nodaemon", f"--pidfile={pidfile or ''}"]
-        if logfile:
-            head.append(f"--logfile={logfile}")
     else:
-        head = [f"--pidfile={pidfile or daemon.pidfile}", f"--logfile={logfile or daemon.logfile}"]
+        head = [f"--pidfile={pidfile or daemon.pidfile}"]
+        logfile = logfile or daemon.logfile
+    if opts["syslog"]:
+        head += ["--syslog", f"--prefix={daemon.prog}"]
+    elif logfile:
+        head.append(f"--logfile={logfile}")
     return [*head, daemon.plugin, *plugin_argv(opts, argv)]
 
 
