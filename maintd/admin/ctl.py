@@ -33,6 +33,7 @@ from typing import Any, TextIO
 
 import attrs
 
+from maintd.common import strictjson
 from maintd.common.cli import EXIT_USAGE, ArgumentParser
 
 DEFAULT_SOCKET = "/var/lib/ganeti-maintd/ctl.sock"
@@ -79,9 +80,9 @@ def request(path: str, payload: dict[str, Any], timeout: float = 30.0) -> dict[s
     finally:
         s.close()
     try:
-        answer = json.loads(b"".join(chunks))
-    except ValueError:
-        raise CtlError(f"malformed answer from {path}") from None
+        answer = strictjson.loads(b"".join(chunks), f"answer from {path}", max_bytes=MAX_ANSWER)
+    except strictjson.StrictJSONError as e:
+        raise CtlError(f"malformed {e}") from None
     if not isinstance(answer, dict):
         raise CtlError(f"malformed answer from {path}")
     return answer

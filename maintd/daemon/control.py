@@ -41,6 +41,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
+from maintd.common import strictjson
 from maintd.daemon.details import incident_details
 from maintd.daemon.state import MaintState
 from maintd.decide import incidents as I
@@ -132,9 +133,9 @@ class ControlProtocol(LineOnlyReceiver):
             return
         self.handling = True
         try:
-            request = json.loads(line)
-        except ValueError as e:
-            self.reply({"ok": False, "error": f"malformed request: {e}"})
+            request = strictjson.loads(line, "request", max_bytes=MAX_REQUEST, max_depth=8)
+        except strictjson.StrictJSONError as e:
+            self.reply({"ok": False, "error": f"malformed request: {e.problem}"})
             return
         d = defer.Deferred.fromCoroutine(self._handled(request))
         d.addErrback(self._failed, request)
