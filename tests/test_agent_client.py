@@ -114,6 +114,7 @@ class AgentClientTests(TestCase):
                 free_nodes: set[str] = set()
                 notes: list[Any] = []
                 mond = None
+                config = None  # the collect step's defaults
 
                 async def commit(self, new: MaintState) -> None:
                     self.state = new
