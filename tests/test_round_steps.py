@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -31,6 +32,11 @@ from tests.test_round_incidents import drbd, incident, mk_cluster, nd, shared
 class Cfg:
     dry_run: bool = False
     job_wait: float = 5.0
+
+
+@attrs.frozen
+class CappedCfg(Cfg):
+    max_incidents_per_node: int = 8
 
 
 @attrs.define
@@ -350,6 +356,69 @@ class StepTests(SynchronousTestCase):
         self.round(ctx)
         self.assertEqual(ctx.state.incidents[0].status, RepairStatus.COMPLETED)
         self.assertEqual(ex.incidents, [inc.uuid, inc.uuid], "the same incident both times")
+
+    def test_flapping_report_leaves_no_trail_of_noted_incidents(self) -> None:
+        # a diagnose script with a timestamp in its details: a new report
+        # every round; the node's instance cannot move (no room anywhere)
+        c = mk_cluster([nd("a"), nd("b", mfree=0)], [shared("r1", "a", mem=4096)])
+        rapi = FakeRapi(c)
+        mond = FakeMond({})
+        ctx = Ctx(MaintState(), rapi, mond)
+        for n in range(30):
+            mond.reports["a"] = rep("a", Action.EVACUATE, detail=f"at {n}")
+            ctx.now = 1000.0 + 300 * n
+            self.round(ctx)
+        # the first one acts (drain jobs), the others are noted, then dropped
+        # a round later: not one incident per round (30)
+        self.assertEqual(
+            [(i.status, i.original["details"]) for i in ctx.state.incidents],
+            [(RepairStatus.PENDING, ["at 0"]), (RepairStatus.NOTED, ["at 29"])],
+        )
+        drops = [n for n in ctx.notes if n.get("action") == "drop"]
+        self.assertEqual(len(drops), 1)
+        self.assertIn("no longer reports it", drops[0]["reason"])
+
+    def test_incidents_per_node_are_capped_and_the_excess_reported(self) -> None:
+        olds = [incident("a", uuid=f"old-{n}", status=RepairStatus.COMPLETED, tag_set=True)
+                for n in range(3)]
+        c = mk_cluster([nd("a", tags=tuple(i.tag for i in olds)), nd("b")], [])
+        mond = FakeMond({"a": rep("a", Action.EVACUATE, detail="new"),
+                         "b": rep("b", Action.EVACUATE, detail="new")})
+        ctx = Ctx(MaintState(incidents=tuple(olds)), FakeRapi(c), mond,
+                  config=CappedCfg(max_incidents_per_node=3))
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        self.run_steps(ctx, [snapshot_step, cleanup_step, collect_step])
+        self.assertEqual([i.uuid for i in ctx.state.incidents if i.node_name == "a"],
+                         ["old-0", "old-1", "old-2"])
+        self.assertEqual([i.node_name for i in ctx.state.incidents if i.node_name != "a"], ["b"])
+        (refused,) = [n for n in ctx.notes if n.get("action") == "refused"]
+        self.assertEqual((refused["node"], refused["report"]), ("a", "evacuate"))
+        (warning,) = [e for e in logged if e.get("log_level") == LogLevel.warn
+                      and e.get("log_namespace") == "maintd.daemon.steps.collect"]
+        self.assertIn("--max-incidents-per-node", formatEvent(warning))
+        self.assertIn("a", warning["node"])
+
+    def test_a_master_node_shown_offline_is_logged_and_noted(self) -> None:
+        # Ganeti never shows this (issue 16 J); a round facing it did nothing
+        # without a word.
+        c = attrs.evolve(mk_cluster([nd("m", offline=True)], []), master="m")
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        ctx = Ctx(MaintState(), FakeRapi(c), FakeMond({}))
+        self.round(ctx)
+        texts = [formatEvent(e) for e in logged if e.get("log_level") == LogLevel.warn]
+        self.assertIn("snapshot: the master node m is offline (Ganeti refuses that: the master "
+                      "role can be changed only via master-failover); its incidents are not "
+                      "collected", texts)
+        self.assertIn("collect: no online node to ask for a self-diagnose report (1 offline)",
+                      texts)
+        self.assertIn({"step": "snapshot", "problem": "the master node m is offline (Ganeti "
+                       "refuses that: the master role can be changed only via master-failover)"},
+                      ctx.notes)
+        self.assertIn({"action": "collect", "offline": 1, "offline_nodes": ["m"]}, ctx.notes)
 
     def test_no_executor_fails(self) -> None:
         c = mk_cluster([nd("a")], [])

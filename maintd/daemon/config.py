@@ -157,6 +157,10 @@ PARAMETERS: dict[str, Callable[[Any], Any]] = {
     "agent_port": parse_port,
     "agent_cert": parse_str,
     "hmac_key": parse_str,
+    "http_max_connections": parse_positive_int,
+    "http_header_timeout": parse_seconds,
+    "http_idle_timeout": parse_seconds,
+    "max_incidents_per_node": parse_positive_int,
 }
 
 #: Options without a value (``balance`` is tri-state: --balance / --no-balance).
@@ -218,6 +222,12 @@ class DaemonConfig:
     #: The cluster HMAC key (None: none, only in tests / with unsigned reports).
     hmac_key: str | None = "/var/lib/ganeti/hmac.key"
     allow_unsigned_reports: bool = False
+    #: HTTP API limits (maintd.daemon.httpguard; a timeout of 0 means none).
+    http_max_connections: int = 256
+    http_header_timeout: float = 5.0
+    http_idle_timeout: float = 60.0
+    #: Incidents kept per node; more reports are logged and noted, not stored.
+    max_incidents_per_node: int = 8
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> DaemonConfig:
