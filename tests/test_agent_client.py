@@ -58,6 +58,11 @@ class AgentClientTests(TestCase):
             self.assertTrue(all(not isinstance(r, AgentError) for r in reports.values()))
             self.assertEqual(c.counters.totals()["ok"], len(reports))
             self.assertEqual(c.verified, len(reports))
+            self.assertEqual(c.resumed, 0)
+            # next round: the TLS sessions are resumed, the reports still verified
+            reports = await self.gather(c)
+            self.assertEqual(c.counters.totals()["ok"], 2 * len(reports))
+            self.assertEqual(c.resumed, len(reports))
         return defer.Deferred.fromCoroutine(t())
 
     def test_refused_reports_are_counted_per_node(self) -> defer.Deferred[None]:

@@ -329,6 +329,34 @@ class StepTests(SynchronousTestCase):
         self.assertEqual(by_node["c"].status, RepairStatus.FAILED)
         self.assertIn("no repair command", by_node["c"].reason)
 
+    def test_busy_agent_is_asked_again_next_round(self) -> None:
+        """An executor answering "retry" (agent busy or unreachable) leaves the
+        incident pending; the next round asks again with the same incident."""
+        c = mk_cluster([nd("a")], [])
+        answers = [RepairResult(ok=False, reason="agent on a is busy", retry=True),
+                   RepairResult(ok=True)]
+
+        @implementer(IRepairExecutor)
+        class Exec:
+            def __init__(self) -> None:
+                self.incidents: list[str] = []
+
+            def execute(self, node: Any, command: str, report: Any, incident: str = "") -> Any:
+                self.incidents.append(incident)
+                return defer.succeed(answers.pop(0))
+
+        ex = Exec()
+        ctx = Ctx(MaintState(), FakeRapi(c),
+                  FakeMond({"a": rep("a", Action.LIVE_REPAIR, command="fix")}), executor=ex)
+        self.round(ctx)
+        inc = ctx.state.incidents[0]
+        self.assertEqual(inc.status, RepairStatus.PENDING)
+        self.assertIn({"incident": inc.uuid, "node": "a", "action": "repair-retry",
+                       "reason": "agent on a is busy"}, ctx.notes)
+        self.round(ctx)
+        self.assertEqual(ctx.state.incidents[0].status, RepairStatus.COMPLETED)
+        self.assertEqual(ex.incidents, [inc.uuid, inc.uuid], "the same incident both times")
+
     def test_flapping_report_leaves_no_trail_of_noted_incidents(self) -> None:
         # a diagnose script with a timestamp in its details: a new report
         # every round; the node's instance cannot move (no room anywhere)
