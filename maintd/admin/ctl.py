@@ -7,6 +7,9 @@ Talks to the daemon's control socket (root only)::
     ganeti-maintd-ctl [--socket PATH | --state-dir DIR] cancel UUID|PREFIX
     ganeti-maintd-ctl [--socket PATH | --state-dir DIR] forget UUID|PREFIX
     ganeti-maintd-ctl [--socket PATH | --state-dir DIR] round-now
+    ganeti-maintd-ctl [--socket PATH | --state-dir DIR] status [--json]
+    ganeti-maintd-ctl [--socket PATH | --state-dir DIR] pause [--for DURATION] [--reason TEXT]
+    ganeti-maintd-ctl [--socket PATH | --state-dir DIR] resume | release
 
 An incident may be named by a unique prefix of its uuid; an ambiguous one is
 refused, naming the incidents it matches.
@@ -17,7 +20,8 @@ incident already final, ...), 2 usage error, 3 the daemon cannot be reached
 
 Each command is one function registered with :func:`command` in
 :data:`COMMANDS` (its arguments, the request, the output); add new ones the
-same way, each in its own block.
+same way, each in its own block.  The guardrails' commands (status, pause,
+resume, release) live in :mod:`maintd.admin.ctl_guard`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any, TextIO
 
 import attrs
 
+from maintd.admin import ctl_guard
 from maintd.common import strictjson
 from maintd.common.cli import EXIT_USAGE, ArgumentParser
 
@@ -247,12 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"control socket of the daemon (default {DEFAULT_SOCKET})")
     where.add_argument("--state-dir", default=None,
                        help="the daemon's --state-dir (its socket is ctl.sock there)")
-    parser.add_argument("--json", action="store_true", help="list, show: print the raw JSON")
+    parser.add_argument("--json", action="store_true", help="list, show, status: print the raw JSON")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for cmd in COMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         for flags, kwargs in cmd.arguments:
             p.add_argument(*flags, **kwargs)
+    ctl_guard.add_parsers(sub)
     return parser
 
 
@@ -272,6 +278,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
         return answer
 
     try:
+        if args.command in ctl_guard.COMMANDS:
+            return ctl_guard.run(args, request, out, err)
         COMMANDS[args.command].run(args, call, out)
     except CtlError as e:
         err.write(f"ganeti-maintd-ctl: {e}\n")

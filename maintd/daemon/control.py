@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
 from maintd.common import strictjson
+from maintd.daemon import control_guard
 from maintd.daemon.details import incident_details
 from maintd.daemon.state import MaintState
 from maintd.decide import incidents as I
@@ -77,6 +78,8 @@ class StateAccess:
         self.clock = clock
         self.rounds: Any = None
         self.jobs: Any = None
+        #: Builds the overview from a state (set by the daemon: the HTTP API's).
+        self.overview: Callable[[MaintState], dict[str, Any]] | None = None
 
     def current(self) -> MaintState:
         ctx = live_context(self.store)
@@ -228,6 +231,21 @@ def _round_now(access: StateAccess, request: dict[str, Any]) -> dict[str, Any]:
     if outcome == "stopping":
         return {"ok": False, "error": "the daemon is stopping; no round starts"}
     return {"ok": True, "round": outcome, "number": access.rounds.rounds + (outcome == "queued")}
+
+
+def _guard_op(name: str) -> Handler:
+    """The guardrails' ops (maintd.daemon.control_guard) in this table."""
+
+    def handler(access: StateAccess, request: dict[str, Any]) -> dict[str, Any]:
+        answer = control_guard.handle(access, name, request)
+        assert answer is not None  # name is one of control_guard.OPS
+        return answer
+
+    return handler
+
+
+for _name in control_guard.OPS:
+    OPS[_name] = _guard_op(_name)
 
 
 class ControlFactory(protocol.Factory):
