@@ -85,7 +85,8 @@ class StandaloneSimulatorTests(TestCase):
         async def run() -> tuple[str, object]:
             port = free_port()
             cmd = spawn(self, ["twistd", "-n", "ganeti-sim", "--plain-http",
-                               "--rapi-port", str(port), "--mond-port", str(free_port())],
+                               "--rapi-port", str(port), "--mond-port", str(free_port()),
+                               "--agent-port", str(free_port())],
                         path=cwd)
             m = await cmd.line(r"ganeti-sim password file: (\S+)/rapi-password\n")
             await serving(port)
@@ -119,7 +120,8 @@ class StandaloneSimulatorTests(TestCase):
             pidfile = os.path.join(cwd, "sim.pid")
             port = free_port()
             sim = spawn(self, ["twistd", "-n", f"--pidfile={pidfile}", "ganeti-sim", "--plain-http",
-                               "--rapi-port", str(port), "--mond-port", str(free_port())],
+                               "--rapi-port", str(port), "--mond-port", str(free_port()),
+                               "--agent-port", str(free_port())],
                         path=cwd)
             await sim.line(r"ganeti-sim: cluster")
             await serving(port)
@@ -149,7 +151,8 @@ class ReadmeSimulatorTests(TestCase):
             cwd = os.path.abspath(self.mktemp())
             os.makedirs(cwd)
             sim_args = sim_line.group(1).replace("5080", port).split()
-            sim = spawn(self, ["twistd", "-n", "ganeti-sim", *sim_args, "--mond-port", str(free_port())],
+            sim = spawn(self, ["twistd", "-n", "ganeti-sim", *sim_args, "--mond-port", str(free_port()),
+                               "--agent-port", str(free_port())],
                         path=cwd)
             await sim.line(r"ganeti-sim: cluster demo")
             await serving(int(port))

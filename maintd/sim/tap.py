@@ -97,6 +97,13 @@ def _no_default_pidfile(twistd_options: Any, argv: list[str] | None = None) -> N
 Options = one_line_usage(SimOptions, "twistd ganeti-sim")
 
 
+class SimulatorService(service.MultiService):
+    """The standalone simulator: its temporary directory (removed last, when
+    there is one) and the :class:`~maintd.sim.embed.EmbeddedSimulator`."""
+
+    simulator: Any = None
+
+
 def makeService(config: SimOptions, reactor: Any = None) -> service.IService:  # noqa: N802
     from maintd.sim.embed import EmbeddedSimulator
 
@@ -104,7 +111,7 @@ def makeService(config: SimOptions, reactor: Any = None) -> service.IService:  #
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    top = service.MultiService()
+    top = SimulatorService()
     if config["workdir"]:
         workdir = config["workdir"]
     else:
@@ -141,4 +148,5 @@ def makeService(config: SimOptions, reactor: Any = None) -> service.IService:  #
     out.write(f"ganeti-sim agents: port {sim.agent_port} of each node's address\n")
     out.flush()
     sim.setServiceParent(top)
+    top.simulator = sim
     return top
