@@ -10,6 +10,12 @@ cleanup, collect, handle) in dry-run so nothing is submitted.
 
 Target: snapshot + collect + decide < 2 s plus one per-node timeout.
 
+Then (issue 17, plan before drain): planning the whole evacuation of a node
+with 200 instances (primaries and secondaries) on a 1,000-node snapshot,
+first alone, then as the handle step's round gate does it.  ``--plan-only``
+prints just that (no simulator).
+
+    .venv/bin/python bench/round.py [--nodes 1000] [--timeout 2] [--parallel 1024] [--plan-only]
 With ``--agents`` the self-diagnose reports come from the simulator's node
 agents instead (what the daemon uses by default): HTTPS pinned to the
 simulator's ``server.pem``, every report signed with its HMAC key and
@@ -17,13 +23,6 @@ verified by the daemon's agent client (RAPI over HTTPS too); the figures add
 the signature verification cost.
 
     .venv/bin/python bench/round.py [--nodes 1000] [--timeout 2] [--parallel 1024] [--agents]
-
-Then (issue 17, plan before drain): planning the whole evacuation of a node
-with 200 instances (primaries and secondaries) on a 1,000-node snapshot,
-first alone, then as the handle step's round gate does it.  ``--plan-only``
-prints just that (no simulator).
-
-    .venv/bin/python bench/round.py [--nodes 1000] [--timeout 2] [--parallel 1024] [--agents] [--plan-only]
 """
 
 from __future__ import annotations
@@ -363,10 +362,10 @@ if __name__ == "__main__":
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--agents", action="store_true",
-                        help="signed reports from the node agents over TLS")
     parser.add_argument("--plan-only", action="store_true",
                         help="only the evacuation-plan figure (no simulator)")
+    parser.add_argument("--agents", action="store_true",
+                        help="signed reports from the node agents over TLS")
     args = parser.parse_args()
     if args.plan_only:
         bench_evacuation_plan(args.nodes, 200, args.seed)

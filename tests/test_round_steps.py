@@ -24,6 +24,8 @@ from maintd.daemon.steps.evacuated import evacuated_step
 from maintd.daemon.steps.guard import pause_step, storm_step
 from maintd.daemon.steps.handle import handle_step
 from maintd.daemon.steps.jobs import jobs_step
+from maintd.daemon.steps.reconcile import reconcile_step, reconcile_tags_step
+from maintd.daemon.steps.replica import replica_nodes_step, replica_start_step
 from maintd.daemon.steps.snapshot import snapshot_step
 from maintd.decide import incidents as I
 from maintd.decide.guardrails import DEFAULT_MAX_EVACUATING, DEFAULT_STORM_THRESHOLD, Limit
@@ -58,6 +60,7 @@ class Ctx:
     reports: dict[str, Any] = attrs.field(factory=dict)
     commits: int = 0
     store: Any = None
+    queue: Any = None
 
     async def commit(self, new: MaintState) -> None:
         self.commits += 1
@@ -79,6 +82,9 @@ class FakeRapi:
 
     async def wait_jobs(self, ids: list[int], timeout: float) -> dict[int, JobResult]:
         return {j: self.status.get(j, JobResult(j, "success")) for j in ids}
+
+    async def jobs_bulk_raw(self) -> list[Any]:
+        return []  # these tests' jobs are not in a queue (see test_reconcile_*)
 
     def _write(self, *call: Any) -> int:
         if self.fail_writes:
@@ -127,7 +133,8 @@ def rep(node: str, action: Action, detail: str = "x", command: str | None = None
     return DiagnoseReport(node, action, command, [detail], raw)
 
 
-INCIDENT_STEPS = [pause_step, jobs_step, snapshot_step, pause_step, cleanup_step, collect_step,
+INCIDENT_STEPS = [replica_start_step, reconcile_step, pause_step, jobs_step, snapshot_step,
+                  replica_nodes_step, pause_step, reconcile_tags_step, cleanup_step, collect_step,
                   storm_step, evacuated_step, handle_step]
 
 
@@ -146,7 +153,7 @@ class StepTests(SynchronousTestCase):
 
     def test_default_steps_order(self) -> None:
         steps = default_steps(Cfg())
-        self.assertEqual(steps[:9], INCIDENT_STEPS)
+        self.assertEqual(steps[:13], INCIDENT_STEPS)
 
     def test_collect_skips_offline_and_errors(self) -> None:
         c = mk_cluster([nd("a"), nd("b", offline=True), nd("c")], [])
@@ -168,7 +175,8 @@ class StepTests(SynchronousTestCase):
         self.round(ctx)
         inc = ctx.state.incidents[0]
         uuid = inc.uuid
-        reason = f"maintd incident {uuid}"
+        reason = I.job_reason(inc)
+        self.assertTrue(reason.startswith(f"maintd:1:incident:{uuid}:"))
         self.assertEqual(rapi.calls, [("drain", "a", True, reason)])
         self.assertEqual(inc.status, RepairStatus.PENDING)
         self.assertEqual(inc.jobs, (100,))
@@ -241,7 +249,7 @@ class StepTests(SynchronousTestCase):
         self.assertEqual(inc.status, RepairStatus.FAILED)
         self.assertIn("job 100 error: OpPrereqError: node busy", inc.reason)
         self.assertEqual(rapi.calls[-1], ("add_tags", "node", "a", (TAG_FAILED + uuid,),
-                                          f"maintd incident {uuid}"))
+                                          I.job_reason(inc)))
         n = len(rapi.calls)
         nodes = {**c.nodes, "a": attrs.evolve(c.nodes["a"], drained=True,
                                              tags={TAG_FAILED + uuid})}
@@ -342,34 +350,6 @@ class StepTests(SynchronousTestCase):
         self.assertEqual(by_node["c"].status, RepairStatus.FAILED)
         self.assertIn("no repair command", by_node["c"].reason)
 
-    def test_busy_agent_is_asked_again_next_round(self) -> None:
-        """An executor answering "retry" (agent busy or unreachable) leaves the
-        incident pending; the next round asks again with the same incident."""
-        c = mk_cluster([nd("a")], [])
-        answers = [RepairResult(ok=False, reason="agent on a is busy", retry=True),
-                   RepairResult(ok=True)]
-
-        @implementer(IRepairExecutor)
-        class Exec:
-            def __init__(self) -> None:
-                self.incidents: list[str] = []
-
-            def execute(self, node: Any, command: str, report: Any, incident: str = "") -> Any:
-                self.incidents.append(incident)
-                return defer.succeed(answers.pop(0))
-
-        ex = Exec()
-        ctx = Ctx(MaintState(), FakeRapi(c),
-                  FakeMond({"a": rep("a", Action.LIVE_REPAIR, command="fix")}), executor=ex)
-        self.round(ctx)
-        inc = ctx.state.incidents[0]
-        self.assertEqual(inc.status, RepairStatus.PENDING)
-        self.assertIn({"incident": inc.uuid, "node": "a", "action": "repair-retry",
-                       "reason": "agent on a is busy"}, ctx.notes)
-        self.round(ctx)
-        self.assertEqual(ctx.state.incidents[0].status, RepairStatus.COMPLETED)
-        self.assertEqual(ex.incidents, [inc.uuid, inc.uuid], "the same incident both times")
-
     def test_flapping_report_leaves_no_trail_of_noted_incidents(self) -> None:
         # a diagnose script with a timestamp in its details: a new report
         # every round; the node's instance cannot move (no room anywhere)
@@ -434,6 +414,33 @@ class StepTests(SynchronousTestCase):
                        "refuses that: the master role can be changed only via master-failover)"},
                       ctx.notes)
         self.assertIn({"action": "collect", "offline": 1, "offline_nodes": ["m"]}, ctx.notes)
+    def test_busy_agent_is_asked_again_next_round(self) -> None:
+        """An executor answering "retry" (agent busy or unreachable) leaves the
+        incident pending; the next round asks again with the same incident."""
+        c = mk_cluster([nd("a")], [])
+        answers = [RepairResult(ok=False, reason="agent on a is busy", retry=True),
+                   RepairResult(ok=True)]
+
+        @implementer(IRepairExecutor)
+        class Exec:
+            def __init__(self) -> None:
+                self.incidents: list[str] = []
+
+            def execute(self, node: Any, command: str, report: Any, incident: str = "") -> Any:
+                self.incidents.append(incident)
+                return defer.succeed(answers.pop(0))
+
+        ex = Exec()
+        ctx = Ctx(MaintState(), FakeRapi(c),
+                  FakeMond({"a": rep("a", Action.LIVE_REPAIR, command="fix")}), executor=ex)
+        self.round(ctx)
+        inc = ctx.state.incidents[0]
+        self.assertEqual(inc.status, RepairStatus.PENDING)
+        self.assertIn({"incident": inc.uuid, "node": "a", "action": "repair-retry",
+                       "reason": "agent on a is busy"}, ctx.notes)
+        self.round(ctx)
+        self.assertEqual(ctx.state.incidents[0].status, RepairStatus.COMPLETED)
+        self.assertEqual(ex.incidents, [inc.uuid, inc.uuid], "the same incident both times")
 
     def test_no_executor_fails(self) -> None:
         c = mk_cluster([nd("a")], [])

@@ -193,6 +193,14 @@ class Options(usage.Options):
             cfg.parse_fraction,
         ],
         [
+            "iallocator",
+            None,
+            None,
+            "iallocator of harep's replace-disks and recreate-disks repairs "
+            "[default: the cluster's default iallocator, else hail].",
+            cfg.parse_iallocator,
+        ],
+        [
             "ctl-socket",
             None,
             None,
