@@ -11,7 +11,7 @@ from tests.test_rapi_helpers import sample
 class ParseJobTests(SynchronousTestCase):
     def test_success(self) -> None:
         r = parse_job(20, sample("job-success.json"))
-        self.assertEqual(r, JobResult(20, "success", ""))
+        self.assertEqual(r, JobResult(20, "success", "", summary=("TAGS_SET",)))
         self.assertTrue(r.final and r.ok)
 
     def test_opcodes_and_reasons_from_a_real_job(self) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from maintd.cluster.model import Cluster
+from maintd.common.cli import ArgumentParser
 from maintd.decide.balance.jobsets import (
     aliased,
     commands,
@@ -43,7 +44,7 @@ class PlanError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="ganeti-maintd-plan",
         description="Compute the cluster balancing hbal would do (faster), without executing it.",
     )

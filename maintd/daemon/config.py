@@ -127,6 +127,16 @@ def parse_str(text: Any) -> str:
     return text
 
 
+LOG_FORMATS = ("text", "json")
+
+
+def parse_log_format(text: Any) -> str:
+    value = str(text).strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"not a log format (text or json): {text!r}")
+    return value
+
+
 def parse_iallocator(text: Any) -> str:
     """An iallocator name as Ganeti looks it up (a program name, no path)."""
     name = parse_str(text)
@@ -173,6 +183,7 @@ PARAMETERS: dict[str, Callable[[Any], Any]] = {
     "master_check_interval": parse_seconds,
     "repair_command": parse_str,
     "repair_timeout": parse_seconds,
+    "log_format": parse_log_format,
     "http_max_connections": parse_positive_int,
     "http_header_timeout": parse_seconds,
     "http_idle_timeout": parse_seconds,
@@ -239,6 +250,9 @@ class DaemonConfig:
     #: Absolute path of the live-repair program (None: live repairs fail).
     repair_command: str | None = None
     repair_timeout: float = 600.0
+    #: ``text`` (twistd's log) or ``json`` (one object per line; set up by the
+    #: ``ganeti-maintd`` command, see maintd.common.jsonlog).
+    log_format: str = "text"
     #: HTTP API limits (maintd.daemon.httpguard; a timeout of 0 means none).
     http_max_connections: int = 256
     http_header_timeout: float = 5.0

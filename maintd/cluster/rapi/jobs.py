@@ -47,6 +47,11 @@ class JobResult:
     status: str
     #: Error text for failed jobs (from ``opresult``), else "".
     error: str = ""
+    #: Ganeti's one-line summary of each opcode (``summary``), e.g.
+    #: ``NODE_EVACUATE(node4)``; empty when RAPI gave none (bulk answers).
+    summary: tuple[str, ...] = attrs.field(
+        default=(), converter=lambda v: tuple(str(s) for s in v), eq=False
+    )
     #: The job's opcodes (from ``ops``, where the answer has them); not part
     #: of a result's equality (a job is its id, status and error).
     ops: tuple[OpInfo, ...] = attrs.field(default=(), eq=False)
@@ -109,12 +114,15 @@ def parse_job(job_id: int, job: Any) -> JobResult:
     if status not in KNOWN_STATUSES:
         raise ValueError(f"job {job_id}: unknown status {status!r}")
     error = job_error_text(job) if status in (ERROR, CANCELED) else ""
+    raw = job.get("summary")
+    summary = tuple(str(s) for s in raw) if isinstance(raw, list) else ()
     return JobResult(
         id=job_id,
         status=status,
         error=error,
         ops=_ops(job.get("ops")),
         received=_timestamp(job.get("received_ts")),
+        summary=summary,
     )
 
 
