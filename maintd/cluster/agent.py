@@ -170,7 +170,7 @@ class AgentClient(MondClient):
 
         return _Resuming(self._ctx, self._sessions.get(pip)), keep
 
-    def _decode(self, node: Node, url: str, code: int, body: bytes) -> Any:
+    def _parse(self, node: Node, url: str, code: int, body: bytes) -> Any:
         if code != 200:
             text = body[:200].decode("utf-8", "replace").strip()
             raise AgentError(node.name, f"{url} answered HTTP {code}: {text}")

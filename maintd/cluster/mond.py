@@ -327,7 +327,7 @@ class MondClient:
             raise self.Error(node.name, f"answer from {url} is larger than {MAX_BODY} bytes") from None
         except Exception as e:
             raise self.Error(node.name, f"reading answer from {url} failed: {e}") from None
-        return self._decode(node, url, response.code, b"".join(chunks))
+        return self._parse(node, url, response.code, b"".join(chunks))
 
     async def _fetch_raw(self, node: Node, url: str) -> Any:
         path = url.split(str(self.port), 1)[1]
@@ -341,16 +341,22 @@ class MondClient:
         except Exception as e:  # refused, reset, closed early
             text = getattr(e, "value", e)
             raise self.Error(node.name, f"cannot reach {url}: {text}") from None
+        return self._parse(node, url, code, body)
+
+    def _parse(self, node: Node, url: str, code: int, body: bytes) -> Any:
+        """The document of an answer (the agent client verifies its signature)."""
         return self._decode(node, url, code, body)
 
-    def _decode(self, node: Node, url: str, code: int, body: bytes) -> Any:
+    @staticmethod
+    def _decode(node: Node, url: str, code: int, body: bytes) -> Any:
+        """The JSON of a mond answer (the agent client verifies signatures instead)."""
         if code != 200:
             text = body[:200].decode("utf-8", "replace").strip()
-            raise self.Error(node.name, f"{url} answered HTTP {code}: {text}")
+            raise MondError(node.name, f"{url} answered HTTP {code}: {text}")
         try:
             return strictjson.loads(body, url, max_bytes=MAX_BODY, max_depth=MAX_DEPTH)
         except strictjson.StrictJSONError as e:
-            raise self.Error(node.name, f"malformed JSON from {url}: {e.problem}") from None
+            raise MondError(node.name, f"malformed JSON from {url}: {e.problem}") from None
 
     async def diagnose(self, node: Node) -> DiagnoseReport:
         """The node's validated self-diagnose report."""
