@@ -17,6 +17,7 @@ from maintd.cluster.agent import AgentClient, AgentError
 from maintd.cluster.executor import AgentExecutor
 from maintd.cluster.model import Node
 from maintd.common import signing
+from maintd.daemon.config import DaemonConfig
 from maintd.daemon.state import Action, MaintState
 from maintd.daemon.steps.collect import collect_step
 from maintd.sim import tls
@@ -120,6 +121,7 @@ class AgentClientTests(TestCase):
                 free_nodes: set[str] = set()
                 notes: list[Any] = []
                 mond = None
+                config = DaemonConfig.for_tests(state_dir=self.mktemp())
 
                 async def commit(self, new: MaintState) -> None:
                     self.state = new

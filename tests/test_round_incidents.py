@@ -27,7 +27,7 @@ def mk_cluster(nodes: list[Node], instances: list[Instance]) -> Cluster:
 def nd(name: str, **kw: Any) -> Node:
     base: dict[str, Any] = dict(
         uuid=f"u-{name}", group="default", pip="127.0.0.1", mtotal=8192, mfree=8192,
-        dtotal=100000, dfree=100000,
+        dtotal=100000, dfree=100000, ctotal=8, spindles_total=1,
     )
     base.update(kw)
     return Node(name=name, **base)

@@ -604,11 +604,17 @@ def decide(
     state: MaintState,
     free: set[str],
     running_jobs: Iterable[int] = (),
+    *,
+    gate: Callable[[Incident], Plan | None] | None = None,
+    plan_evac: Callable[..., Plan] | None = None,
 ) -> tuple[list[Decision], set[str]]:
     """Plans for this round, most severe incident first.
 
     ``free``: nodes that may receive instances (no active incident).
     ``running_jobs``: job ids still unfinished; an incident owning one waits.
+    ``gate(incident)``: a plan that holds the incident back this round (the
+    guardrails), or None.  ``plan_evac``: replaces :func:`plan_evacuation`
+    (same arguments; the guardrails' whole-evacuation planner).
     Returns the decisions and the nodes touched by them (to be taken out of
     the free set for later steps).
     """
@@ -626,10 +632,12 @@ def decide(
             busy.add(inc.node_name)
         elif inc.node_name in busy:
             plan = Wait(f"node {inc.node_name} is touched by another job this round")
+        elif gate is not None and (held := gate(inc)) is not None:
+            plan = held
         elif inc.action == Action.LIVE_REPAIR:
             plan = plan_live_repair(inc)
         elif inc.action in (Action.EVACUATE, Action.EVACUATE_FAILOVER):
-            plan = plan_evacuation(
+            plan = (plan_evac or plan_evacuation)(
                 cluster,
                 inc.node_name,
                 failover=inc.action == Action.EVACUATE_FAILOVER,

@@ -43,6 +43,7 @@ async def collect_step(ctx: Any) -> None:
     if offline:
         note(ctx, action="collect", offline=len(offline), offline_nodes=offline[:20])
     reports = await source.gather(nodes, source.diagnose)
+    ctx.reports = dict(reports)
     failures = sorted(n for n, r in reports.items() if isinstance(r, MondError))
     for name in failures:
         err = reports[name]
