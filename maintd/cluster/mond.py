@@ -347,16 +347,15 @@ class MondClient:
         """The document of an answer (the agent client verifies its signature)."""
         return self._decode(node, url, code, body)
 
-    @staticmethod
-    def _decode(node: Node, url: str, code: int, body: bytes) -> Any:
+    def _decode(self, node: Node, url: str, code: int, body: bytes) -> Any:
         """The JSON of a mond answer (the agent client verifies signatures instead)."""
         if code != 200:
             text = body[:200].decode("utf-8", "replace").strip()
-            raise MondError(node.name, f"{url} answered HTTP {code}: {text}")
+            raise self.Error(node.name, f"{url} answered HTTP {code}: {text}")
         try:
             return strictjson.loads(body, url, max_bytes=MAX_BODY, max_depth=MAX_DEPTH)
         except strictjson.StrictJSONError as e:
-            raise MondError(node.name, f"malformed JSON from {url}: {e.problem}") from None
+            raise self.Error(node.name, f"malformed JSON from {url}: {e.problem}") from None
 
     async def diagnose(self, node: Node) -> DiagnoseReport:
         """The node's validated self-diagnose report."""
