@@ -42,7 +42,8 @@ DEFAULT_PORT = 1817
 #: a thousand started at once all finish late together (each node's timeout
 #: runs out before any answer on a busy host).  Queued requests wait before
 #: their timeout starts; a node that completed its handshake and is slow to
-#: answer holds no handshake slot.
+#: answer holds no handshake slot, one that cannot complete it holds its
+#: slot for half its timeout at most.
 HANDSHAKES = 64
 DIAGNOSE_PATH = "/1/report/node/diagnose"
 OUTCOMES = ("ok", "unreachable", "invalid", "bad_signature", "collector_failed")
@@ -175,9 +176,14 @@ class AgentClient(MondClient):
                 self._handshakes.release()
 
         self._release[node.pip] = release
+        # a node that does not even complete its handshake (powered off,
+        # black-holed) holds the slot for half its timeout at most
+        call = self._reactor.callLater(self.timeout / 2, release)
         try:
             return await super()._get_json(node, path)
         finally:
+            if call.active():
+                call.cancel()
             release()
             self._release.pop(node.pip, None)
 
