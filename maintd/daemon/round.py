@@ -63,6 +63,12 @@ class RoundContext:
     #: False when jobs must not be submitted (mastership lost).  Dry-run is
     #: ``config.dry_run``: steps decide and note, but submit nothing.
     submitting: bool = True
+    #: Our jobs in Ganeti's queue, read by the reconcile step (``maintd.decide.reconcile.QueueJob``).
+    queue: Any = None
+    #: The daemon's ``maintd.daemon.mastership.Mastership`` (None in unit tests).
+    mastership: Any = None
+    #: ``maintd.daemon.replication.Replication`` (None: no state replication).
+    replica: Any = None
 
     async def commit(self, new: MaintState) -> None:
         """Durably store ``new`` (when there is a store), then make it current."""
@@ -142,6 +148,7 @@ class RoundRunner:
         mond: Any = None,
         executor: Any = None,
         agent: Any = None,
+        replica: Any = None,
         submitting: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
@@ -151,6 +158,7 @@ class RoundRunner:
         self.rapi = rapi
         self.mond = mond
         self.agent = agent
+        self.replica = replica
         self.executor = executor
         #: Asked at the start of each round (the voting part plugs in here).
         self.submitting = submitting or (lambda: True)
@@ -166,6 +174,7 @@ class RoundRunner:
             rapi=self.rapi,
             mond=self.mond,
             agent=self.agent,
+            replica=self.replica,
             executor=self.executor,
             submitting=self.submitting(),
         )

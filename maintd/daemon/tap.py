@@ -48,6 +48,7 @@ from maintd.daemon.mastership import (
     Mastership,
     attach_runner,
     check_at_startup_or_exit,
+    exit_after_shutdown,
     mastership_service,
 )
 from maintd.daemon.options import Options
@@ -166,6 +167,24 @@ def agent_client(config: DaemonConfig, reactor: Any, key: bytes | None) -> Any:
         raise SystemExit(f"ganeti-maintd: node agent certificate: {e}; not starting") from None
 
 
+def _replication(config: DaemonConfig, reactor: Any, store: StateStore, key: bytes | None,
+                 agent: Any) -> Any:
+    """State replication to the agents (signed with ``key``); None without key or agents."""
+    if key is None or agent is None:
+        return None
+    from maintd.cluster.rapi.errors import RapiConfigError
+    from maintd.cluster.replica import ReplicaClient
+    from maintd.daemon.replication import Replication
+
+    try:
+        client = ReplicaClient.create(
+            reactor, port=config.agent_port, timeout=config.mond_timeout,
+            cert=None if config.agent_plain_http else config.agent_cert)
+    except RapiConfigError as e:
+        raise SystemExit(f"ganeti-maintd: node agent certificate: {e}; not starting") from None
+    return Replication(store, client, key)
+
+
 def repair_executor(config: DaemonConfig, reactor: Any,
                     key: bytes | None = None) -> IRepairExecutor:
     """The live-repair executor: ``--repair-command``'s program, else the
@@ -212,6 +231,18 @@ class _StoreService(service.Service):
     def stopService(self) -> None:
         super().stopService()
         self.store.close()
+
+
+class _ReplicationService(service.Service):
+    """Lets a state push under way finish when the daemon stops."""
+
+    def __init__(self, replication: Any) -> None:
+        self.replication = replication
+
+    def stopService(self) -> defer.Deferred[None]:  # noqa: N802
+        super().stopService()
+        self.replication.fetched = False  # no new push
+        return defer.Deferred.fromCoroutine(self.replication.wait())
 
 
 class _HTTPService(StreamServerEndpointService):
@@ -366,6 +397,7 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         if executor is None:
             executor = repair_executor(config, reactor, key)
         agent = agent_client(config, reactor, key)
+        replication = _replication(config, reactor, store, key, agent)
     except SystemExit:
         store.close()
         raise
@@ -390,7 +422,11 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         mond=_mond_client(config, reactor, top.startup_notes),
         executor=executor,
         agent=agent,
+        replica=replication,
     )
+    if replication is not None:
+        store.add_listener(replication.changed)
+        _ReplicationService(replication).setServiceParent(top)
     rounds = RoundService(
         runner,
         clock=reactor,
@@ -403,6 +439,7 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     api.overview_fn = overview_for(config, reactor, rounds)
     # --- voting part (issue 9): rounds submit jobs only while this host is
     # the master; re-check every --master-check-interval, exit 11 when lost.
+    mastership.exit = lambda status: exit_after_shutdown(reactor, status)
     attach_runner(runner, mastership)
     recheck = mastership_service(config, mastership, reactor)
     if recheck is not None:

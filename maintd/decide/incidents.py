@@ -31,13 +31,12 @@ import attrs
 
 from maintd.cluster.model import LOCAL_TEMPLATES, Cluster, Instance, Node
 from maintd.daemon.state import TAG_FAILED, TAG_READY, Action, Incident, MaintState, RepairStatus
-
-#: Reason text of every job maintd submits for an incident.
-REASON_PREFIX = "maintd incident "
+from maintd.decide.reason import INCIDENT, format_reason, report_digest
 
 
 def job_reason(incident: Incident) -> str:
-    return f"{REASON_PREFIX}{incident.uuid}"
+    """Reason text of every job maintd submits for an incident (:mod:`maintd.decide.reason`)."""
+    return format_reason(INCIDENT, incident.uuid, incident.report_digest)
 
 
 def is_active(incident: Incident) -> bool:
@@ -107,6 +106,7 @@ def collect_reports(
             tag=TAG_READY + uuid,
             ctime=now,
             mtime=now,
+            digest=report_digest(node.uuid or node.name, raw),
         )
         incidents.append(incident)
         created.append(incident)
