@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 
+from maintd.cluster.mond import DiagnoseReport, MondError
 from maintd.daemon.api import StateAPI
 from maintd.daemon.state import Action, Incident, MaintState, RepairStatus
+from maintd.daemon.steps.guard import reporting_nodes
 from maintd.decide import guardrails as G
 
 
@@ -277,6 +279,26 @@ class StormLeftoverTests(SynchronousTestCase):
                          "n2 still reports")
         self.assertEqual(new.incident("c").status, RepairStatus.PENDING,  # type: ignore[union-attr]
                          "work in progress goes on")
+
+
+class StormCountTests(SynchronousTestCase):
+    def test_a_node_that_could_not_be_asked_keeps_its_verdict(self) -> None:
+        # a storm on a busy network: n2 and n3 time out this round; their
+        # open incidents still count, so the breaker does not reset on a
+        # half-answered round (which drained a node in a loaded test run)
+        def report(node: str, status: Action) -> DiagnoseReport:
+            return DiagnoseReport(node=node, status=status, command=None, details=None,
+                                  raw={"status": status.wire})
+        reports: dict[str, Any] = {
+            "n1": report("n1", Action.EVACUATE), "n2": MondError("n2", "timed out"),
+            "n3": MondError("n3", "timed out"), "n4": report("n4", Action.OK),
+            "n5": MondError("n5", "timed out")}
+        state = MaintState(incidents=(
+            inc("a", "n1"), inc("b", "n2"), inc("c", "n3", RepairStatus.PENDING),
+            inc("d", "n4"), inc("e", "n5", RepairStatus.COMPLETED), inc("f", "n6")))
+        self.assertEqual(reporting_nodes(reports), ["n1"])
+        # n4 answered Ok, n5's incident is over, n6 was not asked (offline)
+        self.assertEqual(reporting_nodes(reports, state), ["n1", "n2", "n3"])
 
 
 class ControlOpTests(SynchronousTestCase):
