@@ -249,7 +249,8 @@ class NodeReportFuzzTests(SynchronousTestCase):
     def test_random_answers_through_the_client(self, body: bytes) -> None:
         node = Node(name="node7", uuid="u7", group="default", pip="127.0.0.7")
         try:
-            document = MondClient._decode(node, "http://127.0.0.7:1815/x", 200, body)
+            document = MondClient(Clock())._decode(node, "http://127.0.0.7:1815/x", 200,
+                                                        body)
         except MondError as e:
             self.assertIn("node7", str(e))
             return

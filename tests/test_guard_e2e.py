@@ -284,7 +284,7 @@ class GuardrailTests(TestCase):
         self.assertIn(("OP_NODE_SET_PARAMS", "n3"),
                       [(op["OP_ID"], op.get("node_name")) for op in ops],
                       [d.state.incidents, d.state.last_round])
-        self.assertTrue(any("maintd balance" in str(op.get("reason")) for op in ops),
+        self.assertTrue(any("maintd:1:balance:" in str(op.get("reason")) for op in ops),
                         "balancing starts")
 
     # -- busy rounds ---------------------------------------------------------
