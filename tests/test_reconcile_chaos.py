@@ -22,7 +22,7 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 class ChaosTests(TestCase):
     timeout = 400
 
-    async def _run(self) -> None:
+    async def _chaos(self) -> None:
         out, err, code = await utils.getProcessOutputAndValue(
             sys.executable, [SCRIPT, "--kills", "10", "--primaries", "2", "--seed", "7",
                              "--json"], env=dict(os.environ))
@@ -40,4 +40,4 @@ class ChaosTests(TestCase):
         self.assertEqual(code, 0)
 
     def test_ten_kills(self) -> defer.Deferred[None]:
-        return defer.Deferred.fromCoroutine(self._run())
+        return defer.Deferred.fromCoroutine(self._chaos())
