@@ -147,6 +147,8 @@ def start_daemon(sim: Sim, state_dir: str, log: Any, port: int) -> subprocess.Po
          "--state-dir", state_dir, "--no-voting", "--yes-do-it", "--hostname", "n1",
          "--round-delay", "0.2", "--job-wait", "2", "--mond-port", str(sim.mond_port),
          "--mond-timeout", "2", "-p", str(port), "-b", "127.0.0.1",
+         # three nodes fail at once on purpose: evacuate them together
+         "--max-evacuating", str(len(FAILING)), "--storm-threshold", str(len(FAILING)),
          # the simulated nodes' signed agents (plain HTTP like the simulator's RAPI)
          "--agent-port", str(sim.agent_port), "--agent-plain-http", "--hmac-key", sim.hmac_key],
         stdout=log, stderr=subprocess.STDOUT,
