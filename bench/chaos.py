@@ -54,7 +54,8 @@ def free_port() -> int:
 
 
 def scenario(primaries: int) -> dict[str, Any]:
-    nodes = [{"name": f"n{i}", "group": "g1", "mtotal": 65536, "dtotal": 1024000}
+    nodes = [{"name": f"n{i}", "group": "g1", "mtotal": 262144, "dtotal": 4096000,
+              "ctotal": 64, "spindles": 8}
              for i in range(1, 10)]
     for n in nodes:
         if n["name"] in FAILING:
