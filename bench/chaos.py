@@ -151,7 +151,10 @@ def start_daemon(sim: Sim, state_dir: str, log: Any, port: int) -> subprocess.Po
          # three nodes fail at once on purpose: evacuate them together
          "--max-evacuating", str(len(FAILING)), "--storm-threshold", str(len(FAILING)),
          # the simulated nodes' signed agents (plain HTTP like the simulator's RAPI)
-         "--agent-port", str(sim.agent_port), "--agent-plain-http", "--hmac-key", sim.hmac_key],
+         "--agent-port", str(sim.agent_port), "--agent-plain-http", "--hmac-key", sim.hmac_key,
+         # the three failing nodes are evacuated together: a budget of 3, and
+         # three reports are not a storm here (the breaker trips above 3)
+         "--max-evacuating", "3", "--storm-threshold", "3"],
         stdout=log, stderr=subprocess.STDOUT,
     )
 

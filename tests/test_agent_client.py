@@ -11,12 +11,13 @@ from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.logger import capturedLogs
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from maintd.cluster.agent import AgentClient, AgentError
 from maintd.cluster.executor import AgentExecutor
 from maintd.cluster.model import Node
 from maintd.common import signing
+from maintd.daemon.config import DaemonConfig
 from maintd.daemon.state import Action, MaintState
 from maintd.daemon.steps.collect import collect_step
 from maintd.sim import tls
@@ -58,6 +59,11 @@ class AgentClientTests(TestCase):
             self.assertTrue(all(not isinstance(r, AgentError) for r in reports.values()))
             self.assertEqual(c.counters.totals()["ok"], len(reports))
             self.assertEqual(c.verified, len(reports))
+            self.assertEqual(c.resumed, 0)
+            # next round: the TLS sessions are resumed, the reports still verified
+            reports = await self.gather(c)
+            self.assertEqual(c.counters.totals()["ok"], 2 * len(reports))
+            self.assertEqual(c.resumed, len(reports))
         return defer.Deferred.fromCoroutine(t())
 
     def test_refused_reports_are_counted_per_node(self) -> defer.Deferred[None]:
@@ -114,6 +120,7 @@ class AgentClientTests(TestCase):
                 free_nodes: set[str] = set()
                 notes: list[Any] = []
                 mond = None
+                config = DaemonConfig.for_tests(state_dir=self.mktemp())
 
                 async def commit(self, new: MaintState) -> None:
                     self.state = new
@@ -186,3 +193,25 @@ class AgentExecutorTests(TestCase):
             self.assertEqual((r.ok, r.retry), (False, True))
         return defer.Deferred.fromCoroutine(t())
 
+
+
+class DaemonKeyTests(SynchronousTestCase):
+    def test_missing_key_is_a_one_line_startup_error(self) -> None:
+        from maintd.daemon.config import DaemonConfig
+        from maintd.daemon.tap import makeService
+
+        d = os.path.abspath(self.mktemp())
+        missing = os.path.join(d, "no-hmac.key")
+        config = DaemonConfig.for_tests(state_dir=os.path.join(d, "state"), hmac_key=missing)
+        with self.assertRaises(SystemExit) as cm:
+            makeService(config, reactor)
+        self.assertEqual(str(cm.exception),
+                         f"ganeti-maintd: cannot read HMAC key {missing}: No such file or "
+                         "directory; not starting")
+        # with --allow-unsigned-reports it starts, without a key
+        config = DaemonConfig.for_tests(state_dir=os.path.join(d, "state2"), hmac_key=missing,
+                                        allow_unsigned_reports=True)
+        daemon = makeService(config, reactor)
+        self.assertIsNone(daemon.agent.key)
+        self.assertTrue(daemon.agent.allow_unsigned)
+        daemon.store.close()

@@ -115,31 +115,53 @@ class RepairRequestTests(TestCase):
             self.assertEqual(len(self.runs()), 1, "not run again after a restart")
         return defer.Deferred.fromCoroutine(t())
 
-    def test_refusals_run_nothing(self) -> defer.Deferred[None]:
+    def refused(self, body: bytes, code: int, why: str) -> defer.Deferred[None]:
+        """``body`` is answered ``code`` with ``why`` in the error; nothing runs;
+        the agent keeps serving (a good request afterwards runs)."""
         async def t() -> None:
-            os.makedirs(os.path.join(self.rdir, "sub"))
-            cases: dict[str, tuple[bytes, int, str]] = {
-                "unsigned": (json.dumps(request()).encode(), 403, "not signed"),
-                "wrong key": (signed(request(), key=b"other\n"), 403, "does not match"),
-                "stale signature": (signed(request(), at=time.time() - 600), 403, "window"),
-                "stale time": (signed(request(time=time.time() - 900)), 403, "window"),
-                "other node": (signed(request(node="node1.example.com")), 403,
-                               "it is for node 'node1.example.com'"),
-                "not whitelisted": (signed(request(command="rm-rf")), 403, "rm-rf"),
-                "bad name": (signed(request(command="../../bin/sh")), 403,
-                             "is not [A-Za-z0-9_-]+"),
-                "not a file": (signed(request(command="sub")), 403, "not a regular file"),
-                "garbage": (b"\xff{{", 400, "not UTF-8"),
-                "missing member": (signed({"node": NODE}), 400, "exactly the members"),
-                "huge": (b"x" * 100_000, 413, "larger than"),
-            }
-            for name, (body, want, why) in cases.items():
-                code, answer = await self.agent.post(body)
-                self.assertEqual(code, want, name)
-                self.assertIn(why, answer["error"], name)
-            self.assertEqual(self.runs(), [], "nothing run")
-            self.assertEqual(self.agent.service.runs, 0)
+            got, answer = await self.agent.post(body)
+            self.assertEqual(got, code, answer)
+            self.assertIn(why, answer["error"])
+            self.assertEqual((self.runs(), self.agent.service.runs), ([], 0), "nothing run")
+            got, answer = await self.agent.post(signed(request()))
+            self.assertEqual((got, answer["ok"]), (200, True), "still serving")
         return defer.Deferred.fromCoroutine(t())
+
+    def test_unsigned_refused(self) -> defer.Deferred[None]:
+        return self.refused(json.dumps(request()).encode(), 403, "not signed")
+
+    def test_wrong_key_refused(self) -> defer.Deferred[None]:
+        return self.refused(signed(request(), key=b"other\n"), 403, "does not match")
+
+    def test_stale_signature_refused(self) -> defer.Deferred[None]:
+        return self.refused(signed(request(), at=time.time() - 600), 403, "window")
+
+    def test_stale_time_refused(self) -> defer.Deferred[None]:
+        return self.refused(signed(request(time=time.time() - 900)), 403, "window")
+
+    def test_other_node_refused(self) -> defer.Deferred[None]:
+        return self.refused(signed(request(node="node1.example.com")), 403,
+                            "it is for node 'node1.example.com'")
+
+    def test_not_whitelisted_refused(self) -> defer.Deferred[None]:
+        return self.refused(signed(request(command="rm-rf")), 403, "rm-rf")
+
+    def test_path_as_command_refused(self) -> defer.Deferred[None]:
+        return self.refused(signed(request(command="../../bin/sh")), 403,
+                            "is not [A-Za-z0-9_-]+")
+
+    def test_directory_as_command_refused(self) -> defer.Deferred[None]:
+        os.makedirs(os.path.join(self.rdir, "sub"))
+        return self.refused(signed(request(command="sub")), 403, "not a regular file")
+
+    def test_garbage_refused(self) -> defer.Deferred[None]:
+        return self.refused(b"\xff{{", 400, "not UTF-8")
+
+    def test_missing_member_refused(self) -> defer.Deferred[None]:
+        return self.refused(signed({"node": NODE}), 400, "exactly the members")
+
+    def test_huge_refused(self) -> defer.Deferred[None]:
+        return self.refused(b"x" * 100_000, 413, "larger than")
 
     def test_replay_is_refused_even_after_restart(self) -> defer.Deferred[None]:
         async def t() -> None:

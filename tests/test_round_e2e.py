@@ -89,7 +89,8 @@ class Daemon:
             state_dir=self.state_dir, port=self.http_port, rapi=s.rapi_url, rapi_user=s.rapi_user,
             rapi_password_file=s.rapi_password_file, rapi_cert=s.rapi_cert, rapi_insecure=False,
             mond_port=s.mond_port, mond_timeout=1.0, round_delay=3600.0, busy_round_delay=3600.0,
-            job_wait=10.0, **agent_config(s),
+            job_wait=10.0,
+            **agent_config(s),
         )
         config = DaemonConfig.for_tests(**{**values, **self.config_extra})
         self.daemon = makeService(config, reactor)

@@ -135,6 +135,16 @@ class AgentResource(resource.Resource):
         return server.NOT_DONE_YET
 
 
+def tls_options(pem: bytes) -> Any:
+    """Server TLS options from a PEM key and certificate (Ganeti's
+    ``server.pem``), with session tickets so the daemon resumes sessions."""
+    from twisted.internet import ssl
+
+    cert = ssl.PrivateCertificate.loadPEM(pem.decode("ascii"))
+    return ssl.CertificateOptions(privateKey=cert.privateKey.original,
+                                  certificate=cert.original, enableSessionTickets=True)
+
+
 class QuietSite(server.Site):
     """A site without access log lines or factory start/stop noise."""
 

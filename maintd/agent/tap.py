@@ -15,14 +15,14 @@ from typing import Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.internet import endpoints, ssl
+from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
 from maintd.agent import runner, whitelist
 from maintd.agent.diagnose import DiagnoseCollector
-from maintd.agent.http import AgentResource, QuietSite
+from maintd.agent.http import AgentResource, QuietSite, tls_options
 from maintd.agent.repair import MAX_TAIL, RepairService, RepairState
 from maintd.agent.replica import ReplicaStore
 from maintd.common import signing
@@ -142,7 +142,7 @@ def _tls_options(path: str) -> Any:
     except OSError as e:
         raise _fail(f"cannot read certificate {path}: {e.strerror}") from None
     try:
-        return ssl.PrivateCertificate.loadPEM(pem.decode("ascii")).options()
+        return tls_options(pem)
     except Exception as e:
         raise _fail(f"certificate {path} is not a PEM key and certificate: {e}") from None
 

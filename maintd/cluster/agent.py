@@ -24,7 +24,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from OpenSSL import SSL
+from OpenSSL._util import lib as _lib
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from maintd.cluster.model import Node
 from maintd.cluster.mond import DiagnoseReport, MondClient, MondError, validate_diagnose
@@ -74,6 +78,27 @@ class ReportCounters:
         return out
 
 
+@implementer(IOpenSSLClientConnectionCreator)
+class _Resuming:
+    """A client TLS connection to one node that offers the session of the
+    previous connection to it (TLS session tickets): resumed handshakes skip
+    the certificate exchange and its checks.  A server can only resume a
+    session it issued, i.e. one whose certificate was verified and pinned
+    when it was made."""
+
+    def __init__(self, ctx: SSL.Context, session: Any) -> None:
+        self.ctx = ctx
+        self.session = session
+
+    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:  # noqa: N802
+        conn = SSL.Connection(self.ctx, None)
+        conn.set_app_data(tlsProtocol)
+        conn.set_connect_state()
+        if self.session is not None:
+            conn.set_session(self.session)
+        return conn
+
+
 class AgentClient(MondClient):
     """Asks nodes' agents for signed self-diagnose reports."""
 
@@ -102,6 +127,11 @@ class AgentClient(MondClient):
         self.window = window
         self.wallclock = wallclock
         self.counters = counters if counters is not None else ReportCounters()
+        #: The last TLS session per node address (resumed next round).
+        self._sessions: dict[str, Any] = {}
+        #: Connections whose TLS session was resumed (bench figures).
+        self.resumed = 0
+        self._ctx = getattr(tls, "_ctx", None)
         #: Seconds spent verifying signatures (bench figures).
         self.verify_seconds = 0.0
         self.verified = 0
@@ -122,6 +152,23 @@ class AgentClient(MondClient):
             policy.what = "node agent"
             tls = policy.creatorForNetloc(b"", kwargs.get("port", DEFAULT_PORT))
         return cls(reactor, key=key, tls=tls, **kwargs)
+
+    def _tls_for(self, node: Node) -> tuple[Any, Any]:
+        if self._tls is None or self._ctx is None:
+            return self._tls, None
+        pip = node.pip
+
+        def keep(transport: Any) -> None:
+            try:
+                conn = transport.getHandle()
+                session = conn.get_session()
+                self.resumed += bool(_lib.SSL_session_reused(conn._ssl))
+            except Exception:
+                session = None
+            if session is not None:
+                self._sessions[pip] = session
+
+        return _Resuming(self._ctx, self._sessions.get(pip)), keep
 
     def _decode(self, node: Node, url: str, code: int, body: bytes) -> Any:
         if code != 200:

@@ -189,7 +189,8 @@ class _GetFactory(protocol.ClientFactory):
 
 
 async def _raw_get(reactor: Any, host: str, port: int, path: str,
-                   tls: Any = None) -> tuple[int, bytes]:
+                   tls: Any = None, after: Callable[[Any], None] | None = None
+                   ) -> tuple[int, bytes]:
     """``GET path`` from ``host:port``: (status, body).  ``tls``: an
     ``IOpenSSLClientConnectionCreator`` for HTTPS (None: plain HTTP).
 
@@ -214,7 +215,10 @@ async def _raw_get(reactor: Any, host: str, port: int, path: str,
         connector = reactor.connectTCP(host, port, _GetFactory(proto))
     else:
         connector = reactor.connectSSL(host, port, _GetFactory(proto), tls)
-    return await done
+    result = await done
+    if after is not None and proto.transport is not None:
+        after(proto.transport)
+    return result
 
 
 class MondClient:
@@ -264,6 +268,11 @@ class MondClient:
             diagnose_path=config.mond_path,
             http=http,
         )
+
+    def _tls_for(self, node: Node) -> tuple[Any, Callable[[Any], None] | None]:
+        """TLS connection creator for ``node`` and what to do with the
+        transport after the answer (plain HTTP here: nothing)."""
+        return self._tls, None
 
     async def close(self) -> None:
         """Nothing to release: every request uses its own connection."""
@@ -323,7 +332,8 @@ class MondClient:
     async def _fetch_raw(self, node: Node, url: str) -> Any:
         path = url.split(str(self.port), 1)[1]
         try:
-            code, body = await _raw_get(self._reactor, node.pip, self.port, path, self._tls)
+            code, body = await _raw_get(self._reactor, node.pip, self.port, path,
+                                        *self._tls_for(node))
         except _TooLarge:
             raise self.Error(node.name, f"answer from {url} is larger than {MAX_BODY} bytes") from None
         except defer.CancelledError:

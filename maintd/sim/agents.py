@@ -23,12 +23,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, ssl
-from twisted.internet import ssl as tssl
+from twisted.internet import defer
 from twisted.web.iweb import IRequest
 
 from maintd.agent import runner, whitelist
-from maintd.agent.http import AgentResource
+from maintd.agent.http import AgentResource, tls_options
 from maintd.agent.repair import RepairService, RepairState
 from maintd.agent.replica import ReplicaStore
 from maintd.sim.mond import MondFronts, MondResource, _MondPort, _QuietSite
@@ -69,11 +68,6 @@ class _AgentPort(_MondPort):
     pass
 
 
-class _AgentSSLPort(tssl.Port):
-    def _logConnectionLostMsg(self) -> None:  # noqa: N802
-        pass
-
-
 class AgentFronts(MondFronts):
     """One listening agent per node; follows the simulation's mond modes."""
 
@@ -90,8 +84,7 @@ class AgentFronts(MondFronts):
     ) -> None:
         super().__init__(sim, reactor, port, wallclock=wallclock)
         self.key = key
-        self.tls = None if pem is None else ssl.PrivateCertificate.loadPEM(
-            pem.decode("ascii")).options()
+        self.tls = None if pem is None else tls_options(pem)
         self.repair_timeout = repair_timeout
         #: Simulated repairs run: (node, command, report).
         self.calls: list[tuple[str, str, Any]] = []
@@ -150,8 +143,9 @@ class AgentFronts(MondFronts):
         if self.tls is None:
             port = _AgentPort(self.port, site, interface=node.pip, reactor=self.reactor)
         else:
-            port = _AgentSSLPort(self.port, site, self.tls, interface=node.pip,
-                                 reactor=self.reactor)
+            self.ports[name] = self.reactor.listenSSL(self.port, site, self.tls,
+                                                      interface=node.pip)
+            return
         port.startListening()
         self.ports[name] = port
 

@@ -134,7 +134,7 @@ class EmbeddedSimulator(service.Service):
         self.hmac_key_file = hmac_key
         key = signing.read_key(hmac_key)
         self.agent_cert = os.path.join(workdir, "server.pem")
-        agent_pem = None if plain_http else tls.write_pem(self.agent_cert)
+        agent_pem = None if plain_http else tls.write_pem(self.agent_cert, tls.ec_key())
         self.agents = AgentFronts(self.sim, reactor, agent_port, key=key, pem=agent_pem,
                                   wallclock=wallclock)
         self._rapi_listener: Any = None
