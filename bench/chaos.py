@@ -54,7 +54,8 @@ def free_port() -> int:
 
 
 def scenario(primaries: int) -> dict[str, Any]:
-    nodes = [{"name": f"n{i}", "group": "g1", "mtotal": 65536, "dtotal": 1024000}
+    nodes = [{"name": f"n{i}", "group": "g1", "mtotal": 262144, "dtotal": 4096000,
+              "ctotal": 64, "spindles": 8}
              for i in range(1, 10)]
     for n in nodes:
         if n["name"] in FAILING:
@@ -147,6 +148,8 @@ def start_daemon(sim: Sim, state_dir: str, log: Any, port: int) -> subprocess.Po
          "--state-dir", state_dir, "--no-voting", "--yes-do-it", "--hostname", "n1",
          "--round-delay", "0.2", "--job-wait", "2", "--mond-port", str(sim.mond_port),
          "--mond-timeout", "2", "-p", str(port), "-b", "127.0.0.1",
+         # three nodes fail at once on purpose: evacuate them together
+         "--max-evacuating", str(len(FAILING)), "--storm-threshold", str(len(FAILING)),
          # the simulated nodes' signed agents (plain HTTP like the simulator's RAPI)
          "--agent-port", str(sim.agent_port), "--agent-plain-http", "--hmac-key", sim.hmac_key,
          # the three failing nodes are evacuated together: a budget of 3, and

@@ -63,7 +63,8 @@ async def collect_step(ctx: Any) -> None:
     for uuid, why in res.forgotten:
         log.info("forgetting canceled incident {uuid}: {why}", uuid=uuid, why=why)
         note(ctx, incident=uuid, action="forget", reason=why)
-    limit = getattr(ctx.config, "max_incidents_per_node", DEFAULT_MAX_INCIDENTS)
+    limit = getattr(getattr(ctx, "config", None), "max_incidents_per_node",
+                    DEFAULT_MAX_INCIDENTS)
     new_state, created, refused = I.cap_per_node(res.state, res.created, limit)
     for inc in refused:
         log.warn("not storing a new {action} incident for {node}: it has {limit} incidents "
