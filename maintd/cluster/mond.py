@@ -55,9 +55,19 @@ _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class MondError(Exception):
     """Any failure talking to one node's mond; the message names the node."""
 
+    #: What went wrong, as the metrics count it: ``unreachable`` (no answer)
+    #: or ``invalid`` (an answer that is not a valid report).
+    outcome = "unreachable"
+
     def __init__(self, node: str, message: str) -> None:
         super().__init__(f"mond on {node}: {message}")
         self.node = node
+
+
+class MondInvalid(MondError):
+    """The node answered, but not with a valid report."""
+
+    outcome = "invalid"
 
 
 @attrs.frozen
@@ -80,28 +90,28 @@ def validate_diagnose(node: str, document: Any) -> DiagnoseReport:
     ``details``).
     """
     if not isinstance(document, Mapping):
-        raise MondError(node, f"report is not a JSON object but {type(document).__name__}")
+        raise MondInvalid(node, f"report is not a JSON object but {type(document).__name__}")
     data = document.get("data")
     if not isinstance(data, Mapping):
-        raise MondError(node, "report has no 'data' object")
+        raise MondInvalid(node, "report has no 'data' object")
     encoded = json.dumps(data, sort_keys=True)
     if len(encoded) > MAX_REPORT:
-        raise MondError(node, f"report data is {len(encoded)} bytes, more than {MAX_REPORT}")
+        raise MondInvalid(node, f"report data is {len(encoded)} bytes, more than {MAX_REPORT}")
     status = data.get("status")
     if not isinstance(status, str):
-        raise MondError(node, f"report status {status!r} is not a string")
+        raise MondInvalid(node, f"report status {status!r} is not a string")
     try:
         action = Action.from_wire(status)
     except ValueError:
-        raise MondError(node, f"unknown report status {status[:64]!r}") from None
+        raise MondInvalid(node, f"unknown report status {status[:64]!r}") from None
     command = data.get("command")
     if command == "":
         command = None
     if command is not None:
         if not isinstance(command, str):
-            raise MondError(node, f"report command {command!r} is not a string")
+            raise MondInvalid(node, f"report command {command!r} is not a string")
         if not COMMAND_RE.match(command) or ".." in command:
-            raise MondError(node, f"report command {command[:64]!r} is not a plain command name")
+            raise MondInvalid(node, f"report command {command[:64]!r} is not a plain command name")
     return DiagnoseReport(
         node=node, status=action, command=command, details=data.get("details"), raw=dict(data)
     )
@@ -312,11 +322,11 @@ class MondClient:
     def _decode(node: Node, url: str, code: int, body: bytes) -> Any:
         if code != 200:
             text = body[:200].decode("utf-8", "replace").strip()
-            raise MondError(node.name, f"{url} answered HTTP {code}: {text}")
+            raise MondInvalid(node.name, f"{url} answered HTTP {code}: {text}")
         try:
             return json.loads(body)
         except ValueError as e:
-            raise MondError(node.name, f"malformed JSON from {url}: {e}") from None
+            raise MondInvalid(node.name, f"malformed JSON from {url}: {e}") from None
 
     async def diagnose(self, node: Node) -> DiagnoseReport:
         """The node's validated self-diagnose report."""

@@ -7,6 +7,8 @@
 ``GET /1/jobs``         ids of the Ganeti jobs the daemon waits for
 ``GET /1/evacuated``    names of recently evacuated instances
 ``GET /1/last-round``   summary of the last round (and the dry-run plan)
+``GET /metrics``        Prometheus metrics (``maintd.daemon.metrics``)
+``GET /ui``             the status page, HTML (``maintd.daemon.ui``)
 ======================  ==============================================
 
 Every path works with and without a trailing slash; ``HEAD`` works like
@@ -27,7 +29,7 @@ import json
 import time
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from klein import Klein
 from twisted.logger import Logger
@@ -40,6 +42,10 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from maintd.daemon.state import MaintState
 from maintd.daemon.store import IncidentCodec
+
+if TYPE_CHECKING:
+    from maintd.daemon.metrics import DaemonMetrics
+    from maintd.daemon.ui import StatusPage
 
 log = Logger()
 
@@ -117,12 +123,36 @@ def _send(request: IRequest, body: _Body, code: int = 200) -> bytes:
     return data
 
 
+def _send_built(request: IRequest, body: bytes, content_type: bytes) -> bytes:
+    """A body built for this request (metrics, the page): gzip when asked and large."""
+    request.setResponseCode(200)
+    request.setHeader(b"Content-Type", content_type)
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
+    if len(body) >= GZIP_MIN:
+        request.setHeader(b"Vary", b"Accept-Encoding")
+        if _accepts_gzip(request):
+            request.setHeader(b"Content-Encoding", b"gzip")
+            body = _gzip(body) or body
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
 class StateAPI:
     """Serves the latest :class:`MaintState` given to :meth:`update`."""
 
     app = Klein()
 
-    def __init__(self, state: MaintState | None = None) -> None:
+    def __init__(
+        self,
+        state: MaintState | None = None,
+        *,
+        metrics: DaemonMetrics | None = None,
+        page: StatusPage | None = None,
+    ) -> None:
+        #: ``/metrics`` and ``/ui`` answer 404 without them.
+        self.metrics = metrics
+        self.page = page
         self._codec = IncidentCodec()
         self._fixed = {"root": _Body(None, _encode(API_VERSIONS)), "1": _Body(None, _encode(None))}
         self._parts: dict[str, _Body] = {}
@@ -184,6 +214,26 @@ class StateAPI:
     )
     def part(self, request: IRequest, part: str) -> bytes:
         return _send(request, self._parts[part])
+
+    @app.route("/metrics", methods=_METHODS, strict_slashes=False)
+    def metrics_text(self, request: IRequest) -> bytes:
+        if self.metrics is None:
+            raise NotFound()
+        accept = request.getHeader(b"accept")
+        body, content_type = self.metrics.exposition(accept.decode("latin-1") if accept else None)
+        return _send_built(request, body, content_type.encode("ascii"))
+
+    @app.route("/ui", methods=_METHODS, strict_slashes=False)
+    def status_page(self, request: IRequest) -> Any:
+        if self.page is None:
+            raise NotFound()
+        from maintd.daemon.ui import CSP
+
+        def send(html: bytes) -> bytes:
+            request.setHeader(b"Content-Security-Policy", CSP)
+            return _send_built(request, html, b"text/html; charset=utf-8")
+
+        return self.page.render().addCallback(send)
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:

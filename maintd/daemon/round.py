@@ -23,6 +23,7 @@ import attrs
 from twisted.logger import Logger
 
 from maintd.daemon.config import DaemonConfig
+from maintd.daemon.metrics import NO_EVENTS, RoundEvents, metered, step_label
 from maintd.daemon.state import MaintState
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ class RoundContext:
     #: False when jobs must not be submitted (mastership lost).  Dry-run is
     #: ``config.dry_run``: steps decide and note, but submit nothing.
     submitting: bool = True
+    #: Where the round reports what happened (the daemon's metrics).
+    events: RoundEvents = NO_EVENTS
 
     async def commit(self, new: MaintState) -> None:
         """Durably store ``new`` (when there is a store), then make it current."""
@@ -89,7 +92,11 @@ async def run_round(
             if should_stop is not None and should_stop():
                 raise RoundStopped(f"stopped before step {_step_name(step)}")
             log.debug("round {number}: step {step}", number=ctx.number, step=_step_name(step))
-            await step(ctx)
+            step_started = time.monotonic()
+            try:
+                await step(ctx)
+            finally:
+                ctx.events.step_finished(step_label(step), time.monotonic() - step_started)
     except RoundStopped as e:
         result, error = "stopped", str(e)
         raise
@@ -97,6 +104,9 @@ async def run_round(
         result, error = "failed", describe_error(e)
         raise
     finally:
+        ctx.events.round_finished(result, time.time() - started)
+        if ctx.cluster is not None:
+            ctx.events.cluster_seen(ctx.cluster)
         summary = {
             "number": ctx.number,
             "start": started,
@@ -138,6 +148,7 @@ class RoundRunner:
         mond: Any = None,
         executor: Any = None,
         submitting: Callable[[], bool] | None = None,
+        events: RoundEvents = NO_EVENTS,
     ) -> None:
         self.config = config
         self.reactor = reactor
@@ -148,6 +159,7 @@ class RoundRunner:
         self.executor = executor
         #: Asked at the start of each round (the voting part plugs in here).
         self.submitting = submitting or (lambda: True)
+        self.events = events
 
     def context(self, number: int) -> RoundContext:
         return RoundContext(
@@ -157,10 +169,11 @@ class RoundRunner:
             reactor=self.reactor,
             state=self.store.state,
             store=self.store,
-            rapi=self.rapi,
+            rapi=metered(self.rapi, self.events),
             mond=self.mond,
             executor=self.executor,
             submitting=self.submitting(),
+            events=self.events,
         )
 
     async def __call__(self, number: int, should_stop: Callable[[], bool]) -> None:

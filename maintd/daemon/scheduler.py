@@ -67,6 +67,12 @@ class RoundService(service.Service):
     def running_round(self) -> bool:
         return self._running is not None
 
+    @property
+    def next_round_at(self) -> float | None:
+        """When the next round starts (clock seconds); None while one runs or stopped."""
+        call = self._call
+        return call.getTime() if call is not None and call.active() else None
+
     def startService(self) -> None:
         super().startService()
         self.stopping = False

@@ -24,6 +24,7 @@ import errno
 import fcntl
 import json
 import os
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -124,6 +125,8 @@ class StateStore:
         self._lock_fd = lock_fd
         self._listeners: list[Listener] = []
         self._codec = IncidentCodec()
+        #: Called with the seconds each durable write took (the metrics).
+        self.write_observers: list[Callable[[float], None]] = []
 
     @classmethod
     def open(cls, state_dir: str, *, lock: bool = True) -> StateStore:
@@ -203,6 +206,7 @@ class StateStore:
         """
         if new is self._state or new == self._state:
             return
+        started = time.perf_counter()
         data = encode(new, self._codec)
         try:
             fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -221,6 +225,8 @@ class StateStore:
             except OSError:
                 pass
             raise StoreError(f"cannot write state file {self.path}: {e.strerror or e}") from None
+        for observe in self.write_observers:
+            observe(time.perf_counter() - started)
         self._state = new
         for listener in list(self._listeners):
             try:

@@ -48,10 +48,12 @@ from maintd.daemon.mastership import (
     check_at_startup_or_exit,
     mastership_service,
 )
+from maintd.daemon.metrics import DaemonMetrics
 from maintd.daemon.options import Options
 from maintd.daemon.round import RoundRunner, Step
 from maintd.daemon.scheduler import RoundService
 from maintd.daemon.store import StateStore, StoreError
+from maintd.daemon.ui import StatusPage, refresh_seconds
 
 log = Logger()
 
@@ -187,6 +189,7 @@ class MaintDaemon(service.MultiService):
     control: Any = None
     simulator: Any = None
     mastership: Mastership
+    metrics: DaemonMetrics
 
     def __init__(self) -> None:
         super().__init__()
@@ -291,7 +294,16 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         store.close()
         raise
 
-    api = StateAPI(store.state)
+    # /metrics and /ui read the live parts through callables (rounds: below).
+    metrics = DaemonMetrics(lambda: store.state, mastership=mastership)
+    store.write_observers.append(metrics.store_write)
+    page = StatusPage(
+        lambda: store.state,
+        refresh=refresh_seconds(config.round_delay),
+        cluster=lambda: metrics.cluster,
+        mastership=mastership,
+    )
+    api = StateAPI(store.state, metrics=metrics, page=page)
     store.add_listener(api.update)
     site = api.site(debug=config.debug)
     http = _HTTPService(
@@ -310,10 +322,13 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         rapi=rapi,
         mond=_mond_client(config, reactor, top.startup_notes),
         executor=executor,
+        events=metrics,
     )
     rounds = RoundService(
         runner, clock=reactor, round_delay=config.round_delay, on_stop=runner.close
     )
+    metrics.next_round = page.next_round = lambda: rounds.next_round_at
+    page.round_running = lambda: rounds.running_round
     rounds.setServiceParent(top)
     # --- voting part (issue 9): rounds submit jobs only while this host is
     # the master; re-check every --master-check-interval, exit 11 when lost.
@@ -332,6 +347,7 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     top.config = config
     top.store = store
     top.api = api
+    top.metrics = metrics
     top.rounds = rounds
     log.info(
         "ganeti-maintd: HTTP API on {bind} port {port}, state in {state_dir}, RAPI {rapi}",

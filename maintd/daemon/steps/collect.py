@@ -8,6 +8,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from maintd.cluster.mond import MondError
+from maintd.daemon.metrics import events_of, record_reports
 from maintd.daemon.steps.notes import note
 from maintd.decide import incidents as I
 
@@ -19,6 +20,7 @@ async def collect_step(ctx: Any) -> None:
         return
     nodes = [n for n in ctx.cluster.nodes.values() if not n.offline]
     reports = await ctx.mond.gather(nodes, ctx.mond.diagnose)
+    record_reports(events_of(ctx), "mond", reports)
     failures = sorted(n for n, r in reports.items() if isinstance(r, MondError))
     for name in failures:
         log.warn("no self-diagnose report: {error}", error=reports[name])

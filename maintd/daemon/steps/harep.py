@@ -37,6 +37,7 @@ from twisted.logger import Logger
 
 from maintd.cluster.model import Instance
 from maintd.cluster.rapi.errors import RapiError
+from maintd.daemon.metrics import events_of
 from maintd.decide import evacuation
 from maintd.decide.harep.decide import (
     Decision,
@@ -233,6 +234,8 @@ async def _carry_out(
         await _continue_repair(ctx, inst, decision, record, jobs)
     else:
         await _finish_repair(ctx, inst, decision, record, jobs)
+    if decision.add_tag is not None and decision.add_tag.result is not None:
+        events_of(ctx).harep_repair(decision.add_tag.type.wire, decision.add_tag.result.wire)
     return None
 
 
@@ -346,6 +349,7 @@ async def _launch_repair(ctx: Any, starting: _Starting, result: Any) -> None:
         ctx, placeholder.id, instance=name, jobs=[repair_job], tag_jobs=[], start=inst.running
     )
     await _commit_job(ctx, repair_job, jobs, harep, _evacuates(ctx, name, decision.ops[0]))
+    events_of(ctx).harep_repair(placeholder.type.wire, "started")
     log.info(
         "harep: instance {instance}: {op} submitted as job {job}",
         instance=name,
