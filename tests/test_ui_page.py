@@ -18,7 +18,7 @@ from maintd.daemon.api import StateAPI
 from maintd.daemon.mastership import Mastership
 from maintd.daemon.metrics import DaemonMetrics
 from maintd.daemon.state import Action, Incident, MaintState, RepairStatus
-from maintd.daemon.ui import Fact, StatusPage, page_model, progress, refresh_seconds
+from maintd.daemon.ui import MAX_ROWS, Fact, StatusPage, page_model, progress, refresh_seconds
 
 BASE = "http://127.0.0.1:1816"
 EVIL = '<b id="pwn">bold</b><script>alert(1)</script> & "quoted"'
@@ -137,6 +137,31 @@ class PageTests(SynchronousTestCase):
             self.assertFalse({"src", "href"} & set(attrs), (_tag, attrs))
         self.assertFalse(doc.find("script") or doc.find("link"))
         self.assertIn("No incidents.", " ".join(doc.text))
+
+    def test_many_incidents_active_first_and_bounded(self) -> None:
+        done = tuple(evacuation(RepairStatus.COMPLETED, uuid=f"d{n}", node_name=f"d{n}",
+                                mtime=float(n)) for n in range(MAX_ROWS + 50))
+        active = evacuation(uuid="active", mtime=1.0)
+        _, doc = self.render(MaintState(incidents=(*done, active)))
+        rows = [a["id"] for t, a in doc.elements if t == "tr" and a.get("id")]
+        self.assertEqual(len(rows), MAX_ROWS)
+        self.assertEqual(rows[0], "incident-active")
+        self.assertEqual(rows[1], f"incident-d{MAX_ROWS + 49}")  # newest finalized next
+        text = " ".join(doc.text)
+        self.assertIn(f"Incidents ({MAX_ROWS + 51})", text)
+        self.assertIn("51 older finalized incidents not shown", text)
+
+    def test_rendered_once_a_second_per_state(self) -> None:
+        now = [1000.0]
+        state = [MaintState()]
+        page = StatusPage(lambda: state[0], clock=lambda: now[0])
+        first = self.successResultOf(page.render())
+        self.assertIs(self.successResultOf(page.render()), first)
+        state[0] = MaintState(incidents=(evacuation(),))
+        second = self.successResultOf(page.render())
+        self.assertIn(b"incident-u-4", second)
+        now[0] += 1
+        self.assertIsNot(self.successResultOf(page.render()), second)
 
     def test_refresh_follows_the_round_delay(self) -> None:
         self.assertEqual([refresh_seconds(d) for d in (0.1, 5, 300)], [2, 5, 15])

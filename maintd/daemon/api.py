@@ -269,7 +269,8 @@ class _FastPath(Resource):
 
 class _Site(Site):
     """The API's site.  Request lines are debug events (only with ``-d``),
-    not an access log.  Without ``-d`` connections use :class:`_Channel`."""
+    not an access log.  Without ``-d`` connections use :class:`_Channel`,
+    with ``-d`` :class:`_LimitedChannel` (every request logged)."""
 
     def __init__(self, api: StateAPI, debug: bool) -> None:
         super().__init__(api.resource())
@@ -277,8 +278,7 @@ class _Site(Site):
         self.debug = debug
         self.noisy = False
         self.displayTracebacks = False
-        if not debug:
-            self.protocol = _Channel  # type: ignore[assignment]
+        self.protocol = _Channel if not debug else _LimitedChannel  # type: ignore[assignment]
 
     def log(self, request: Any) -> None:
         if not self.debug:
@@ -292,7 +292,33 @@ class _Site(Site):
         )
 
 
-class _Channel(HTTPChannel):
+class _LimitedChannel(HTTPChannel):
+    """HTTP/1.1 whose over-long lines get an answer.
+
+    A request line or header line longer than ``MAX_LENGTH`` (16 KiB) makes
+    twisted.web drop the connection without a word; here the client gets
+    414 (request line) or 431 (a header) with a JSON body, then the
+    connection is closed.  (Too many headers or too many header bytes in
+    all already get twisted.web's 400.)
+    """
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        first = getattr(self, "_HTTPChannel__first_line", 0)
+        if first:
+            code, reason, error = 414, b"URI Too Long", "request line too long"
+        else:
+            code, reason, error = 431, b"Request Header Fields Too Large", "header line too long"
+        body = _encode({"error": error, "limit": self.MAX_LENGTH})
+        if self.transport is not None:
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (code, reason, len(body), body)
+            )
+            self.transport.loseConnection()
+
+
+class _Channel(_LimitedChannel):
     """HTTP/1.1 with a shortcut for the common case.
 
     When the connection is idle and one whole ``GET`` of a documented path

@@ -33,6 +33,8 @@ from maintd.daemon.state import Action, Incident, MaintState, RepairStatus
 MAX_TEXT = 400
 #: Longest lists (awaited jobs, evacuated instances) shown in full.
 MAX_LIST = 200
+#: Incidents shown at most (active ones first); /1/status has them all.
+MAX_ROWS = 200
 
 CSP = b"default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'none'"
 
@@ -156,6 +158,8 @@ class PageModel:
     refresh: int
     facts: tuple[Fact, ...]
     incidents: tuple[IncidentRow, ...]
+    #: Incidents in all (more than the rows when there were too many to show).
+    total_incidents: int
     jobs: tuple[int, ...]
     evacuated: tuple[str, ...]
     generated: str
@@ -184,7 +188,8 @@ def page_model(
     """Everything the page shows, as plain values (pure)."""
     awaited = tuple(state.jobs)
     rows = []
-    for inc in sorted(state.incidents, key=lambda i: (_ORDER[i.status], -i.mtime, i.node_name)):
+    ordered = sorted(state.incidents, key=lambda i: (_ORDER[i.status], -i.mtime, i.node_name))
+    for inc in ordered[:MAX_ROWS]:
         rows.append(
             IncidentRow(
                 uuid=inc.uuid,
@@ -233,6 +238,7 @@ def page_model(
         refresh=refresh,
         facts=tuple(facts),
         incidents=tuple(rows),
+        total_incidents=len(state.incidents),
         jobs=awaited,
         evacuated=tuple(state.evacuated),
         generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now)),
@@ -337,6 +343,13 @@ def render_tree(model: PageModel) -> Tag:
         )
     else:
         incidents = tags.p("No incidents.", class_="empty", id="incidents")
+    hidden = model.total_incidents - len(model.incidents)
+    more = (
+        tags.p(f"{hidden} older finalized incidents not shown; /1/status lists them all.",
+               class_="empty")
+        if hidden > 0
+        else ""
+    )
     return tags.html(
         tags.head(
             tags.meta(charset="utf-8"),
@@ -353,8 +366,9 @@ def render_tree(model: PageModel) -> Tag:
             Tag("main")(
                 tags.h2("Overview"),
                 facts,
-                tags.h2(f"Incidents ({len(model.incidents)})"),
+                tags.h2(f"Incidents ({model.total_incidents})"),
                 incidents,
+                more,
                 tags.h2(f"Awaited jobs ({len(model.jobs)})"),
                 _chips(model.jobs, "awaited jobs", "jobs"),
                 tags.h2(f"Evacuated instances ({len(model.evacuated)})"),
@@ -395,6 +409,7 @@ class StatusPage:
         self.mastership = mastership
         self.overview = overview
         self.clock = clock
+        self._cached: tuple[tuple[int, int, int], bytes] | None = None
 
     def model(self) -> PageModel:
         return page_model(
@@ -409,7 +424,17 @@ class StatusPage:
         )
 
     def render(self) -> defer.Deferred[bytes]:
-        return defer.Deferred.fromCoroutine(render_page(self.model()))
+        """The page; rendered at most once a second for the same state, so
+        many readers (or a reload loop) cost the reactor little."""
+        key = (id(self.state()), id(self.cluster()), int(self.clock()))
+        if self._cached is not None and self._cached[0] == key:
+            return defer.succeed(self._cached[1])
+
+        def keep(html: bytes) -> bytes:
+            self._cached = (key, html)
+            return html
+
+        return defer.Deferred.fromCoroutine(render_page(self.model())).addCallback(keep)
 
 
 def refresh_seconds(round_delay: float) -> int:
