@@ -24,6 +24,7 @@ from maintd.daemon.metrics import (
 from maintd.daemon.round import RoundContext, run_round
 from maintd.daemon.state import Action, Incident, MaintState, RepairStatus
 from maintd.daemon.store import StateStore
+from maintd.decide import guardrails
 from tests.test_harep_step import Job
 
 
@@ -110,7 +111,7 @@ class ScrapeTimeStateTests(SynchronousTestCase):
             last_round={"number": 12, "end": 1000.5, "result": "ok"},
         )
         current = [state]
-        m = DaemonMetrics(lambda: current[0], next_round=lambda: 1300.0,
+        m = DaemonMetrics(lambda: current[0],
                           mastership=Mastership(hostname="h", verified=False))
         s = scrape(m)
         g = "ganeti_maintd_incidents"
@@ -122,11 +123,13 @@ class ScrapeTimeStateTests(SynchronousTestCase):
         self.assertEqual(len([k for k in s if k[0] == g]), 15)
         self.assertEqual(sample(s, "ganeti_maintd_awaited_jobs"), 3)
         self.assertEqual(sample(s, "ganeti_maintd_evacuated_instances"), 2)
-        # active evacuations: node1, node2 (pending), node5 (noted, failover)
-        self.assertEqual(sample(s, "ganeti_maintd_nodes_evacuating"), 3)
+        # under evacuation (guardrails.overview): the pending ones, node1 and node2
+        self.assertEqual(sample(s, "ganeti_maintd_nodes_evacuating"), 2)
+        self.assertEqual(sample(s, "ganeti_maintd_storm_breaker_tripped"), 0)
+        self.assertEqual(sample(s, "ganeti_maintd_paused"), 0)
         self.assertEqual(sample(s, "ganeti_maintd_last_round_number"), 12)
         self.assertEqual(sample(s, "ganeti_maintd_last_round_end_timestamp_seconds"), 1000.5)
-        self.assertEqual(sample(s, "ganeti_maintd_next_round_timestamp_seconds"), 1300.0)
+        self.assertIsNone(sample(s, "ganeti_maintd_next_round_timestamp_seconds"))
         self.assertEqual(sample(s, "ganeti_maintd_master"), 1)
         self.assertEqual(sample(s, "ganeti_maintd_master_verified"), 0)
         # read at scrape time: a new state shows at the next scrape
@@ -135,6 +138,22 @@ class ScrapeTimeStateTests(SynchronousTestCase):
         self.assertEqual(sample(s, g, status="pending", action="evacuate"), 0)
         self.assertEqual(sample(s, "ganeti_maintd_awaited_jobs"), 0)
         self.assertIsNone(sample(s, "ganeti_maintd_last_round_number"))
+
+    def test_budget_breaker_pause_and_next_round_from_the_overview(self) -> None:
+        guard = guardrails.paused({"breaker": {"tripped": True, "released": False,
+                                               "reporting": 7, "threshold": 5}},
+                                  reason="kernel upgrades", duration=600, now=1000.0)
+        state = MaintState(incidents=(incident(1, RepairStatus.PENDING),), guard=guard)
+        m = DaemonMetrics(lambda: state, overview=lambda: guardrails.overview(
+            state, now=1100.0, max_evacuating=3, next_round=1400.0))
+        s = scrape(m)
+        expected = {
+            "nodes_evacuating": 1, "evacuation_budget_nodes": 3, "storm_breaker_tripped": 1,
+            "storm_breaker_reporting_nodes": 7, "storm_breaker_threshold_nodes": 5, "paused": 1,
+            "pause_until_timestamp_seconds": 1600, "next_round_timestamp_seconds": 1400,
+        }
+        for name, value in expected.items():
+            self.assertEqual(sample(s, "ganeti_maintd_" + name), value, name)
 
     def test_lost_mastership_shows_zero(self) -> None:
         ms = Mastership(hostname="h", verified=True)

@@ -20,10 +20,12 @@ from maintd.daemon.steps import default_steps
 from maintd.daemon.steps.cleanup import cleanup_step
 from maintd.daemon.steps.collect import collect_step
 from maintd.daemon.steps.evacuated import evacuated_step
+from maintd.daemon.steps.guard import pause_step, storm_step
 from maintd.daemon.steps.handle import handle_step
 from maintd.daemon.steps.jobs import jobs_step
 from maintd.daemon.steps.snapshot import snapshot_step
 from maintd.decide import incidents as I
+from maintd.decide.guardrails import DEFAULT_MAX_EVACUATING, DEFAULT_STORM_THRESHOLD, Limit
 from tests.test_round_incidents import drbd, incident, mk_cluster, nd, shared
 
 
@@ -31,6 +33,8 @@ from tests.test_round_incidents import drbd, incident, mk_cluster, nd, shared
 class Cfg:
     dry_run: bool = False
     job_wait: float = 5.0
+    max_evacuating: Limit = DEFAULT_MAX_EVACUATING
+    storm_threshold: Limit = DEFAULT_STORM_THRESHOLD
 
 
 @attrs.define
@@ -45,6 +49,7 @@ class Ctx:
     cluster: Cluster | None = None
     free_nodes: set[str] = attrs.field(factory=set)
     notes: list[dict[str, Any]] = attrs.field(factory=list)
+    reports: dict[str, Any] = attrs.field(factory=dict)
     commits: int = 0
     store: Any = None
 
@@ -116,6 +121,10 @@ def rep(node: str, action: Action, detail: str = "x", command: str | None = None
     return DiagnoseReport(node, action, command, [detail], raw)
 
 
+INCIDENT_STEPS = [pause_step, jobs_step, snapshot_step, pause_step, cleanup_step, collect_step,
+                  storm_step, evacuated_step, handle_step]
+
+
 class StepTests(SynchronousTestCase):
     def run_steps(self, ctx: Ctx, steps: list[Any]) -> None:
         async def go() -> None:
@@ -127,12 +136,11 @@ class StepTests(SynchronousTestCase):
     def round(self, ctx: Ctx) -> None:
         ctx.notes = []
         # the incident steps only (harep and balance have their own tests)
-        self.run_steps(ctx, default_steps(ctx.config)[:6])
+        self.run_steps(ctx, INCIDENT_STEPS)
 
     def test_default_steps_order(self) -> None:
         steps = default_steps(Cfg())
-        self.assertEqual(steps[:6], [jobs_step, snapshot_step, cleanup_step, collect_step,
-                                     evacuated_step, handle_step])
+        self.assertEqual(steps[:9], INCIDENT_STEPS)
 
     def test_collect_skips_offline_and_errors(self) -> None:
         c = mk_cluster([nd("a"), nd("b", offline=True), nd("c")], [])

@@ -18,7 +18,8 @@ from maintd.daemon.api import StateAPI
 from maintd.daemon.mastership import Mastership
 from maintd.daemon.metrics import DaemonMetrics
 from maintd.daemon.state import Action, Incident, MaintState, RepairStatus
-from maintd.daemon.ui import MAX_ROWS, Fact, StatusPage, page_model, progress, refresh_seconds
+from maintd.daemon.ui import MAX_ROWS, StatusPage, page_model, progress, refresh_seconds
+from maintd.decide import guardrails
 
 BASE = "http://127.0.0.1:1816"
 EVIL = '<b id="pwn">bold</b><script>alert(1)</script> & "quoted"'
@@ -114,15 +115,18 @@ class PageTests(SynchronousTestCase):
             jobs=(9,), evacuated=("inst-a", "inst-b"),
             last_round={"number": 41, "result": "ok", "end": 990.0},
         )
-        data, doc = self.render(state, cluster=lambda: CLUSTER, next_round=lambda: 1030.0,
+        ov = guardrails.overview(state, now=1000.0, max_evacuating=2, next_round=1030.0)
+        data, doc = self.render(state, cluster=lambda: CLUSTER,
                                 mastership=Mastership(hostname="h", verified=True),
-                                overview=lambda: [Fact("Storm breaker", "closed", "ok")])
+                                overview=lambda: ov)
         (row,) = doc.find("tr", id="incident-u-4")
         self.assertEqual((row["data-status"], row["data-node"]), ("pending", "n4"))
         text = " ".join(doc.text)
         for expected in ("evacuate", "2 jobs done, 1 running, 3 moves left", "job 5 error: disk gone",
                          "#41 ok", "(10 s ago)", "(in 30 s)", "inst-a", "inst-b",
-                         "Storm breaker", "closed", "c.example.com"):
+                         "Nodes under evacuation", "1 of at most 2", "Storm breaker",
+                         "closed (0 nodes reporting, threshold", "not paused",
+                         "c.example.com"):
             self.assertIn(expected, text)
         # active incidents first
         rows = [a["id"] for t, a in doc.elements if t == "tr" and a.get("id")]
@@ -162,6 +166,21 @@ class PageTests(SynchronousTestCase):
         self.assertIn(b"incident-u-4", second)
         now[0] += 1
         self.assertIsNot(self.successResultOf(page.render()), second)
+
+    def test_tripped_breaker_pause_and_full_budget(self) -> None:
+        guard = guardrails.paused({"breaker": {"tripped": True, "reporting": 9, "threshold": 4}},
+                                  reason="<i>maintenance</i>", duration=None, now=0.0)
+        state = MaintState(incidents=(evacuation(),), guard=guard)
+        ov = guardrails.overview(state, now=1000.0, max_evacuating=1)
+        facts = {f.label: (f.value, f.tone) for f in
+                 page_model(state, now=1000.0, refresh=5, overview=ov).facts}
+        self.assertEqual(facts["Nodes under evacuation"], ("1 of at most 1", "warn"))
+        self.assertEqual(facts["Storm breaker"],
+                         ("TRIPPED: 9 nodes reporting, threshold 4", "bad"))
+        self.assertEqual(facts["Pause"], ("paused: <i>maintenance</i> (ganeti-maintd-ctl), "
+                                          "until resumed", "warn"))
+        _, doc = self.render(state, overview=lambda: ov)
+        self.assertFalse(doc.find("i"))
 
     def test_refresh_follows_the_round_delay(self) -> None:
         self.assertEqual([refresh_seconds(d) for d in (0.1, 5, 300)], [2, 5, 15])

@@ -23,6 +23,13 @@ from typing import Any
 
 import attrs
 
+from maintd.decide.guardrails import (
+    DEFAULT_MAX_EVACUATING,
+    DEFAULT_STORM_THRESHOLD,
+    Limit,
+    parse_limit,
+)
+
 #: Used when the services database has no ``ganeti-maintd/tcp`` entry.
 FALLBACK_PORT = 1816
 SERVICE_NAME = "ganeti-maintd"
@@ -32,6 +39,8 @@ DEFAULT_STATE_DIR = "/var/lib/ganeti-maintd"
 #: ``maintdDefaultRoundDelay``); also the back-off after a failed round.
 DEFAULT_ROUND_DELAY = 300.0
 CTL_SOCKET_NAME = "ctl.sock"
+#: Seconds between rounds while work is in progress (never above round_delay).
+DEFAULT_BUSY_ROUND_DELAY = 5.0
 
 
 class ConfigError(Exception):
@@ -154,6 +163,9 @@ PARAMETERS: dict[str, Callable[[Any], Any]] = {
     "master_check_interval": parse_seconds,
     "repair_command": parse_str,
     "repair_timeout": parse_seconds,
+    "max_evacuating": parse_limit,
+    "storm_threshold": parse_limit,
+    "busy_round_delay": parse_seconds,
 }
 
 #: Options without a value (``balance`` is tri-state: --balance / --no-balance).
@@ -206,6 +218,17 @@ class DaemonConfig:
     #: Absolute path of the live-repair program (None: live repairs fail).
     repair_command: str | None = None
     repair_timeout: float = 600.0
+    #: Nodes under evacuation by the daemon at any time (N or P% of the nodes).
+    max_evacuating: Limit = DEFAULT_MAX_EVACUATING
+    #: More nodes than this reporting a problem in one round trip the storm breaker.
+    storm_threshold: Limit = DEFAULT_STORM_THRESHOLD
+    #: Seconds between rounds while work is in progress (capped at round_delay).
+    busy_round_delay: float = DEFAULT_BUSY_ROUND_DELAY
+
+    @property
+    def next_busy_delay(self) -> float:
+        """The busy-round delay actually used: never longer than ``round_delay``."""
+        return min(self.busy_round_delay, self.round_delay)
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> DaemonConfig:

@@ -34,6 +34,7 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
+from maintd.daemon import control_guard
 from maintd.daemon.state import MaintState
 from maintd.decide import incidents as I
 
@@ -61,6 +62,8 @@ class StateAccess:
     def __init__(self, store: Any, clock: Any) -> None:
         self.store = store
         self.clock = clock
+        #: Builds the overview from a state (set by the daemon: the HTTP API's).
+        self.overview: Callable[[MaintState], dict[str, Any]] | None = None
 
     def current(self) -> MaintState:
         ctx = live_context(self.store)
@@ -145,6 +148,9 @@ class ControlProtocol(LineOnlyReceiver):
             self.access.update(lambda s: I.forget_incident(s, uuid))
             log.info("operator forgot incident {uuid}", uuid=uuid)
             return {"ok": True}
+        answer = control_guard.handle(self.access, op, request)
+        if answer is not None:
+            return answer
         return {"ok": False, "error": f"unknown op {op!r}"}
 
 

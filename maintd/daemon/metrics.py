@@ -10,8 +10,10 @@ Two sources:
   no metrics (tests, tools) uses :data:`NO_EVENTS`, which does nothing;
   :func:`events_of` finds the events of a round context, or that default.
 * **The current state**, read at scrape time by a custom collector: the
-  incidents by status and action, awaited jobs, evacuated instances, nodes
-  under evacuation, mastership, the last and next round.  Those are never
+  incidents by status and action, awaited jobs, evacuated instances,
+  mastership, the last round, and from the guardrails overview (the
+  ``/1/overview`` object) the nodes under evacuation and the budget, the
+  storm breaker, the pause and the next round.  Those are never
   stale and cost nothing between scrapes.
 
 Each daemon has its own :class:`~prometheus_client.CollectorRegistry`
@@ -30,6 +32,7 @@ units (seconds), ``_total`` for counters (added by the library).
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
@@ -44,6 +47,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
 from maintd.daemon.state import Action, MaintState, RepairStatus
+from maintd.decide import guardrails
 
 PREFIX = "ganeti_maintd_"
 
@@ -163,14 +167,6 @@ def step_label(step: Any) -> str:
 # --- the state, read at scrape time ----------------------------------------------
 
 
-def evacuating_nodes(state: MaintState) -> set[str]:
-    """Nodes with an active evacuation incident."""
-    evacuations = (Action.EVACUATE, Action.EVACUATE_FAILOVER)
-    return {
-        i.node_name for i in state.incidents if not i.status.finalized and i.action in evacuations
-    }
-
-
 class _StateCollector:
     """Gauges computed from the daemon's current state on every scrape."""
 
@@ -203,11 +199,7 @@ class _StateCollector:
         yield _gauge(
             "harep_repairs_in_progress", "harep repairs started and not finished", len(state.harep)
         )
-        yield _gauge(
-            "nodes_evacuating",
-            "Nodes with an active evacuation incident",
-            len(evacuating_nodes(state)),
-        )
+        yield from _guardrails(src.overview())
         last = state.last_round or {}
         if isinstance(last.get("end"), int | float):
             yield _gauge(
@@ -215,11 +207,6 @@ class _StateCollector:
             )
         if isinstance(last.get("number"), int):
             yield _gauge("last_round_number", "Number of the last round", last["number"])
-        next_round = src.next_round()
-        if next_round is not None:
-            yield _gauge(
-                "next_round_timestamp_seconds", "When the next round is due", next_round
-            )
         mastership = src.mastership
         if mastership is not None:
             yield _gauge(
@@ -239,23 +226,64 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(PREFIX + name, doc, value=value)
 
 
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if ok else None
+
+
+def _guardrails(ov: Mapping[str, Any]) -> Iterable[Metric]:
+    """The guardrails of :func:`maintd.decide.guardrails.overview` as gauges."""
+    evacuating = _number(ov.get("evacuating"))
+    if evacuating is not None:
+        yield _gauge("nodes_evacuating", "Nodes under evacuation by the daemon", evacuating)
+    budget = _number(ov.get("max-evacuating"))
+    if budget is not None:
+        yield _gauge("evacuation_budget_nodes",
+                     "Nodes that may be under evacuation at once (--max-evacuating)", budget)
+    breaker = ov.get("storm-breaker")
+    if isinstance(breaker, Mapping):
+        yield _gauge("storm_breaker_tripped",
+                     "1 while the storm breaker holds new evacuations and repairs",
+                     1 if breaker.get("tripped") is True else 0)
+        for key, name, doc in (
+            ("reporting", "storm_breaker_reporting_nodes",
+             "Nodes that reported a problem in the last round"),
+            ("threshold", "storm_breaker_threshold_nodes",
+             "Reporting nodes above which the storm breaker trips"),
+        ):
+            value = _number(breaker.get(key))
+            if value is not None:
+                yield _gauge(name, doc, value)
+    pause = ov.get("paused")
+    yield _gauge("paused", "1 while the daemon is paused (ctl pause or the maintd:pause tag)",
+                 1 if isinstance(pause, Mapping) else 0)
+    until = _number(pause.get("until")) if isinstance(pause, Mapping) else None
+    if until is not None:
+        yield _gauge("pause_until_timestamp_seconds", "When the pause ends by itself", until)
+    next_round = _number(ov.get("next-round"))
+    if next_round is not None:
+        yield _gauge("next_round_timestamp_seconds", "When the next round is due", next_round)
+
+
 class DaemonMetrics(NullEvents):
     """The daemon's metrics: a :class:`RoundEvents` plus its own registry.
 
-    ``state``: the current state (the store's).  ``next_round``: when the
-    next round is due (reactor seconds), or None.  ``mastership``: a
-    :class:`~maintd.daemon.mastership.Mastership` or None.
+    ``state``: the current state (the store's).  ``overview``: the
+    guardrails overview now (budget, storm breaker, pause, next round; the
+    daemon passes its ``/1/overview`` builder), by default
+    :func:`maintd.decide.guardrails.overview` of the state.  ``mastership``:
+    a :class:`~maintd.daemon.mastership.Mastership` or None.
     """
 
     def __init__(
         self,
         state: Callable[[], MaintState],
         *,
-        next_round: Callable[[], float | None] | None = None,
+        overview: Callable[[], Mapping[str, Any]] | None = None,
         mastership: Any = None,
     ) -> None:
         self.state = state
-        self.next_round = next_round or (lambda: None)
+        self.overview = overview or (lambda: guardrails.overview(state(), now=time.time()))
         self.mastership = mastership
         #: The cluster as the last round's snapshot saw it (None before).
         self.cluster: Any = None

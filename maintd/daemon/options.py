@@ -237,6 +237,32 @@ class Options(usage.Options):
             + _default(int(_D.repair_timeout)),
             cfg.parse_seconds,
         ],
+        [
+            "max-evacuating",
+            None,
+            None,
+            "At most this many nodes under evacuation by the daemon at any time: N, "
+            "or P% of the cluster's nodes; further evacuations stay noted until a "
+            "slot frees up." + _default(_D.max_evacuating),
+            cfg.parse_limit,
+        ],
+        [
+            "storm-threshold",
+            None,
+            None,
+            "Storm breaker: when more than this many nodes (N or P% of the nodes, "
+            "at least 2) report a problem in one round, start no new evacuation "
+            "or live repair." + _default(_D.storm_threshold),
+            cfg.parse_limit,
+        ],
+        [
+            "busy-round-delay",
+            None,
+            None,
+            "Seconds from the end of a round to the next while work is in progress "
+            "(never longer than --round-delay)." + _default(int(_D.busy_round_delay)),
+            cfg.parse_seconds,
+        ],
     ]
 
     daemon_config: cfg.DaemonConfig

@@ -57,6 +57,8 @@ class RoundContext:
     cluster: Cluster | None = None
     free_nodes: set[str] = attrs.field(factory=set)
     notes: list[dict[str, Any]] = attrs.field(factory=list)
+    #: This round's self-diagnose reports by node name (set by the collect step).
+    reports: dict[str, Any] = attrs.field(factory=dict)
     #: False when jobs must not be submitted (mastership lost).  Dry-run is
     #: ``config.dry_run``: steps decide and note, but submit nothing.
     submitting: bool = True

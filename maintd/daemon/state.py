@@ -195,6 +195,11 @@ class MaintState:
     #: harep repairs maintd started and has not finished, by repair id:
     #: ``{"instance": name, "jobs": [repair job ids], "tag_jobs": [tag update job ids]}``.
     harep: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    #: The guardrails' durable facts (:mod:`maintd.decide.guardrails`): the
+    #: operator's pause (``"pause"``), the storm breaker (``"breaker"``), the
+    #: last snapshot's ``maintd:pause`` tag (``"tag-pause"``) and the resolved
+    #: ``"max-evacuating"``.  Plain JSON values; absent keys mean "not set".
+    guard: Mapping[str, Any] = attrs.field(factory=dict)
 
     def incident(self, uuid: str) -> Incident | None:
         for inc in self.incidents:
@@ -227,6 +232,7 @@ class MaintState:
             "evacuated": list(self.evacuated),
             "last_round": dict(self.last_round),
             "harep": {k: dict(v) for k, v in self.harep.items()},
+            "guard": dict(self.guard),
         }
 
     @classmethod
@@ -253,4 +259,11 @@ class MaintState:
             evacuated=data.get("evacuated", ()),
             last_round=data.get("last_round", {}),
             harep=data.get("harep", {}),
+            guard=_guard(data.get("guard", {})),
         )
+
+
+def _guard(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"'guard' must be an object, not {value!r}")
+    return dict(value)

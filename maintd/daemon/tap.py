@@ -31,6 +31,7 @@ from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from maintd import __version__
 from maintd.cluster.executor import (
     CommandExecutor,
     ExecutorConfigError,
@@ -54,6 +55,7 @@ from maintd.daemon.round import RoundRunner, Step
 from maintd.daemon.scheduler import RoundService
 from maintd.daemon.store import StateStore, StoreError
 from maintd.daemon.ui import StatusPage, refresh_seconds
+from maintd.decide import guardrails
 
 log = Logger()
 
@@ -242,6 +244,18 @@ def _open_store(config: DaemonConfig) -> StateStore:
         raise SystemExit(f"ganeti-maintd: {e}; not starting") from None
 
 
+def overview_for(config: DaemonConfig, clock: Any, rounds: RoundService) -> Any:
+    """The ``/1/overview`` builder of a daemon: the state plus the round service's
+    next round and the configured budget."""
+
+    def build(state: Any) -> dict[str, Any]:
+        budget = config.max_evacuating.count  # None for P%: the last round's resolution
+        return guardrails.overview(state, now=clock.seconds(), max_evacuating=budget,
+                                   next_round=rounds.next_round, version=__version__)
+
+    return build
+
+
 def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDaemon:
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -325,11 +339,17 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         events=metrics,
     )
     rounds = RoundService(
-        runner, clock=reactor, round_delay=config.round_delay, on_stop=runner.close
+        runner,
+        clock=reactor,
+        round_delay=config.round_delay,
+        on_stop=runner.close,
+        busy_delay=config.next_busy_delay,
+        is_busy=lambda: guardrails.work_in_progress(store.state, reactor.seconds()),
     )
-    metrics.next_round = page.next_round = lambda: rounds.next_round_at
-    page.round_running = lambda: rounds.running_round
     rounds.setServiceParent(top)
+    api.overview_fn = overview_for(config, reactor, rounds)
+    metrics.overview = page.overview = api.overview
+    page.round_running = lambda: rounds.running_round
     # --- voting part (issue 9): rounds submit jobs only while this host is
     # the master; re-check every --master-check-interval, exit 11 when lost.
     attach_runner(runner, mastership)
@@ -341,6 +361,7 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     from maintd.daemon.control import ControlService
 
     control = ControlService(config.ctl_socket, store, reactor)
+    control.access.overview = api.overview_fn
     control.setServiceParent(top)
     top.control = control
 

@@ -1,8 +1,9 @@
 """The status page at ``/ui``: one server-rendered HTML page, no script.
 
 What an operator wants at a glance: the incidents (node, action, status,
-reason, progress of an evacuation), the nodes under evacuation, the storm
-breaker and pause, the awaited jobs, the last and the next round, the
+reason, progress of an evacuation), the nodes under evacuation against the
+budget, the storm breaker and the pause (from the guardrails overview, the
+``/1/overview`` object), the awaited jobs, the last and the next round, the
 evacuated instances.  The page reloads itself (``<meta http-equiv=refresh>``),
 has its CSS inline (no external asset, nothing fetched), and reflows on a
 phone (viewport meta; tables become cards on narrow screens).
@@ -28,6 +29,7 @@ from twisted.internet import defer
 from twisted.web.template import Tag, flattenString, tags
 
 from maintd.daemon.state import Action, Incident, MaintState, RepairStatus
+from maintd.decide import guardrails
 
 #: Longest node-supplied text shown in one cell (the rest is cut, with "…").
 MAX_TEXT = 400
@@ -131,6 +133,44 @@ def _span(delta: float) -> str:
     return f"in {text}" if delta > 0 else f"{text} ago"
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def guard_facts(ov: Mapping[str, Any], now: float) -> list[Fact]:
+    """The guardrails of an overview object as summary facts: nodes under
+    evacuation against the budget, the storm breaker, the pause."""
+    facts: list[Fact] = []
+    evacuating, budget = ov.get("evacuating"), ov.get("max-evacuating")
+    if isinstance(evacuating, int):
+        if isinstance(budget, int):
+            tone = "warn" if evacuating >= budget else "ok"
+            facts.append(Fact("Nodes under evacuation", f"{evacuating} of at most {budget}", tone))
+        else:
+            facts.append(Fact("Nodes under evacuation", f"{evacuating} (no budget known yet)"))
+    breaker = ov.get("storm-breaker")
+    if isinstance(breaker, Mapping):
+        reporting = breaker.get("reporting", "?")
+        plural = "" if reporting == 1 else "s"
+        counts = f"{reporting} node{plural} reporting, threshold {breaker.get('threshold', '?')}"
+        if breaker.get("tripped") is True:
+            facts.append(Fact("Storm breaker", f"TRIPPED: {counts}", "bad"))
+        else:
+            facts.append(Fact("Storm breaker", f"closed ({counts})", "ok"))
+    if "paused" in ov:
+        pause = ov.get("paused")
+        if isinstance(pause, Mapping):
+            text = f"paused: {_clip(str(pause.get('reason', '')))}"
+            source = pause.get("source")
+            text += " (cluster tag maintd:pause)" if source == "tag" else " (ganeti-maintd-ctl)"
+            until = pause.get("until")
+            text += f", until {when(until, now)}" if _is_number(until) else ", until resumed"
+            facts.append(Fact("Pause", text, "warn"))
+        else:
+            facts.append(Fact("Pause", "not paused", "ok"))
+    return facts
+
+
 @attrs.frozen
 class IncidentRow:
     uuid: str
@@ -180,12 +220,16 @@ def page_model(
     now: float,
     refresh: int,
     cluster: Any = None,
-    next_round: float | None = None,
     round_running: bool = False,
     mastership: Any = None,
-    overview: Sequence[Fact] = (),
+    overview: Mapping[str, Any] | None = None,
 ) -> PageModel:
-    """Everything the page shows, as plain values (pure)."""
+    """Everything the page shows, as plain values (pure).
+
+    ``overview``: the guardrails overview (``/1/overview``: budget, storm
+    breaker, pause, next round); without it those facts are not shown.
+    """
+    ov = overview or {}
     awaited = tuple(state.jobs)
     rows = []
     ordered = sorted(state.incidents, key=lambda i: (_ORDER[i.status], -i.mtime, i.node_name))
@@ -226,8 +270,9 @@ def page_model(
     if round_running:
         facts.append(Fact("Next round", "a round is running now"))
     else:
-        facts.append(Fact("Next round", when(next_round, now)))
-    facts.extend(overview)
+        next_round = ov.get("next-round")
+        facts.append(Fact("Next round", when(next_round if _is_number(next_round) else None, now)))
+    facts.extend(guard_facts(ov, now))
     active = [i for i in state.incidents if not i.status.finalized]
     facts.append(Fact("Active incidents", str(len(active)), "warn" if active else "ok"))
     facts.append(Fact("Awaited jobs", str(len(awaited))))
@@ -395,19 +440,18 @@ class StatusPage:
         *,
         refresh: int = 10,
         cluster: Callable[[], Any] = lambda: None,
-        next_round: Callable[[], float | None] = lambda: None,
         round_running: Callable[[], bool] = lambda: False,
         mastership: Any = None,
-        overview: Callable[[], Sequence[Fact]] = lambda: (),
+        overview: Callable[[], Mapping[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.state = state
         self.refresh = refresh
         self.cluster = cluster
-        self.next_round = next_round
         self.round_running = round_running
         self.mastership = mastership
-        self.overview = overview
+        #: The guardrails overview now (the daemon passes its /1/overview builder).
+        self.overview = overview or (lambda: guardrails.overview(self.state(), now=self.clock()))
         self.clock = clock
         self._cached: tuple[tuple[int, int, int], bytes] | None = None
 
@@ -417,10 +461,9 @@ class StatusPage:
             now=self.clock(),
             refresh=self.refresh,
             cluster=self.cluster(),
-            next_round=self.next_round(),
             round_running=self.round_running(),
             mastership=self.mastership,
-            overview=tuple(self.overview()),
+            overview=self.overview(),
         )
 
     def render(self) -> defer.Deferred[bytes]:

@@ -20,6 +20,7 @@ async def collect_step(ctx: Any) -> None:
         return
     nodes = [n for n in ctx.cluster.nodes.values() if not n.offline]
     reports = await ctx.mond.gather(nodes, ctx.mond.diagnose)
+    ctx.reports = dict(reports)
     record_reports(events_of(ctx), "mond", reports)
     failures = sorted(n for n, r in reports.items() if isinstance(r, MondError))
     for name in failures:
