@@ -9,6 +9,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import RequestTraversalAgent, StubTreq
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
@@ -268,3 +270,30 @@ class RouteTests(SynchronousTestCase):
         code, headers, body = self.request("GET", "/1/status")
         self.assertEqual(code, 200)
         self.assertEqual([i["uuid"] for i in json.loads(body)], ["u-4"])
+
+
+class LongLineTests(SynchronousTestCase):
+    """Over-long request and header lines get an answer, with and without -d."""
+
+    def exchange(self, data: bytes, debug: bool) -> tuple[bytes, bool]:
+        site = StateAPI(MaintState()).site(debug=debug)
+        proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(data)
+        self.addCleanup(proto.connectionLost, None)
+        return transport.value(), transport.disconnecting
+
+    def test_long_header_is_431_and_long_request_line_414(self) -> None:
+        cases = {
+            b"GET /ui HTTP/1.1\r\nHost: a\r\nX-Big: " + b"x" * 20_000 + b"\r\n\r\n": 431,
+            b"GET /metrics?" + b"x" * 20_000 + b" HTTP/1.1\r\n\r\n": 414,
+        }
+        for data, code in cases.items():
+            for debug in (False, True):
+                answer, closing = self.exchange(data, debug)
+                self.assertTrue(answer.startswith(b"HTTP/1.1 %d " % code), (debug, answer[:80]))
+                head, _, body = answer.partition(b"\r\n\r\n")
+                self.assertIn(b"Content-Type: application/json", head)
+                self.assertIn("too long", json.loads(body)["error"])
+                self.assertTrue(closing)

@@ -16,6 +16,13 @@ Two sources:
   storm breaker, the pause and the next round.  Those are never
   stale and cost nothing between scrapes.
 
+Node reports: a collector records each node's result with
+``record_reports(events_of(ctx), source, results)`` (``source`` ``mond`` or
+``agent``; ``results`` maps node name to a report or an exception).  An
+exception says its outcome in an ``outcome`` attribute (``unreachable``,
+``invalid``, ``bad_signature``; :class:`maintd.cluster.mond.MondInvalid` is
+``invalid``); without one it counts as ``unreachable``.
+
 Each daemon has its own :class:`~prometheus_client.CollectorRegistry`
 (never the process-global one), so several daemons in one test process do
 not collide.
