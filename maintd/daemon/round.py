@@ -23,7 +23,7 @@ import attrs
 from twisted.logger import Logger
 
 from maintd.daemon.config import DaemonConfig
-from maintd.daemon.metrics import NO_EVENTS, RoundEvents, metered, step_label
+from maintd.daemon.metrics import NO_EVENTS, RoundEvents, events_of, metered, step_label
 from maintd.daemon.state import MaintState
 
 if TYPE_CHECKING:
@@ -88,6 +88,7 @@ async def run_round(
     :class:`RoundStopped` when ``should_stop()`` turns true between steps.
     """
     started = time.time()
+    events = events_of(ctx)
     result, error = "ok", None
     try:
         for step in steps:
@@ -98,7 +99,7 @@ async def run_round(
             try:
                 await step(ctx)
             finally:
-                ctx.events.step_finished(step_label(step), time.monotonic() - step_started)
+                events.step_finished(step_label(step), time.monotonic() - step_started)
     except RoundStopped as e:
         result, error = "stopped", str(e)
         raise
@@ -106,9 +107,9 @@ async def run_round(
         result, error = "failed", describe_error(e)
         raise
     finally:
-        ctx.events.round_finished(result, time.time() - started)
-        if ctx.cluster is not None:
-            ctx.events.cluster_seen(ctx.cluster)
+        events.round_finished(result, time.time() - started)
+        if getattr(ctx, "cluster", None) is not None:
+            events.cluster_seen(ctx.cluster)
         summary = {
             "number": ctx.number,
             "start": started,
