@@ -202,7 +202,7 @@ class BrowserTests(TestCase):
         browser.wait(completed, 180, "the incident did not reach completed")
         d.save_screenshot(os.path.join(self.shots, "ui-completed.png"))
         # Readable on a phone: nothing wider than the screen.
-        d.set_window_size(390, 844)
+        d.set_window_size(390, 1600)  # a phone's width; tall, to see the whole page
         d.refresh()
         browser.wait(lambda _: browser.row(), 30, "no incident on the phone-sized page")
         overflow = d.execute_script(

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
@@ -265,6 +266,27 @@ class RouteTests(SynchronousTestCase):
         self.assertEqual(response.headers.getRawHeaders("content-encoding"), ["gzip"])
         text = zlib.decompress(self.successResultOf(body), 31).decode()
         self.assertIn('node="node99.example.com"', text)
+
+    def test_a_failing_part_is_one_log_line_not_a_traceback(self) -> None:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def broken() -> Any:
+            raise RuntimeError("overview exploded")
+
+        self.api.page.overview = broken  # type: ignore[union-attr]
+        self.api.metrics.overview = broken  # type: ignore[union-attr]
+        code, headers, body = self.request("GET", "/ui")
+        self.assertEqual((code, json.loads(body)), (500, {"error": "status page failed"}))
+        code, _, body = self.request("GET", "/metrics")
+        self.assertEqual(code, 200)  # everything but the guardrails
+        self.assertIn(b"ganeti_maintd_incidents{", body)
+        self.assertNotIn(b"ganeti_maintd_paused", body)
+        errors = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+        self.assertEqual(len(errors), 2, errors)
+        self.assertTrue(all("overview exploded" in e for e in errors), errors)
+        self.assertFalse([e for e in events if e.get("log_failure")])
 
     def test_status_fast_path_is_unchanged(self) -> None:
         code, headers, body = self.request("GET", "/1/status")

@@ -266,7 +266,12 @@ class StateAPI:
             request.setHeader(b"Content-Security-Policy", CSP)
             return _send_built(request, html, b"text/html; charset=utf-8")
 
-        return self.page.render().addCallback(send)
+        def failed(failure: Failure) -> bytes:
+            # one line, not a traceback; the rounds and the JSON API go on
+            log.error("status page failed: {error}", error=failure.getErrorMessage())
+            return _send(request, _Body(None, _encode({"error": "status page failed"})), 500)
+
+        return self.page.render().addCallbacks(send, failed)
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:

@@ -52,9 +52,13 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from twisted.logger import Logger
 
+from maintd import __version__
 from maintd.daemon.state import Action, MaintState, RepairStatus
 from maintd.decide import guardrails
+
+log = Logger()
 
 PREFIX = "ganeti_maintd_"
 
@@ -206,7 +210,15 @@ class _StateCollector:
         yield _gauge(
             "harep_repairs_in_progress", "harep repairs started and not finished", len(state.harep)
         )
-        yield from _guardrails(src.overview())
+        try:
+            overview = src.overview()
+        except Exception as e:  # the other metrics are still worth a scrape
+            log.error("metrics: no guardrails overview: {error}", error=f"{type(e).__name__}: {e}")
+            overview = {}
+        yield from _guardrails(overview)
+        info = GaugeMetricFamily(PREFIX + "build_info", "The daemon's version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
         last = state.last_round or {}
         if isinstance(last.get("end"), int | float):
             yield _gauge(
@@ -262,8 +274,9 @@ def _guardrails(ov: Mapping[str, Any]) -> Iterable[Metric]:
             if value is not None:
                 yield _gauge(name, doc, value)
     pause = ov.get("paused")
-    yield _gauge("paused", "1 while the daemon is paused (ctl pause or the maintd:pause tag)",
-                 1 if isinstance(pause, Mapping) else 0)
+    if "paused" in ov:
+        yield _gauge("paused", "1 while the daemon is paused (ctl pause or the maintd:pause tag)",
+                     1 if isinstance(pause, Mapping) else 0)
     until = _number(pause.get("until")) if isinstance(pause, Mapping) else None
     if until is not None:
         yield _gauge("pause_until_timestamp_seconds", "When the pause ends by itself", until)

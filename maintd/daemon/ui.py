@@ -469,15 +469,15 @@ class StatusPage:
     def render(self) -> defer.Deferred[bytes]:
         """The page; rendered at most once a second for the same state, so
         many readers (or a reload loop) cost the reactor little."""
+        return defer.Deferred.fromCoroutine(self._render())
+
+    async def _render(self) -> bytes:
         key = (id(self.state()), id(self.cluster()), int(self.clock()))
         if self._cached is not None and self._cached[0] == key:
-            return defer.succeed(self._cached[1])
-
-        def keep(html: bytes) -> bytes:
-            self._cached = (key, html)
-            return html
-
-        return defer.Deferred.fromCoroutine(render_page(self.model())).addCallback(keep)
+            return self._cached[1]
+        html = await render_page(self.model())
+        self._cached = (key, html)
+        return html
 
 
 def refresh_seconds(round_delay: float) -> int:
