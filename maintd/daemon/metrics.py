@@ -20,8 +20,9 @@ Node reports: a collector records each node's result with
 ``record_reports(events_of(ctx), source, results)`` (``source`` ``mond`` or
 ``agent``; ``results`` maps node name to a report or an exception).  An
 exception says its outcome in an ``outcome`` attribute (``unreachable``,
-``invalid``, ``bad_signature``; :class:`maintd.cluster.mond.MondInvalid` is
-``invalid``); without one it counts as ``unreachable``.
+``invalid``, ``bad_signature``, ``collector_failed``;
+:class:`maintd.cluster.mond.MondInvalid` is ``invalid``); without one it
+counts as ``unreachable``.
 
 Each daemon has its own :class:`~prometheus_client.CollectorRegistry`
 (never the process-global one), so several daemons in one test process do
@@ -67,7 +68,10 @@ REPORT_OK = "ok"
 REPORT_UNREACHABLE = "unreachable"
 REPORT_INVALID = "invalid"
 REPORT_BAD_SIGNATURE = "bad_signature"
-REPORT_OUTCOMES = (REPORT_OK, REPORT_UNREACHABLE, REPORT_INVALID, REPORT_BAD_SIGNATURE)
+#: The node agent says its diagnose collector failed (maintd.cluster.agent).
+REPORT_COLLECTOR_FAILED = "collector_failed"
+REPORT_OUTCOMES = (REPORT_OK, REPORT_UNREACHABLE, REPORT_INVALID, REPORT_BAD_SIGNATURE,
+                   REPORT_COLLECTOR_FAILED)
 
 #: RAPI client methods that submit a Ganeti job, and the ``kind`` label they count as.
 JOB_KINDS: Mapping[str, str] = {
@@ -336,7 +340,7 @@ class DaemonMetrics(NullEvents):
         self.reports = Counter(
             PREFIX + "reports",
             "Node reports received, by source (mond, agent), node and outcome "
-            "(ok, unreachable, invalid, bad_signature)",
+            "(ok, unreachable, invalid, bad_signature, collector_failed)",
             ["source", "node", "outcome"],
             registry=r,
         )
