@@ -147,7 +147,7 @@ def _send_built(request: IRequest, body: bytes, content_type: bytes) -> bytes:
             request.setHeader(b"Content-Encoding", b"gzip")
             body = _gzip(body) or body
     request.setHeader(b"Content-Length", b"%d" % len(body))
-    return body
+    return b"" if request.method == b"HEAD" else body
 
 
 class StateAPI:
