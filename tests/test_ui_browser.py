@@ -28,7 +28,7 @@ from typing import Any
 
 from twisted.internet import defer, protocol, reactor, threads
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from maintd.sim.embed import free_port
 from tests.tools import skip_or_fail
@@ -209,3 +209,24 @@ class BrowserTests(TestCase):
             "return document.documentElement.scrollWidth - window.innerWidth;")
         self.assertLessEqual(overflow, 0, "the page scrolls sideways on a phone")
         d.save_screenshot(os.path.join(self.shots, "ui-phone.png"))
+
+
+class MissingBrowserTests(SynchronousTestCase):
+    """Without chromium/chromedriver the browser test skips, naming what to
+    install, or fails where CI requires it."""
+
+    def setUp(self) -> None:
+        self.patch(sys.modules[__name__], "_find", lambda name, *extra: None)
+
+    def test_skips_with_a_clear_message(self) -> None:
+        self.patch(os, "environ", {k: v for k, v in os.environ.items()
+                                   if k != "MAINTD_REQUIRE_REAL_GANETI"})
+        with self.assertRaises(SkipTest) as raised:
+            browser_parts()
+        self.assertIn("apt-get install chromium chromium-driver", str(raised.exception))
+
+    def test_fails_where_required(self) -> None:
+        self.patch(os, "environ", {**os.environ, "MAINTD_REQUIRE_REAL_GANETI": "1"})
+        with self.assertRaises(AssertionError) as raised:
+            browser_parts()
+        self.assertIn("chromium", str(raised.exception))
