@@ -83,9 +83,14 @@ class ProgressTests(SynchronousTestCase):
     def test_jobs_done_and_instances_left_on_the_node(self) -> None:
         p = progress(evacuation(), awaited=[9], cluster=CLUSTER)
         self.assertEqual((p.jobs_done, p.jobs_running), (2, 1))
-        # i1, i2 have n4 as primary; i3 as secondary
-        self.assertEqual((p.primaries_left, p.secondaries_left, p.moves_left), (2, 1, 3))
-        self.assertEqual(p.text(), "2 jobs done, 1 running, 3 moves left (2 primary, 1 secondary)")
+        # i1, i2 (DRBD) have n4 as primary: to the secondary, then a new
+        # secondary, two moves each; i3 has it as secondary: one move
+        self.assertEqual((p.primaries_left, p.secondaries_left, p.moves_left), (2, 1, 5))
+        self.assertEqual(p.text(), "2 jobs done, 1 running, 5 moves left "
+                                   "(2 primary, 1 secondary instances on the node)")
+        shared = Cluster(name="c", master="n1", nodes=CLUSTER.nodes, instances={
+            "s1": Instance(name="s1", uuid="s1-u", primary="n4", disk_template="sharedfile")})
+        self.assertEqual(progress(evacuation(), [], shared).moves_left, 1)
 
     def test_without_snapshot_or_when_finished_only_jobs(self) -> None:
         self.assertIsNone(progress(evacuation(), [], None).moves_left)
@@ -125,7 +130,7 @@ class PageTests(SynchronousTestCase):
         (row,) = doc.find("tr", id="incident-u-4")
         self.assertEqual((row["data-status"], row["data-node"]), ("pending", "n4"))
         text = " ".join(doc.text)
-        for expected in ("evacuate", "2 jobs done, 1 running, 3 moves left", "job 5 error: disk gone",
+        for expected in ("evacuate", "2 jobs done, 1 running, 5 moves left", "job 5 error: disk gone",
                          "#41 ok", "(10 s ago)", "(in 30 s)", "inst-a", "inst-b",
                          "Nodes under evacuation", "1 of at most 2", "Storm breaker",
                          "closed (0 nodes reporting, threshold", "not paused",

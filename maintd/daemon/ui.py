@@ -51,12 +51,10 @@ class Progress:
     #: snapshot (None: unknown, no snapshot of that node yet).
     primaries_left: int | None = None
     secondaries_left: int | None = None
-
-    @property
-    def moves_left(self) -> int | None:
-        if self.primaries_left is None or self.secondaries_left is None:
-            return None
-        return self.primaries_left + self.secondaries_left
+    #: Jobs still needed to empty the node (the evacuation plan's moves):
+    #: a DRBD primary takes two (to its secondary, then a new secondary),
+    #: any other instance one.  None when unknown.
+    moves_left: int | None = None
 
     def text(self) -> str:
         parts = [f"{self.jobs_done} job{'s' if self.jobs_done != 1 else ''} done"]
@@ -66,7 +64,8 @@ class Progress:
         if left is not None:
             parts.append(
                 f"{left} move{'s' if left != 1 else ''} left "
-                f"({self.primaries_left} primary, {self.secondaries_left} secondary)"
+                f"({self.primaries_left} primary, {self.secondaries_left} secondary "
+                "instances on the node)"
             )
         return ", ".join(parts)
 
@@ -74,8 +73,10 @@ class Progress:
 def progress(incident: Incident, awaited: Iterable[int], cluster: Any = None) -> Progress:
     """The progress of ``incident``: jobs finished (not awaited any more) and
     running; for an active evacuation, the instances still on the node in
-    ``cluster`` (each is one move left: a primary to migrate or fail over, a
-    secondary to replace)."""
+    ``cluster`` and the moves they need, counted as the evacuation plan
+    (:mod:`maintd.decide.evacplan`) moves them: a DRBD primary goes to its
+    secondary and then gets a new secondary (two moves), a shared-storage
+    or diskless primary moves once, a DRBD secondary is replaced once."""
     waiting = set(awaited)
     running = sum(1 for j in incident.jobs if j in waiting)
     done = len(incident.jobs) - running
@@ -85,11 +86,12 @@ def progress(incident: Incident, awaited: Iterable[int], cluster: Any = None) ->
     node = incident.node_name
     if node not in cluster.nodes:
         return Progress(done, running)
-    primaries = sum(1 for i in cluster.instances.values() if i.primary == node)
-    secondaries = sum(
-        1 for i in cluster.instances.values() if node in i.secondaries and i.primary != node
-    )
-    return Progress(done, running, primaries, secondaries)
+    primaries = [i for i in cluster.instances.values() if i.primary == node]
+    secondaries = [
+        i for i in cluster.instances.values() if node in i.secondaries and i.primary != node
+    ]
+    moves = sum(2 if i.is_drbd else 1 for i in primaries) + len(secondaries)
+    return Progress(done, running, len(primaries), len(secondaries), moves)
 
 
 def _clip(text: str, limit: int = MAX_TEXT) -> str:
