@@ -10,7 +10,12 @@ cleanup, collect, handle) in dry-run so nothing is submitted.
 
 Target: snapshot + collect + decide < 2 s plus one per-node timeout.
 
-    .venv/bin/python bench/round.py [--nodes 1000] [--timeout 2] [--parallel 1024]
+Then (issue 17, plan before drain): planning the whole evacuation of a node
+with 200 instances (primaries and secondaries) on a 1,000-node snapshot,
+first alone, then as the handle step's round gate does it.  ``--plan-only``
+prints just that (no simulator).
+
+    .venv/bin/python bench/round.py [--nodes 1000] [--timeout 2] [--parallel 1024] [--plan-only]
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 import attrs
 from twisted.internet import defer, task
 
+from maintd.cluster.model import Cluster, Instance
 from maintd.cluster.mond import DEFAULT_PARALLEL, MondClient
 from maintd.cluster.rapi.client import RapiClient
 from maintd.daemon.state import MaintState
@@ -37,7 +43,10 @@ from maintd.daemon.steps.cleanup import cleanup_step
 from maintd.daemon.steps.collect import collect_step
 from maintd.daemon.steps.handle import handle_step
 from maintd.daemon.steps.snapshot import snapshot_step
+from maintd.decide import evacplan
+from maintd.decide import guardrails as G
 from maintd.decide import incidents as I
+from maintd.decide.balance.gen import generate_cluster
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -93,6 +102,7 @@ class Ctx:
     store: Any = None
     free_nodes: set[str] = attrs.field(factory=set)
     notes: list[dict[str, Any]] = attrs.field(factory=list)
+    reports: dict[str, Any] = attrs.field(factory=dict)
 
     async def commit(self, new: MaintState) -> None:
         self.state = new
@@ -152,6 +162,81 @@ async def wait_for_rapi(reactor: Any, rapi: RapiClient, child: subprocess.Popen[
         except Exception:
             await task.deferLater(reactor, 0.2, lambda: None)
     raise SystemExit("simulator did not start within 120 s")
+
+
+def evacuation_snapshot(nodes: int, on_node: int, seed: int) -> tuple[Cluster, str]:
+    """A synthetic ``nodes``-node cluster plus one big node carrying ``on_node``
+    instances: 60 % DRBD primaries, 30 % DRBD secondaries, 10 % shared storage."""
+    rng = random.Random(seed)
+    base = generate_cluster(nodes, nodes * 4, seed)
+    names = sorted(n for n in base.nodes if n != base.master)
+    victim = names[0]
+    others = names[1:]
+    insts = dict(base.instances)
+    # the victim keeps only what the bench puts there
+    for name, inst in list(insts.items()):
+        if victim == inst.primary or victim in inst.secondaries:
+            del insts[name]
+    used_disk: dict[str, int] = {}
+    added_mem = 0
+    for k in range(on_node):
+        name = f"evac{k:04d}.example.com"
+        mem = rng.choice((512, 1024, 2048))
+        size = rng.choice((10240, 20480))
+        r = k % 10
+        if r < 6:
+            inst = Instance(name, name, victim, (rng.choice(others),), "drbd", memory=mem,
+                            disk_sizes=(size,), vcpus=1)
+            added_mem += mem
+        elif r < 9:
+            inst = Instance(name, name, rng.choice(others), (victim,), "drbd", memory=mem,
+                            disk_sizes=(size,), vcpus=1)
+        else:
+            inst = Instance(name, name, victim, (), "sharedfile", memory=mem, vcpus=1)
+            added_mem += mem
+        insts[name] = inst
+        for n in (inst.primary, *inst.secondaries):
+            if inst.is_drbd:
+                used_disk[n] = used_disk.get(n, 0) + size
+    mem_of = {i.primary: 0 for i in insts.values()}
+    for i in insts.values():
+        if i.running and i.primary != victim and i.name.startswith("evac"):
+            mem_of[i.primary] += i.memory
+    nodes_out = {}
+    for name, n in base.nodes.items():
+        if name == victim:
+            n = attrs.evolve(n, mtotal=1 << 20, mnode=2048, mfree=(1 << 20) - 2048 - added_mem,
+                             dtotal=10_000_000, dfree=10_000_000 - used_disk.get(name, 0))
+        else:
+            n = attrs.evolve(n, mfree=n.mfree - mem_of.get(name, 0),
+                             dfree=n.dfree - used_disk.get(name, 0))
+        nodes_out[name] = n
+    return attrs.evolve(base, nodes=nodes_out, instances=insts), victim
+
+
+def bench_evacuation_plan(nodes: int, on_node: int, seed: int) -> None:
+    cluster, victim = evacuation_snapshot(nodes, on_node, seed)
+    s, c = time.perf_counter(), time.process_time()
+    plan = evacplan.Planner(cluster, {victim}).plan(victim)
+    wall, cpu = time.perf_counter() - s, time.process_time() - c
+    moved = len({st.instance for st in plan.steps})
+    print(f"evacuation plan: node with {on_node} instances on a {len(cluster.nodes)}-node, "
+          f"{len(cluster.instances)}-instance snapshot: {wall:.3f} s wall {cpu:.3f} s CPU; "
+          f"{'feasible' if plan.feasible else 'NOT feasible: ' + str(plan.reason)}, "
+          f"{len(plan.steps)} moves for {moved} instances")
+    from maintd.daemon.state import Action, Incident
+
+    inc = Incident(uuid="bench", node="u", node_name=victim, original={}, action=Action.EVACUATE)
+    s, c = time.perf_counter(), time.process_time()
+    gate = G.round_gate([inc], master=cluster.master, budget=1, breaker=G.Breaker(), pause=None,
+                        planner=evacplan.Planner(cluster, {victim}))
+    step = evacplan.next_step(cluster, gate.plans[victim], failover=False,
+                              available=set(cluster.nodes), busy=set(), incident_nodes={victim})
+    wall, cpu = time.perf_counter() - s, time.process_time() - c
+    verdict = "OK" if cpu < 2 else "SLOW"
+    print(f"  round gate (budget, breaker, whole plan) + this round's job: {wall:.3f} s wall "
+          f"{cpu:.3f} s CPU -> {I.describe(step)} (round budget 2 s of CPU: {verdict})")
+    print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (shared machine)")
 
 
 async def main(reactor: Any, args: argparse.Namespace, work: str) -> None:
@@ -215,6 +300,7 @@ async def main(reactor: Any, args: argparse.Namespace, work: str) -> None:
         print(f"  decide() alone: {time.perf_counter() - s:.3f} s")
         print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         await rapi.close()
+        bench_evacuation_plan(args.nodes, 200, args.seed)
     finally:
         child.terminate()
         try:
@@ -231,6 +317,11 @@ if __name__ == "__main__":
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--plan-only", action="store_true",
+                        help="only the evacuation-plan figure (no simulator)")
     args = parser.parse_args()
+    if args.plan_only:
+        bench_evacuation_plan(args.nodes, 200, args.seed)
+        sys.exit(0)
     with tempfile.TemporaryDirectory(prefix="bench-round-") as work:
         task.react(lambda r: defer.Deferred.fromCoroutine(main(r, args, work)))

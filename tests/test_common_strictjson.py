@@ -62,3 +62,29 @@ class StrictJSONTests(unittest.TestCase):
             loads(data, "fuzz")
         except StrictJSONError:
             pass
+
+    def test_numbers_beyond_a_float_are_refused_not_infinity(self) -> None:
+        # json.loads reads 1e999 as inf: Infinity by another name
+        for text in ("1e999", "[-1e400]", '{"load": 2E+308}'):
+            self.assertIn("is too large", self.refused(text))
+        self.assertEqual(loads("[1.5e300, -2e-400]", "s"), [1.5e300, -0.0])
+
+    def test_lone_surrogates_are_refused(self) -> None:
+        # json.loads accepts "\ud800"; the string then cannot be written as
+        # UTF-8 (the state file, /1/status) and every later write fails.
+        for text in (r'"\ud800"', r'"\udc00"', r'["\ud83d x"]', r'{"\ud83d": 1}',
+                     r'"\\\ud800"', r'"\ud800\ud800"'):
+            self.assertIn("lone surrogate", self.refused(text), text)
+        self.assertIn("not UTF-8", self.refused('"\ud800"'))  # a str holding one
+        self.assertEqual(loads(r'["\ud83d\ude00", "\\ud800", "\u00e9"]', "s"),
+                         ["\U0001f600", "\\ud800", "\u00e9"])
+
+    @given(st.text(alphabet=st.characters(min_codepoint=0xD7F0, max_codepoint=0xE010)
+                   | st.sampled_from("a\\u\""), max_size=12))
+    def test_whatever_parses_can_be_written_back_as_strict_utf8(self, value: str) -> None:
+        for text in (json.dumps(value), json.dumps(value, ensure_ascii=False)):
+            try:
+                got = loads(text, "fuzz")
+            except StrictJSONError:
+                continue
+            json.dumps(got, ensure_ascii=False, allow_nan=False).encode("utf-8")

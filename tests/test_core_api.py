@@ -9,6 +9,7 @@ from typing import Any
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
@@ -104,7 +105,7 @@ class APITests(SynchronousTestCase):
         self.assertEqual(headers.getRawHeaders("content-type"), ["application/json"])
 
     def test_unknown_path_is_404_json(self) -> None:
-        for path in ("/2", "/1/statuses", "/1/status/uuid-1", "/favicon.ico"):
+        for path in ("/2", "/1/statuses", "/1/status/uuid-1", "/favicon.ico", "/1//status"):
             code, headers, body = self.request("GET", path)
             self.assertEqual(code, 404, path)
             self.assertEqual(headers.getRawHeaders("content-type"), ["application/json"])
@@ -257,3 +258,54 @@ class ChannelTests(SynchronousTestCase):
         )
         self.assertEqual(headers[b"content-encoding"], b"gzip")
         self.assertEqual(len(json.loads(zlib.decompress(body, 31))), 50)
+
+
+class LogCapture:
+    """Every log event published while the test runs."""
+
+    def __init__(self, test: SynchronousTestCase) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        test.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def texts(self) -> list[str]:
+        return [formatEvent(e) for e in self.events]
+
+
+class HostileRequestTests(SynchronousTestCase):
+    """Requests an attacker or a broken client sends: one JSON answer, and
+    nothing in the log (a log line per request is a way to fill the disk)."""
+
+    setUp = ChannelTests.setUp
+    exchange = ChannelTests.exchange
+
+    def test_path_that_is_not_utf8_is_400_without_a_traceback(self) -> None:
+        logs = LogCapture(self)
+        for path in (b"/%ff", b"/1/%c3%28", b"/%80/status"):
+            ((code, headers, body),) = self.exchange(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertEqual(code, 400, path)
+            self.assertEqual(headers[b"content-type"], b"application/json")
+            self.assertEqual(json.loads(body)["error"], "bad request")
+        self.assertEqual(logs.texts(), [])
+        self.assertFalse([e for e in logs.events if "log_failure" in e])
+
+    def test_head_off_the_shortcut_has_no_body_and_logs_nothing(self) -> None:
+        logs = LogCapture(self)
+        ((_, _, get_body),) = self.exchange(b"GET /1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        long_query = b"x" * 15000
+        for request in (
+            b"HEAD /1/status?" + long_query + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HEAD /1/status HTTP/1.0\r\n\r\n",
+            b"HEAD /1/status HTTP/1.1\r\nHost: x\r\n\r\n",
+        ):
+            site = self.api.site()
+            proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+            transport = StringTransport()
+            proto.makeConnection(transport)
+            proto.dataReceived(request)
+            self.addCleanup(proto.connectionLost, None)
+            head, _, rest = transport.value().partition(b"\r\n\r\n")
+            self.assertIn(b" 200 ", head.split(b"\r\n")[0], request[:40])
+            self.assertIn(b"Content-Length: %d" % len(get_body), head)
+            self.assertEqual(rest, b"", request[:40])
+        self.assertEqual(logs.texts(), [])

@@ -141,6 +141,42 @@ class StoreTests(SynchronousTestCase):
         e = self.assertRaises(StoreError, StateStore.open, self.dir)
         self.assertIn("exploded", str(e))
 
+    def write_raw(self, content: bytes) -> str:
+        os.makedirs(self.dir, exist_ok=True)
+        path = os.path.join(self.dir, "state.json")
+        with open(path, "wb") as f:
+            f.write(content)
+        return path
+
+    def test_deeply_nested_file_is_a_startup_error_naming_the_file(self) -> None:
+        # json.loads raises RecursionError for this, which named nothing and
+        # stopped the start with a traceback.
+        for content in (b"[" * 200_000 + b"]" * 200_000, b'{"a":' * 200_000):
+            path = self.write_raw(content)
+            e = self.assertRaises(StoreError, StateStore.open, self.dir)
+            self.assertIn(path, str(e))
+            self.assertIn("nested", str(e))
+
+    def test_nan_and_duplicate_keys_are_refused(self) -> None:
+        good = store_mod.encode(sample_state())
+        for content in (
+            good.replace(b'"ctime":1001.0', b'"ctime":NaN'),
+            good.replace(b'"schema":1', b'"schema":1,"schema":1'),
+        ):
+            self.assertNotEqual(content, good)
+            path = self.write_raw(content)
+            e = self.assertRaises(StoreError, StateStore.open, self.dir)
+            self.assertIn(path, str(e))
+
+    def test_the_same_incident_uuid_twice_is_refused(self) -> None:
+        doc = json.loads(store_mod.encode(sample_state()))
+        twin = dict(doc["incidents"][0], node="node-uuid-9", **{"node-name": "node9.example.com"})
+        doc["incidents"].append(twin)
+        path = self.write_raw(json.dumps(doc).encode())
+        e = self.assertRaises(StoreError, StateStore.open, self.dir)
+        self.assertIn(path, str(e))
+        self.assertIn("incident 3 (uuid-1): same uuid as incident 1", str(e))
+
     def test_unreadable_dir_is_an_error_naming_it(self) -> None:
         blocker = os.path.abspath(self.mktemp())
         with open(blocker, "w") as f:

@@ -117,7 +117,8 @@ class RepairDaemon(Daemon):
         config = DaemonConfig.for_tests(
             state_dir=self.state_dir, port=self.http_port, rapi=s.rapi_url, rapi_user=s.rapi_user,
             rapi_password_file=s.rapi_password_file, rapi_cert=s.rapi_cert, rapi_insecure=False,
-            mond_port=s.mond_port, mond_timeout=1.0, round_delay=3600.0, job_wait=10.0,
+            mond_port=s.mond_port, mond_timeout=1.0, round_delay=3600.0, busy_round_delay=3600.0,
+            job_wait=10.0,
             repair_command=self.program, repair_timeout=60.0,
         )
         self.daemon = makeService(config, reactor)

@@ -169,3 +169,175 @@ class OverviewTests(SynchronousTestCase):
                     self.assertEqual(ov["next-round"], 1300.0)
         self.assertIs(seen[-1], self.STATE, "built from the latest state")
         self.assertEqual(json.loads(api.body("overview"))["storm-breaker"]["reporting"], 12)
+
+
+class BusyRoundSchedulingTests(SynchronousTestCase):
+    """The round service: --busy-round-delay while work is in progress."""
+
+    def setUp(self) -> None:
+        from twisted.internet import task
+
+        from maintd.daemon.scheduler import RoundService
+        from tests.test_core_scheduler import FakeRounds
+
+        self.clock = task.Clock()
+        self.rounds = FakeRounds()
+        self.busy = True
+        self.service = RoundService(self.rounds, clock=self.clock, round_delay=300,
+                                    busy_delay=5, is_busy=lambda: self.busy)
+        self.service.startService()
+        self.clock.advance(0)
+        self.addCleanup(self.service.stopService)
+
+    def test_busy_then_idle(self) -> None:
+        self.assertIsNone(self.service.next_round, "a round runs")
+        self.clock.advance(30)
+        self.rounds.finish(1)
+        self.assertEqual(self.service.next_round, 35)
+        self.clock.advance(5)
+        self.assertEqual(self.rounds.started, [1, 2])
+        self.busy = False
+        self.rounds.finish(2)
+        self.assertEqual(self.service.next_round, 335)
+        self.clock.advance(299)
+        self.assertEqual(self.rounds.started, [1, 2])
+        self.clock.advance(1)
+        self.assertEqual(self.rounds.started, [1, 2, 3])
+
+    def test_never_longer_than_round_delay(self) -> None:
+        from twisted.internet import task
+
+        from maintd.daemon.config import DaemonConfig
+        from maintd.daemon.scheduler import RoundService
+        from tests.test_core_scheduler import FakeRounds
+
+        cfg = DaemonConfig.for_tests(state_dir="/tmp/x", round_delay=3, busy_round_delay=5)
+        self.assertEqual(cfg.next_busy_delay, 3)
+        clock, rounds = task.Clock(), FakeRounds()
+        svc = RoundService(rounds, clock=clock, round_delay=3, busy_delay=5, is_busy=lambda: True)
+        svc.startService()
+        clock.advance(0)
+        rounds.finish(1)
+        clock.advance(3)
+        self.assertEqual(rounds.started, [1, 2])
+        svc.stopService()
+
+    def test_a_broken_check_means_idle(self) -> None:
+        def broken() -> bool:
+            raise ValueError("bad state")
+
+        self.service.is_busy = broken
+        self.rounds.finish(1)
+        self.assertEqual(self.service.next_round, 300)
+
+
+class OptionTests(SynchronousTestCase):
+    def test_options_and_config_file(self) -> None:
+        import os
+        import tempfile
+
+        from maintd.daemon.config import ConfigError, DaemonConfig, read_config_file
+        from maintd.daemon.options import Options
+
+        o = Options()
+        o.parseOptions(["--max-evacuating", "10%", "--storm-threshold", "6",
+                        "--busy-round-delay", "2"])
+        c = o.daemon_config
+        self.assertEqual((c.max_evacuating, c.storm_threshold, c.busy_round_delay),
+                         (G.Limit(percent=10), G.Limit(count=6), 2.0))
+        d = DaemonConfig()
+        self.assertEqual((d.max_evacuating, d.storm_threshold, d.busy_round_delay),
+                         (G.Limit(count=1), G.Limit(percent=10), 5.0))
+        from twisted.python.usage import UsageError
+
+        self.assertRaises(UsageError, Options().parseOptions, ["--max-evacuating", "lots"])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "m.toml")
+            with open(path, "w") as f:
+                f.write("max-evacuating = 3\nstorm-threshold = \"20%\"\n")
+            self.assertEqual(read_config_file(path), {"max_evacuating": G.Limit(count=3),
+                                                      "storm_threshold": G.Limit(percent=20)})
+            with open(path, "w") as f:
+                f.write("max-evacuating = \"200%\"\n")
+            self.assertRaises(ConfigError, read_config_file, path)
+
+
+class StormLeftoverTests(SynchronousTestCase):
+    def test_only_after_a_storm_only_noted_on_ok_nodes(self) -> None:
+        state = MaintState(incidents=(
+            inc("a", "n1"), inc("b", "n2"), inc("c", "n3", RepairStatus.PENDING),
+            inc("d", "n4", action=Action.LIVE_REPAIR)))
+        same, gone = G.storm_leftovers(state, ["n1", "n3", "n4"], False, 5)
+        self.assertEqual((same, gone), (state, []), "no storm: incidents stay")
+        new, gone = G.storm_leftovers(state, ["n1", "n3", "n4"], True, 5)
+        self.assertEqual(sorted(i.uuid for i in gone), ["a", "d"])
+        self.assertEqual(new.incident("a").status, RepairStatus.CANCELED)  # type: ignore[union-attr]
+        self.assertEqual(new.incident("b").status, RepairStatus.NOTED,  # type: ignore[union-attr]
+                         "n2 still reports")
+        self.assertEqual(new.incident("c").status, RepairStatus.PENDING,  # type: ignore[union-attr]
+                         "work in progress goes on")
+
+
+class ControlOpTests(SynchronousTestCase):
+    """The control socket's guardrail ops on a fake state access."""
+
+    def setUp(self) -> None:
+        from twisted.internet import task
+
+        from maintd.daemon import control_guard
+
+        self.ops = control_guard
+        self.clock = task.Clock()
+        self.clock.advance(1000)
+        outer = self
+
+        class Store:
+            pass
+
+        class Access:
+            clock = outer.clock
+            overview = None
+            state = MaintState()
+            store = Store()
+
+            def current(self) -> MaintState:
+                return self.state
+
+            def update(self, fn: Any) -> MaintState:
+                self.state = fn(self.state)
+                return self.state
+
+        self.access = Access()
+
+    def test_pause_resume_release_overview(self) -> None:
+        a = self.ops.handle(self.access, "pause", {"op": "pause", "reason": " upgrade ", "for": 60})
+        self.assertEqual(a, {"ok": True, "paused": {"reason": "upgrade", "until": 1060.0,
+                                                    "source": "ctl"}})
+        ov = self.ops.handle(self.access, "overview", {"op": "overview"})
+        self.assertEqual(ov["overview"]["paused"]["until"], 1060.0)  # type: ignore[index]
+        self.assertEqual(self.ops.handle(self.access, "resume", {}), {"ok": True, "paused": False})
+        self.access.state = attrs.evolve(self.access.state, guard={"breaker": {
+            "tripped": True, "released": False, "reporting": 9, "threshold": 4}})
+        a = self.ops.handle(self.access, "release", {})
+        self.assertEqual(a["storm-breaker"]["tripped"], False)  # type: ignore[index]
+        self.assertIsNone(self.ops.handle(self.access, "list", {}), "not ours")
+
+    def test_pause_stops_the_round_in_progress(self) -> None:
+        from maintd.daemon.control import track
+
+        @attrs.define
+        class Round:
+            store: Any
+            submitting: bool = True
+
+        ctx = Round(self.access.store)
+        track(ctx)
+        self.ops.handle(self.access, "pause", {"op": "pause"})
+        self.assertFalse(ctx.submitting, "no further job in the running round")
+
+    def test_bad_requests(self) -> None:
+        for req in ({"for": 0}, {"for": -3}, {"for": True}, {"for": "1h"}, {"reason": 5},
+                    {"reason": "x" * 2000}):
+            a = self.ops.handle(self.access, "pause", {"op": "pause", **req})
+            self.assertFalse(a["ok"], req)  # type: ignore[index]
+        self.assertEqual(self.access.state, MaintState(), "nothing changed")

@@ -7,13 +7,18 @@ method, path, query and body against what Ganeti 3.0's ``rlib2.py`` reads
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
+from OpenSSL import SSL
 from treq.testing import StubTreq
 from twisted.internet import task
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.error import ConnectionAborted
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web._newclient import ResponseNeverReceived
 from twisted.web.server import NOT_DONE_YET
 
 from maintd.cluster.rapi.client import RapiClient
@@ -24,6 +29,7 @@ from maintd.cluster.rapi.errors import (
     RapiNotFound,
     RapiServerError,
     RapiTimeout,
+    RapiTLSError,
 )
 from maintd.cluster.rapi.jobs import JobResult
 from tests.test_rapi_helpers import (
@@ -488,3 +494,67 @@ class LoadClusterDecodeTests(ClientTestBase):
         err = self.failure(self.make(routes).load_cluster(), RapiMalformed)
         self.assertIn("/2/instances", str(err))
         self.assertIn("not UTF-8 JSON", str(err))
+
+    def test_answers_are_read_strictly(self) -> None:
+        # NaN, a key twice, a lone surrogate: refused naming the URL and why
+        info = json.dumps(sample("info.json")).encode()
+        nodes = json.dumps(sample("nodes-bulk.json")).encode()
+        for path, body, why in [
+            ("/2/info", info.replace(b'"master_netmask": 32', b'"master_netmask": NaN'),
+             "NaN is not JSON"),
+            ("/2/info", info[:-1] + b', "name": "other"}', "duplicate key 'name'"),
+            ("/2/nodes", nodes.replace(b'"mtotal": ', b'"mtotal": 1e999, "x": ', 1),
+             "is too large"),
+            ("/2/nodes", nodes.replace(b'"name": "node1', b'"name": "\\ud800node1', 1),
+             "lone surrogate"),
+        ]:
+            self.assertNotIn(body, (info, nodes))
+            routes = read_routes()
+            routes[("GET", path)] = (200, body)
+            err = self.failure(self.make(routes).load_cluster(), RapiMalformed)
+            self.assertIn(path, str(err))
+            self.assertIn(why, str(err))
+
+
+class _AbortingHTTP:
+    """An HTTP client whose ``/2/info`` fails TLS at once and whose other
+    requests hang until cancelled, then fail as twisted.web's do when the
+    connection is aborted (ResponseNeverReceived, not CancelledError)."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+
+    def request(self, method: str, url: str, **kw: Any) -> Deferred[Any]:
+        self.requests.append(url)
+        if "/2/info" in url:
+            return fail(ResponseNeverReceived([Failure(SSL.Error("certificate verify failed"))]))
+
+        def aborted(d: Deferred[Any]) -> None:
+            d.errback(ResponseNeverReceived([Failure(ConnectionAborted())]))
+
+        return Deferred(aborted)
+
+
+class CancelTests(SynchronousTestCase):
+    def test_a_failed_snapshot_leaves_no_retry_back_off_scheduled(self) -> None:
+        # The root of the flaky DirtyReactorAggregateError in
+        # test_rapi_snapshot_cmd: the sibling reads cancelled by load_cluster
+        # saw the abort as a connection error and scheduled a retry.
+        clock = task.Clock()
+        http = _AbortingHTTP()
+        c = RapiClient(BASE, http=http, clock=clock, rng=random.Random(1))
+        d = Deferred.fromCoroutine(c.load_cluster())
+        self.failureResultOf(d, RapiTLSError)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(60)
+        self.assertEqual(len(http.requests), 4)  # nothing retried later
+
+    def test_a_cancelled_read_schedules_no_retry(self) -> None:
+        clock = task.Clock()
+        http = _AbortingHTTP()
+        c = RapiClient(BASE, http=http, clock=clock, rng=random.Random(1))
+        d = Deferred.fromCoroutine(c.nodes_bulk())
+        self.assertEqual(len(clock.getDelayedCalls()), 1)  # the request timeout
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(clock.getDelayedCalls(), [])

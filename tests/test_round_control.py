@@ -176,6 +176,8 @@ class ControlTests(TestCase):
             return json.loads(data)  # type: ignore[no-any-return]
 
         for payload, needle in [(b"{oops\n", "malformed request"),
+                                (b'{"op": "list", "op": "cancel"}\n', "duplicate key 'op'"),
+                                (b'{"op": "cancel", "uuid": NaN}\n', "NaN is not JSON"),
                                 (b"[1]\n", "JSON object"),
                                 (b'{"op": "reboot"}\n', "unknown op"),
                                 (b'{"op": "cancel"}\n', "needs an incident"),

@@ -55,8 +55,10 @@ def drbd(name: str, p: str, s: str) -> dict[str, Any]:
 class Daemon:
     """A simulator plus a ganeti-maintd built by makeService, driven round by round."""
 
-    def __init__(self, test: TestCase, spec: dict[str, Any]) -> None:
+    def __init__(self, test: TestCase, spec: dict[str, Any], **config: Any) -> None:
         self.test = test
+        #: DaemonConfig fields that differ from the harness defaults.
+        self.config_extra = config
         self.base = tempfile.mkdtemp(prefix="mdr-")  # short: UNIX socket path limit
         test.addCleanup(shutil.rmtree, self.base, True)
         path = os.path.join(self.base, "scenario.json")
@@ -76,11 +78,13 @@ class Daemon:
 
     async def start(self) -> None:
         s = self.sim
-        config = DaemonConfig.for_tests(
+        values: dict[str, Any] = dict(
             state_dir=self.state_dir, port=self.http_port, rapi=s.rapi_url, rapi_user=s.rapi_user,
             rapi_password_file=s.rapi_password_file, rapi_cert=s.rapi_cert, rapi_insecure=False,
-            mond_port=s.mond_port, mond_timeout=1.0, round_delay=3600.0, job_wait=10.0,
+            mond_port=s.mond_port, mond_timeout=1.0, round_delay=3600.0, busy_round_delay=3600.0,
+            job_wait=10.0,
         )
+        config = DaemonConfig.for_tests(**{**values, **self.config_extra})
         self.daemon = makeService(config, reactor)
         self.daemon.store.add_listener(self._record)
         self.daemon.startService()

@@ -27,7 +27,7 @@ def mk_cluster(nodes: list[Node], instances: list[Instance]) -> Cluster:
 def nd(name: str, **kw: Any) -> Node:
     base: dict[str, Any] = dict(
         uuid=f"u-{name}", group="default", pip="127.0.0.1", mtotal=8192, mfree=8192,
-        dtotal=100000, dfree=100000,
+        dtotal=100000, dfree=100000, ctotal=8, spindles_total=1,
     )
     base.update(kw)
     return Node(name=name, **base)
@@ -328,3 +328,44 @@ class UpdateTests(SynchronousTestCase):
             I.forget_incident(st, "nope")
         self.assertEqual(I.forget_incident(st, inc.uuid).incidents, ())
         self.assertEqual(I.job_reason(inc), f"maintd incident {inc.uuid}")
+
+
+class FlappingTests(SynchronousTestCase):
+    """drop_unreported and cap_per_node (issue 16 H)."""
+
+    def setUp(self) -> None:
+        self.cluster = mk_cluster([nd("a"), nd("b")], [])
+
+    def test_only_noted_incidents_without_jobs_that_are_no_longer_reported_go(self) -> None:
+        noted = incident("a", uuid="noted")
+        with_job = incident("a", uuid="job", jobs=(7,))
+        pending = incident("a", uuid="pending", status=RepairStatus.PENDING)
+        failed = incident("a", uuid="failed", status=RepairStatus.FAILED)
+        still = incident("b", uuid="still")
+        state = MaintState(incidents=(noted, with_job, pending, failed, still))
+        same_b = DiagnoseReport("b", Action.EVACUATE, None, [], dict(still.original))
+        other = report(Action.EVACUATE, details=["changed"])
+        new, dropped = I.drop_unreported(state, self.cluster, {"a": other, "b": same_b})
+        self.assertEqual([(i.uuid, why) for i, why in dropped],
+                         [("noted", "a no longer reports it")])
+        self.assertEqual([i.uuid for i in new.incidents], ["job", "pending", "failed", "still"])
+        # an unreachable node, an Ok report, a node outside the cluster
+        for reports in ({"a": MondError("a", "down")}, {"a": None}, {}):
+            self.assertEqual(I.drop_unreported(state, self.cluster, reports), (state, []))
+        new, dropped = I.drop_unreported(state, self.cluster, {"a": report(Action.OK)})
+        self.assertEqual([i.uuid for i, _ in dropped], ["noted"])
+
+    def test_cap_refuses_only_new_incidents_beyond_the_limit(self) -> None:
+        olds = tuple(incident("a", uuid=f"old{n}") for n in range(3))
+        new_a = [incident("a", uuid=f"new{n}") for n in range(2)]
+        new_b = incident("b", uuid="newb")
+        state = MaintState(incidents=(*olds, *new_a, new_b))
+        got, kept, refused = I.cap_per_node(state, [*new_a, new_b], 4)
+        self.assertEqual([i.uuid for i in kept], ["new0", "newb"])
+        self.assertEqual([i.uuid for i in refused], ["new1"])
+        self.assertEqual([i.uuid for i in got.incidents],
+                         ["old0", "old1", "old2", "new0", "newb"])
+        # already over the limit (a lower setting): the old ones stay, nothing new
+        got, kept, refused = I.cap_per_node(state, [*new_a, new_b], 2)
+        self.assertEqual([i.uuid for i in got.incidents], ["old0", "old1", "old2", "newb"])
+        self.assertEqual(I.cap_per_node(state, [], 1), (state, [], []))

@@ -8,6 +8,7 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 
@@ -101,6 +102,20 @@ class ValidateTests(SynchronousTestCase):
             self.assertIn("node7", str(cm.exception))
             self.assertIn(needle, str(cm.exception))
 
+    def test_nan_and_deep_nesting_are_rejected(self) -> None:
+        deep: Any = []
+        for _ in range(100_000):
+            deep = [deep]
+        for data, needle in (
+            ({"status": "evacuate", "details": float("nan")}, "NaN"),
+            ({"status": "evacuate", "details": {"load": float("inf")}}, "NaN or Infinity"),
+            ({"status": "evacuate", "details": deep}, "nested deeper"),
+        ):
+            with self.assertRaises(MondError) as cm:
+                validate_diagnose("node7", wrap(data))
+            self.assertIn("node7", str(cm.exception))
+            self.assertIn(needle, str(cm.exception))
+
     def test_empty_command_is_none(self) -> None:
         r = validate_diagnose("n", wrap({"status": "live-repair", "command": ""}))
         self.assertIsNone(r.command)
@@ -138,6 +153,24 @@ class StubbedClientTests(SynchronousTestCase):
         self.assertIn("malformed JSON", str(out["bad-json"]))
         self.assertIn("HTTP 404", str(out["no-report"]))
         self.assertIn("no primary IP", str(out["no-ip"]))
+
+    def test_nan_and_deeply_nested_answers_are_one_clear_error(self) -> None:
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        nan = b'{"data": {"status": "evacuate", "details": {"load": NaN}}}'
+        deep = b'{"data": {"status": "evacuate", "details": ' + b"[" * 200_000 + b"]" * 200_000
+        monds = Monds({"127.0.0.2": nan, "127.0.0.3": deep + b"}}"})
+        c = self.client(monds)
+        out = self.result(c.gather([node("nan", "127.0.0.2"), node("deep", "127.0.0.3")],
+                                   c.diagnose))
+        self.assertIn("NaN is not JSON", str(out["nan"]))
+        self.assertIn("nested too deeply", str(out["deep"]))
+        for name, err in out.items():
+            self.assertIsInstance(err, MondError)
+            self.assertIn(name, str(err))
+        # no "unexpected error" traceback (it was logged at critical every round)
+        self.assertEqual([e for e in logged if "log_failure" in e], [])
 
     def test_dead_nodes_cost_one_timeout(self) -> None:
         answers: dict[str, Any] = {}

@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -35,6 +36,11 @@ class Cfg:
     job_wait: float = 5.0
     max_evacuating: Limit = DEFAULT_MAX_EVACUATING
     storm_threshold: Limit = DEFAULT_STORM_THRESHOLD
+
+
+@attrs.frozen
+class CappedCfg(Cfg):
+    max_incidents_per_node: int = 8
 
 
 @attrs.define
@@ -221,7 +227,8 @@ class StepTests(SynchronousTestCase):
         self.assertEqual(ctx.state.incidents, ())
 
     def test_failed_job_fails_incident(self) -> None:
-        c = mk_cluster([nd("a"), nd("b")], [drbd("i1", "a", "b")])
+        # a third node: room for i1's new secondary (else nothing is submitted at all)
+        c = mk_cluster([nd("a"), nd("b"), nd("c")], [drbd("i1", "a", "b")])
         rapi = FakeRapi(c)
         mond = FakeMond({"a": rep("a", Action.EVACUATE)})
         ctx = Ctx(MaintState(), rapi, mond)
@@ -251,7 +258,8 @@ class StepTests(SynchronousTestCase):
         self.assertEqual(rapi.calls[-1][:2], ("migrate", "i1"))
 
     def test_lost_job_fails_and_running_job_waits(self) -> None:
-        c = mk_cluster([nd("a"), nd("b")], [drbd("i1", "a", "b")])
+        # a third node: room for i1's new secondary (else nothing is submitted at all)
+        c = mk_cluster([nd("a"), nd("b"), nd("c")], [drbd("i1", "a", "b")])
         rapi = FakeRapi(c)
         ctx = Ctx(MaintState(), rapi, FakeMond({"a": rep("a", Action.EVACUATE)}))
         self.round(ctx)
@@ -283,7 +291,8 @@ class StepTests(SynchronousTestCase):
         self.assertEqual([c[0] for c in rapi.calls], ["drain", "add_tags"])
 
     def test_dry_run_submits_nothing(self) -> None:
-        c = mk_cluster([nd("a"), nd("b")], [drbd("i1", "a", "b")])
+        # a third node: room for i1's new secondary (else nothing is submitted at all)
+        c = mk_cluster([nd("a"), nd("b"), nd("c")], [drbd("i1", "a", "b")])
         rapi = FakeRapi(c)
         ctx = Ctx(MaintState(), rapi, FakeMond({"a": rep("a", Action.EVACUATE)}),
                   config=Cfg(dry_run=True))
@@ -294,7 +303,8 @@ class StepTests(SynchronousTestCase):
                        "submitted": False}, ctx.notes)
 
     def test_rapi_error_on_submit_keeps_incident(self) -> None:
-        c = mk_cluster([nd("a"), nd("b")], [drbd("i1", "a", "b")])
+        # a third node: room for i1's new secondary (else nothing is submitted at all)
+        c = mk_cluster([nd("a"), nd("b"), nd("c")], [drbd("i1", "a", "b")])
         rapi = FakeRapi(c)
         rapi.fail_writes = True
         ctx = Ctx(MaintState(), rapi, FakeMond({"a": rep("a", Action.EVACUATE)}))
@@ -322,7 +332,8 @@ class StepTests(SynchronousTestCase):
         ctx = Ctx(MaintState(), rapi, FakeMond({
             "a": rep("a", Action.LIVE_REPAIR, command="good"),
             "b": rep("b", Action.LIVE_REPAIR, command="bad"),
-            "c": rep("c", Action.LIVE_REPAIR)}), executor=ex)
+            "c": rep("c", Action.LIVE_REPAIR)}), executor=ex,
+            config=Cfg(storm_threshold=Limit(count=3)))  # 3 of 3 nodes: no storm here
         self.round(ctx)
         by_node = {i.node_name: i for i in ctx.state.incidents}
         self.assertEqual(sorted(ex.runs), [("a", "good"), ("b", "bad")])
@@ -330,6 +341,71 @@ class StepTests(SynchronousTestCase):
         self.assertEqual(by_node["b"].status, RepairStatus.FAILED)
         self.assertEqual(by_node["c"].status, RepairStatus.FAILED)
         self.assertIn("no repair command", by_node["c"].reason)
+
+    def test_flapping_report_leaves_no_trail_of_noted_incidents(self) -> None:
+        # a diagnose script with a timestamp in its details: a new report
+        # every round; the node's instance cannot move (no room anywhere)
+        c = mk_cluster([nd("a"), nd("b", mfree=0)], [shared("r1", "a", mem=4096)])
+        rapi = FakeRapi(c)
+        mond = FakeMond({})
+        ctx = Ctx(MaintState(), rapi, mond)
+        for n in range(30):
+            mond.reports["a"] = rep("a", Action.EVACUATE, detail=f"at {n}")
+            ctx.now = 1000.0 + 300 * n
+            self.round(ctx)
+        # none can act (the evacuation plan finds no room, so nothing is
+        # drained); each is noted, then dropped a round later when the node
+        # reports something else: not one incident per round (30)
+        self.assertEqual(
+            [(i.status, i.original["details"]) for i in ctx.state.incidents],
+            [(RepairStatus.NOTED, ["at 29"])],
+        )
+        self.assertEqual(rapi.calls, [])
+        drops = [n for n in ctx.notes if n.get("action") == "drop"]
+        self.assertEqual(len(drops), 1)
+        self.assertIn("no longer reports it", drops[0]["reason"])
+
+    def test_incidents_per_node_are_capped_and_the_excess_reported(self) -> None:
+        olds = [incident("a", uuid=f"old-{n}", status=RepairStatus.COMPLETED, tag_set=True)
+                for n in range(3)]
+        c = mk_cluster([nd("a", tags=tuple(i.tag for i in olds)), nd("b")], [])
+        mond = FakeMond({"a": rep("a", Action.EVACUATE, detail="new"),
+                         "b": rep("b", Action.EVACUATE, detail="new")})
+        ctx = Ctx(MaintState(incidents=tuple(olds)), FakeRapi(c), mond,
+                  config=CappedCfg(max_incidents_per_node=3))
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        self.run_steps(ctx, [snapshot_step, cleanup_step, collect_step])
+        self.assertEqual([i.uuid for i in ctx.state.incidents if i.node_name == "a"],
+                         ["old-0", "old-1", "old-2"])
+        self.assertEqual([i.node_name for i in ctx.state.incidents if i.node_name != "a"], ["b"])
+        (refused,) = [n for n in ctx.notes if n.get("action") == "refused"]
+        self.assertEqual((refused["node"], refused["report"]), ("a", "evacuate"))
+        (warning,) = [e for e in logged if e.get("log_level") == LogLevel.warn
+                      and e.get("log_namespace") == "maintd.daemon.steps.collect"]
+        self.assertIn("--max-incidents-per-node", formatEvent(warning))
+        self.assertIn("a", warning["node"])
+
+    def test_a_master_node_shown_offline_is_logged_and_noted(self) -> None:
+        # Ganeti never shows this (issue 16 J); a round facing it did nothing
+        # without a word.
+        c = attrs.evolve(mk_cluster([nd("m", offline=True)], []), master="m")
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        ctx = Ctx(MaintState(), FakeRapi(c), FakeMond({}))
+        self.round(ctx)
+        texts = [formatEvent(e) for e in logged if e.get("log_level") == LogLevel.warn]
+        self.assertIn("snapshot: the master node m is offline (Ganeti refuses that: the master "
+                      "role can be changed only via master-failover); its incidents are not "
+                      "collected", texts)
+        self.assertIn("collect: no online node to ask for a self-diagnose report (1 offline)",
+                      texts)
+        self.assertIn({"step": "snapshot", "problem": "the master node m is offline (Ganeti "
+                       "refuses that: the master role can be changed only via master-failover)"},
+                      ctx.notes)
+        self.assertIn({"action": "collect", "offline": 1, "offline_nodes": ["m"]}, ctx.notes)
 
     def test_no_executor_fails(self) -> None:
         c = mk_cluster([nd("a")], [])
@@ -341,7 +417,8 @@ class StepTests(SynchronousTestCase):
                          (RepairStatus.FAILED, "no repair executor configured"))
 
     def test_canceled_gets_no_jobs(self) -> None:
-        c = mk_cluster([nd("a"), nd("b")], [drbd("i1", "a", "b")])
+        # a third node: room for i1's new secondary (else nothing is submitted at all)
+        c = mk_cluster([nd("a"), nd("b"), nd("c")], [drbd("i1", "a", "b")])
         rapi = FakeRapi(c)
         mond = FakeMond({"a": rep("a", Action.EVACUATE)})
         ctx = Ctx(MaintState(), rapi, mond)

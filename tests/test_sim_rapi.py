@@ -293,6 +293,23 @@ class WriteTests(RapiTestBase):
 
         return d(go())
 
+    def test_no_role_change_of_the_master_only_via_master_failover(self) -> None:
+        # Ganeti's LUNodeSetParams.CheckPrereq refuses any of the three flags
+        # on the master; RAPI accepts the job (200), the job fails.
+        async def go() -> None:
+            real = sample("job-node-drain-master.json")["opresult"]
+            for role in ("offline", "drained", "regular", "master-candidate"):
+                code, job_id = await self.call("PUT", "/2/nodes/n1/role", role)
+                self.assertEqual(code, 200, role)
+                await self.finish_jobs()
+                _, job = await self.call("GET", f"/2/jobs/{job_id}")
+                self.assertEqual((job["status"], job["opresult"]), ("error", real), role)
+                self.assertEqual(await self.call("GET", "/2/nodes/n1/role"), (200, "master"))
+            _, node = await self.call("GET", "/2/nodes/n1")
+            self.assertEqual((node["offline"], node["drained"]), (False, False))
+
+        return d(go())
+
     def test_migrate_plain_gives_ganetis_error_job(self) -> None:
         async def go() -> None:
             _, job_id = await self.call("PUT", "/2/instances/p1/migrate", {})

@@ -96,6 +96,8 @@ class ScenarioTests(SynchronousTestCase):
             ('{"nodes": [{"name": "a"}], "events": [{"at": 1, "bogus": 1}]}', "bogus"),
             ('{"format": "ganeti-maintd-snapshot", "version": 99, "cluster": {}}', "version"),
             ('{"nodes": [', "malformed JSON"),
+            ('{"nodes": [{"name": "a", "cpu_load": NaN}]}', "x.json: malformed JSON: NaN is not"),
+            ('{"nodes": [{"name": "a"}], "nodes": []}', "duplicate key 'nodes'"),
             ("[1, 2]", "neither"),
         ]:
             with self.assertRaises(scenario.ScenarioError) as cm:
@@ -103,6 +105,17 @@ class ScenarioTests(SynchronousTestCase):
             self.assertIn(fragment, str(cm.exception))
         with self.assertRaises(scenario.ScenarioError):
             scenario.load("/nonexistent/scenario.json")
+
+    def test_the_master_cannot_start_offline_or_drained(self) -> None:
+        for flags, word in (({"offline": True}, "offline"), ({"drained": True}, "drained"),
+                            ({"master_candidate": False}, "not a candidate")):
+            doc = {"master": "a", "nodes": [{"name": "a", **flags}, {"name": "b"}]}
+            with self.assertRaises(scenario.ScenarioError) as cm:
+                scenario.loads(json.dumps(doc), "x.json")
+            self.assertIn(f"x.json: node a: the master cannot be {word}", str(cm.exception))
+            self.assertIn("only via master-failover", str(cm.exception))
+        doc = {"master": "a", "nodes": [{"name": "a"}, {"name": "b", "offline": True}]}
+        self.assertTrue(scenario.loads(json.dumps(doc), "x.json").cluster.nodes["b"].offline)
 
     def test_pips_are_distinct_loopback_addresses(self) -> None:
         addrs = [pip_for((250, 255), i) for i in range(1000)]

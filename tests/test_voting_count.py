@@ -100,6 +100,15 @@ class ParseAnswerTests(SynchronousTestCase):
                 parse_master_answer("node7.example.com", body)
             self.assertIn("node7.example.com", str(cm.exception))
 
+    def test_answers_are_read_strictly(self) -> None:
+        for body, why in [(b'[true, "a.example.com", NaN]', "NaN is not JSON"),
+                          (b"[" * 100 + b"]" * 100, "nested deeper than 8"),
+                          (b'[true, "\\ud800.example.com"]', "lone surrogate")]:
+            with self.assertRaises(NodedError) as cm:
+                parse_master_answer("node7.example.com", body)
+            self.assertIn("node node7.example.com: answer is not JSON", str(cm.exception))
+            self.assertIn(why, str(cm.exception))
+
     def test_noded_failure_is_an_error(self) -> None:
         with self.assertRaises(NodedError) as cm:
             parse_master_answer("n1", b'[false, "ssconf missing"]')

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from maintd.admin import ctl_guard
+from maintd.common import strictjson
 
 DEFAULT_SOCKET = "/var/lib/ganeti-maintd/ctl.sock"
 MAX_ANSWER = 64 * 1024 * 1024
@@ -57,9 +58,9 @@ def request(path: str, payload: dict[str, Any], timeout: float = 30.0) -> dict[s
     finally:
         s.close()
     try:
-        answer = json.loads(b"".join(chunks))
-    except ValueError:
-        raise CtlError(f"malformed answer from {path}") from None
+        answer = strictjson.loads(b"".join(chunks), f"answer from {path}", max_bytes=MAX_ANSWER)
+    except strictjson.StrictJSONError as e:
+        raise CtlError(f"malformed {e}") from None
     if not isinstance(answer, dict):
         raise CtlError(f"malformed answer from {path}")
     return answer

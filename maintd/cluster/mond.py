@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.web.http import HTTPClient as HTTPClient11
 
 from maintd.cluster.model import Node
+from maintd.common import strictjson
 from maintd.daemon.state import Action
 
 log = Logger()
@@ -44,6 +45,9 @@ DEFAULT_DIAGNOSE_PATH = "/1/report/node/diagnose"
 MAX_BODY = 1024 * 1024
 #: Largest self-diagnose ``data`` object, JSON-encoded (bytes).
 MAX_REPORT = 16 * 1024
+#: Deepest nesting of a mond answer (lists/objects): real reports nest less
+#: than 6 levels; the report ends up in the state file and ``/1/status``.
+MAX_DEPTH = 32
 #: A repair command is a bare command name: no path, no leading dot or dash.
 COMMAND_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 #: Requests outstanding at most, in units of ``parallel`` (stalled ones included).
@@ -94,7 +98,17 @@ def validate_diagnose(node: str, document: Any) -> DiagnoseReport:
     data = document.get("data")
     if not isinstance(data, Mapping):
         raise MondInvalid(node, "report has no 'data' object")
-    encoded = json.dumps(data, sort_keys=True)
+    # The answer was read with strictjson, but a document may come from
+    # elsewhere (the agent, a test): check depth and NaN here too, without
+    # recursion, so the report can be stored and served as strict JSON.
+    if strictjson.depth_exceeds(data, MAX_DEPTH):
+        raise MondInvalid(node, f"report data is nested deeper than {MAX_DEPTH} levels")
+    try:
+        encoded = json.dumps(data, sort_keys=True, allow_nan=False)
+    except ValueError:
+        raise MondInvalid(node, "report data holds NaN or Infinity (not JSON)") from None
+    except TypeError as e:
+        raise MondInvalid(node, f"report data is not JSON: {e}") from None
     if len(encoded) > MAX_REPORT:
         raise MondInvalid(node, f"report data is {len(encoded)} bytes, more than {MAX_REPORT}")
     status = data.get("status")
@@ -324,9 +338,9 @@ class MondClient:
             text = body[:200].decode("utf-8", "replace").strip()
             raise MondInvalid(node.name, f"{url} answered HTTP {code}: {text}")
         try:
-            return json.loads(body)
-        except ValueError as e:
-            raise MondInvalid(node.name, f"malformed JSON from {url}: {e}") from None
+            return strictjson.loads(body, url, max_bytes=MAX_BODY, max_depth=MAX_DEPTH)
+        except strictjson.StrictJSONError as e:
+            raise MondInvalid(node.name, f"malformed JSON from {url}: {e.problem}") from None
 
     async def diagnose(self, node: Node) -> DiagnoseReport:
         """The node's validated self-diagnose report."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 import enum
 import http.client
 import ipaddress
-import json
 import os
 import re
 import socket
@@ -47,6 +46,8 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
+
+from maintd.common import strictjson
 
 log = Logger()
 
@@ -178,9 +179,9 @@ class Tally:
 def parse_master_answer(node: str, body: bytes) -> str:
     """The master name in a noded answer ``[true, "<fqdn>"]``; else :class:`NodedError`."""
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise NodedError(f"node {node}: answer is not JSON: {e}") from None
+        value = strictjson.loads(body, f"node {node}", max_bytes=MAX_ANSWER_BYTES, max_depth=8)
+    except strictjson.StrictJSONError as e:
+        raise NodedError(f"node {node}: answer is not JSON: {e.problem}") from None
     if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], bool)):
         raise NodedError(f"node {node}: answer is not [status, payload]: {body[:80]!r}")
     ok, payload = value

@@ -8,7 +8,9 @@ would reject:
 - ``NaN``, ``Infinity`` and ``-Infinity`` (not JSON; they would come back out
   of our own JSON writers and break other clients),
 - the same key twice in one object (which value wins is undefined),
-- bytes that are not UTF-8,
+- bytes that are not UTF-8, and strings that cannot be UTF-8 (a lone
+  surrogate such as ``"\ud800"``: our writers would fail on it later),
+- numbers too large for a float (``1e999``, which Python reads as infinity),
 - input larger than ``max_bytes`` or nested deeper than ``max_depth``.
 
 Every failure is a :class:`StrictJSONError` whose message names the source
@@ -19,6 +21,7 @@ as it is, never a traceback.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -42,8 +45,44 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """True when *value* nests deeper than *limit* containers (iterative walk)."""
+_INF = float("inf")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value == _INF or value == -_INF:
+        raise ValueError(f"number {text[:32]} is too large")
+    return value
+
+
+#: A ``\\uXXXX`` escape of a surrogate: an odd run of backslashes before
+#: the ``u`` (an even one is literal backslashes followed by the letter u).
+_SURROGATE_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u([dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+def _lone_surrogate(text: str) -> bool:
+    """Whether the JSON ``text`` escapes a surrogate that is not half of a pair.
+
+    A high surrogate escape must be followed at once by a low one (the pair
+    is one character once parsed); any other surrogate escape gives a
+    Python string that cannot be encoded as UTF-8.
+    """
+    high_end = -1  # end of an unpaired high surrogate escape, or -1
+    for m in _SURROGATE_ESCAPE.finditer(text):
+        if int(m.group(1), 16) <= 0xDBFF:
+            if high_end >= 0:
+                return True
+            high_end = m.end()
+        else:
+            if high_end != m.end() - 6:
+                return True
+            high_end = -1
+    return high_end >= 0
+
+
+def depth_exceeds(value: Any, limit: int) -> bool:
+    """True when *value* nests deeper than *limit* lists/dicts (iterative walk:
+    safe on values of any depth, unlike a recursive encoder)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -89,6 +128,11 @@ def loads(
             raise StrictJSONError(source, f"not UTF-8 (byte {e.start})") from None
     else:
         text = data
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise StrictJSONError(source, f"not UTF-8 (character {e.start})") from None
     if text.startswith("\ufeff"):
         raise StrictJSONError(source, "starts with a byte order mark")
 
@@ -103,13 +147,20 @@ def loads(
         return object_hook(obj) if object_hook is not None else obj
 
     try:
-        value = json.loads(text, object_pairs_hook=pairs_hook, parse_constant=_no_constant)
+        value = json.loads(
+            text,
+            object_pairs_hook=pairs_hook,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+        )
     except RecursionError:
         raise StrictJSONError(source, "nested too deeply") from None
     except json.JSONDecodeError as e:
         raise StrictJSONError(source, f"not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except ValueError as e:
         raise StrictJSONError(source, str(e)) from None
-    if max_depth is not None and _depth_exceeds(value, max_depth):
+    if max_depth is not None and depth_exceeds(value, max_depth):
         raise StrictJSONError(source, f"nested deeper than {max_depth} levels")
+    if "\\u" in text and _lone_surrogate(text):
+        raise StrictJSONError(source, "a string holds a lone surrogate (not UTF-8)")
     return value

@@ -32,6 +32,7 @@ import time
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.logger import Logger
@@ -43,6 +44,7 @@ from twisted.web.server import Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from maintd import __version__
+from maintd.daemon.httpguard import ConnectionGuard, HttpLimits
 from maintd.daemon.state import MaintState
 from maintd.daemon.store import IncidentCodec
 from maintd.decide import guardrails
@@ -132,6 +134,10 @@ def _send(request: IRequest, body: _Body, code: int = 200) -> bytes:
             data = body.gzipped
     # A known length: no chunked encoding, and keep-alive stays cheap.
     request.setHeader(b"Content-Length", b"%d" % len(data))
+    if request.method == b"HEAD":
+        # The length of the GET body, no body: twisted.web logs (at info,
+        # with the whole URI) every HEAD whose resource returns a body.
+        return b""
     return data
 
 
@@ -150,10 +156,26 @@ def _send_built(request: IRequest, body: bytes, content_type: bytes) -> bytes:
     return b"" if request.method == b"HEAD" else body
 
 
+def _path_is_utf8(path: bytes) -> bool:
+    """Whether the percent-decoded ``path`` is UTF-8 (Klein needs it to be)."""
+    try:
+        unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _bad_request(request: IRequest, reason: str) -> bytes:
+    return _send(request, _Body(None, _encode({"error": "bad request", "reason": reason})), 400)
+
+
 class StateAPI:
     """Serves the latest :class:`MaintState` given to :meth:`update`."""
 
     app = Klein()
+    # werkzeug answers "/1//status" with a 308 redirect to "/1/status" (an
+    # HTML body); every answer here is JSON and unknown paths are 404.
+    app.url_map.merge_slashes = False
 
     def __init__(
         self,
@@ -222,9 +244,12 @@ class StateAPI:
         """The site's root resource."""
         return _FastPath(self, self.app.resource())
 
-    def site(self, *, debug: bool = False) -> Site:
-        """The HTTP site for the daemon (see :class:`_Channel`)."""
-        return _Site(self, debug)
+    def site(
+        self, *, debug: bool = False, limits: HttpLimits | None = None, reactor: Any = None
+    ) -> Site:
+        """The HTTP site for the daemon (see :class:`_Channel`); ``reactor``
+        (default: the global one) runs the connection timeouts."""
+        return _Site(self, debug, limits or HttpLimits(), reactor)
 
     # --- the Klein app ------------------------------------------------------
 
@@ -302,21 +327,29 @@ class _FastPath(Resource):
             body = self.api.lookup(request.path)
             if body is not None:
                 return _send(request, body)
+        if request.path is None or not _path_is_utf8(request.path):
+            # Klein would answer 400 too, but log a critical traceback first.
+            return _bad_request(request, "the path is not UTF-8")
         return self.app.render(request)
 
 
 class _Site(Site):
     """The API's site.  Request lines are debug events (only with ``-d``),
-    not an access log.  Without ``-d`` connections use :class:`_Channel`,
-    with ``-d`` :class:`_LimitedChannel` (every request logged)."""
+    not an access log.  Connections use :class:`_Channel` under the limits of
+    :mod:`maintd.daemon.httpguard` (the shortcut only without ``-d``);
+    over-long lines get an answer (:class:`_LimitedChannel`)."""
 
-    def __init__(self, api: StateAPI, debug: bool) -> None:
-        super().__init__(api.resource())
+    def __init__(
+        self, api: StateAPI, debug: bool, limits: HttpLimits, reactor: Any = None
+    ) -> None:
+        super().__init__(api.resource(), timeout=limits.idle_timeout, reactor=reactor)
         self.api = api
         self.debug = debug
+        self.limits = limits
+        self.guard = ConnectionGuard(limits.max_connections, self.reactor)
         self.noisy = False
         self.displayTracebacks = False
-        self.protocol = _Channel if not debug else _LimitedChannel  # type: ignore[assignment]
+        self.protocol = _Channel  # type: ignore[assignment]
 
     def log(self, request: Any) -> None:
         if not self.debug:
@@ -324,7 +357,7 @@ class _Site(Site):
         log.debug(
             "{method} {uri} {code} from {client}",
             method=request.method.decode("ascii", "replace"),
-            uri=request.uri.decode("ascii", "replace"),
+            uri=request.uri.decode("ascii", "replace")[:200],
             code=request.code,
             client=request.getClientAddress(),
         )
@@ -369,6 +402,107 @@ class _Channel(_LimitedChannel):
 
     site: _Site
     _date: tuple[int, bytes] = (0, b"")
+    #: The pending request timeout (see maintd.daemon.httpguard).
+    _request_call: Any = None
+    #: loseConnection was called.
+    _closing = False
+
+    # --- connection limits --------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.guard.opened(self)
+        self._arm()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._disarm()
+        self.site.guard.closed(self)
+        super().connectionLost(reason)
+
+    def _arm(self) -> None:
+        timeout = self.site.limits.header_timeout
+        if self._request_call is None and timeout:
+            self._request_call = self.callLater(timeout, self._request_timed_out)
+
+    def _disarm(self) -> None:
+        call, self._request_call = self._request_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _request_timed_out(self) -> None:
+        self._request_call = None
+        self.site.guard.timed_out += 1
+        log.debug(
+            "HTTP API: no complete request from {peer} within {timeout}s; closing",
+            peer=self.peer(),
+            timeout=self.site.limits.header_timeout,
+        )
+        self.site.guard.closed(self)
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def peer(self) -> str:
+        try:
+            address = self.transport.getPeer()  # type: ignore[union-attr]
+        except Exception:
+            return "?"
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        return f"{host}:{port}" if host is not None else str(address)
+
+    def evict(self) -> None:
+        """Closed to make room for a new connection (the cap)."""
+        self._disarm()
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def allContentReceived(self) -> None:
+        self._disarm()
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        self.site.guard.active(self)
+        super().requestDone(request)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's answer to a request it cannot parse (bad request
+        # line, header, length...) has no body; ours is JSON like the rest.
+        body = _encode({"error": "bad request", "reason": "malformed HTTP request"})
+        if self.transport is not None:
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (len(body), b"" if getattr(self, "_command", None) == b"HEAD" else body)
+            )
+        self._disarm()
+        self.loseConnection()
+
+    def loseConnection(self) -> None:
+        # Once only: HTTPChannel's unregisters its producer, and a second
+        # call (the idle timeout of a connection already closing but not
+        # yet closed, e.g. after a bad request) raised RuntimeError in a
+        # DelayedCall: an unhandled error in the log.
+        if self._closing:
+            return
+        self._closing = True
+        super().loseConnection()
+
+    def timeoutConnection(self) -> None:
+        # The idle timeout; as twisted.web's, which logs each one at info.
+        if self._closing:  # closing for a whole idle period already: abort
+            self.forceAbortClient()
+            return
+        log.debug("HTTP API: closing idle connection from {peer}", peer=self.peer())
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
+
+    def forceAbortClient(self) -> None:
+        log.debug("HTTP API: aborting idle connection from {peer}", peer=self.peer())
+        self._abortingCall = None
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    # --- the shortcut -------------------------------------------------------
 
     def _idle(self) -> bool:
         # HTTPChannel's private state; should Twisted rename any of it, the
@@ -392,8 +526,21 @@ class _Channel(_LimitedChannel):
         )
 
     def dataReceived(self, data: bytes) -> None:
-        if not self._shortcut(data):
-            super().dataReceived(data)
+        if not self.site.debug and self._shortcut(data):
+            self._disarm()
+            self.site.guard.active(self)
+            return
+        super().dataReceived(data)
+        if self._request_call is None and self._receiving():
+            self._arm()  # the first bytes of a request: its deadline starts
+
+    def _receiving(self) -> bool:
+        """Whether part of a request was read and the rest is awaited."""
+        if self.line_mode:  # request line and headers
+            return bool(getattr(self, "_buffer", b"")) or bool(
+                getattr(self, "_receivedHeaderCount", 0)
+            )
+        return not getattr(self, "_handlingRequest", True)  # a body
 
     def _shortcut(self, data: bytes) -> bool:
         end = data.find(b"\r\n\r\n")

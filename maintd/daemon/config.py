@@ -163,6 +163,10 @@ PARAMETERS: dict[str, Callable[[Any], Any]] = {
     "master_check_interval": parse_seconds,
     "repair_command": parse_str,
     "repair_timeout": parse_seconds,
+    "http_max_connections": parse_positive_int,
+    "http_header_timeout": parse_seconds,
+    "http_idle_timeout": parse_seconds,
+    "max_incidents_per_node": parse_positive_int,
     "max_evacuating": parse_limit,
     "storm_threshold": parse_limit,
     "busy_round_delay": parse_seconds,
@@ -218,6 +222,12 @@ class DaemonConfig:
     #: Absolute path of the live-repair program (None: live repairs fail).
     repair_command: str | None = None
     repair_timeout: float = 600.0
+    #: HTTP API limits (maintd.daemon.httpguard; a timeout of 0 means none).
+    http_max_connections: int = 256
+    http_header_timeout: float = 5.0
+    http_idle_timeout: float = 60.0
+    #: Incidents kept per node; more reports are logged and noted, not stored.
+    max_incidents_per_node: int = 8
     #: Nodes under evacuation by the daemon at any time (N or P% of the nodes).
     max_evacuating: Limit = DEFAULT_MAX_EVACUATING
     #: More nodes than this reporting a problem in one round trip the storm breaker.

@@ -34,6 +34,7 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
+from maintd.common import strictjson
 from maintd.daemon import control_guard
 from maintd.daemon.state import MaintState
 from maintd.decide import incidents as I
@@ -117,9 +118,9 @@ class ControlProtocol(LineOnlyReceiver):
         if self.done:
             return
         try:
-            request = json.loads(line)
-        except ValueError as e:
-            self.reply({"ok": False, "error": f"malformed request: {e}"})
+            request = strictjson.loads(line, "request", max_bytes=MAX_REQUEST, max_depth=8)
+        except strictjson.StrictJSONError as e:
+            self.reply({"ok": False, "error": f"malformed request: {e.problem}"})
             return
         try:
             self.reply(self.handle(request))

@@ -21,6 +21,12 @@ from twisted.logger import Logger
 
 from maintd.decide import guardrails
 
+
+def live_context(store: Any) -> Any:
+    from maintd.daemon.control import live_context as live
+
+    return live(store)
+
 log = Logger()
 
 OPS = ("overview", "pause", "resume", "release")
@@ -53,6 +59,9 @@ def handle(access: Any, op: str, request: dict[str, Any]) -> dict[str, Any] | No
         reason = reason.strip() or "paused by the operator"
         new = access.update(lambda s: attrs.evolve(
             s, guard=guardrails.paused(s.guard, reason=reason, duration=duration, now=now)))
+        ctx = live_context(access.store)
+        if ctx is not None:
+            ctx.submitting = False  # a round in progress submits nothing more
         pause = guardrails.current_pause(new.guard, now)
         log.warn("operator paused the daemon: {reason} (until {until})", reason=reason,
                  until="resumed" if duration is None else f"{duration:g}s from now")

@@ -238,6 +238,40 @@ class Options(usage.Options):
             cfg.parse_seconds,
         ],
         [
+            "http-max-connections",
+            None,
+            None,
+            "Connections the HTTP API keeps open at most; beyond it the least "
+            "recently active one is closed (a warning at most once a minute)."
+            + _default(_D.http_max_connections),
+            cfg.parse_positive_int,
+        ],
+        [
+            "http-header-timeout",
+            None,
+            None,
+            "Seconds an HTTP API client has to send a whole request from its "
+            "first byte (or from connecting); slower ones are dropped (0: no limit)."
+            + _default(f"{_D.http_header_timeout:g}"),
+            cfg.parse_seconds,
+        ],
+        [
+            "http-idle-timeout",
+            None,
+            None,
+            "Seconds an idle keep-alive HTTP API connection stays open (0: no limit)."
+            + _default(f"{_D.http_idle_timeout:g}"),
+            cfg.parse_seconds,
+        ],
+        [
+            "max-incidents-per-node",
+            None,
+            None,
+            "Incidents kept per node; further reports of that node are logged and "
+            "noted in the round, not stored." + _default(_D.max_incidents_per_node),
+            cfg.parse_positive_int,
+        ],
+        [
             "max-evacuating",
             None,
             None,

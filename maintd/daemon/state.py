@@ -241,24 +241,43 @@ class MaintState:
         if schema != STATE_SCHEMA_VERSION:
             raise ValueError(f"unsupported state schema {schema!r} (expected {STATE_SCHEMA_VERSION})")
         incidents = []
-        for n, raw in enumerate(data.get("incidents", []), 1):
+        seen: dict[str, int] = {}
+        raw_incidents = data.get("incidents", [])
+        if not isinstance(raw_incidents, list):
+            raise ValueError(f"'incidents' must be a list, not {type(raw_incidents).__name__}")
+        for n, raw in enumerate(raw_incidents, 1):
+            uuid = raw.get("uuid") if isinstance(raw, Mapping) else None
+            which = f"incident {n}" + (f" ({uuid})" if isinstance(uuid, str) else "")
             try:
-                incidents.append(Incident.from_json(raw))
+                incident = Incident.from_json(raw)
             except ValueError as e:
-                uuid = raw.get("uuid") if isinstance(raw, Mapping) else None
-                which = f"incident {n}" + (f" ({uuid})" if isinstance(uuid, str) else "")
                 raise ValueError(f"{which}: {e}") from None
+            if incident.uuid in seen:
+                # Two incidents with one uuid would both be served and both
+                # get jobs; which one is right cannot be known.
+                raise ValueError(f"{which}: same uuid as incident {seen[incident.uuid]}")
+            seen[incident.uuid] = n
+            incidents.append(incident)
         jobs = data.get("jobs", ())
         if not isinstance(jobs, list | tuple) or not all(
             isinstance(j, int) and not isinstance(j, bool) for j in jobs
         ):
             raise ValueError(f"'jobs' must be a list of job ids, not {jobs!r}")
+        evacuated = data.get("evacuated", [])
+        if not isinstance(evacuated, list) or not all(isinstance(n, str) for n in evacuated):
+            raise ValueError(f"'evacuated' must be a list of instance names, not {evacuated!r:.80}")
+        last_round = data.get("last_round", {})
+        if not isinstance(last_round, dict):
+            raise ValueError(f"'last_round' must be an object, not {last_round!r:.80}")
+        harep = data.get("harep", {})
+        if not isinstance(harep, dict) or not all(isinstance(v, dict) for v in harep.values()):
+            raise ValueError(f"'harep' must be an object of objects, not {harep!r:.80}")
         return cls(
             incidents=tuple(incidents),
             jobs=jobs,
-            evacuated=data.get("evacuated", ()),
-            last_round=data.get("last_round", {}),
-            harep=data.get("harep", {}),
+            evacuated=evacuated,
+            last_round=last_round,
+            harep=harep,
             guard=_guard(data.get("guard", {})),
         )
 

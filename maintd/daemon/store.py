@@ -31,6 +31,7 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
+from maintd.common import strictjson
 from maintd.daemon.state import Incident, MaintState
 
 log = Logger()
@@ -38,6 +39,9 @@ log = Logger()
 STATE_FORMAT = "ganeti-maintd-state"
 STATE_NAME = "state.json"
 LOCK_NAME = "lock"
+#: Largest state file read: far above any real one (incidents are few, each
+#: holding a report of at most maintd.cluster.mond.MAX_REPORT bytes).
+MAX_STATE_BYTES = 64 * 1024 * 1024
 
 
 class StoreError(Exception):
@@ -101,9 +105,9 @@ def encode(state: MaintState, codec: IncidentCodec | None = None) -> bytes:
 def decode(data: bytes, path: str) -> MaintState:
     """Parse a state document; :class:`StoreError` naming ``path`` on any problem."""
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise StoreError(f"state file {path} is corrupt (not JSON: {e})") from None
+        doc = strictjson.loads(data, f"state file {path}", max_bytes=MAX_STATE_BYTES)
+    except strictjson.StrictJSONError as e:
+        raise StoreError(f"state file {path} is corrupt ({e.problem})") from None
     if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
         raise StoreError(f"state file {path} is not a {STATE_FORMAT} document")
     try:

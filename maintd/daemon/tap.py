@@ -42,6 +42,7 @@ from maintd.cluster.executor import (
 from maintd.daemon.api import StateAPI
 from maintd.daemon.config import DaemonConfig
 from maintd.daemon.fdlimit import ensure_fd_limit, fds_needed
+from maintd.daemon.httpguard import HttpLimits
 from maintd.daemon.logsetup import LogLevelService
 from maintd.daemon.mastership import (
     Mastership,
@@ -108,7 +109,9 @@ def _mond_client(config: DaemonConfig, reactor: Any, notes: list[str]) -> Any:
     except ImportError as e:
         notes.append(f"no mond client yet ({e})")
         return None
-    limit, wanted = ensure_fd_limit(fds_needed(config.mond_parallel))
+    limit, wanted = ensure_fd_limit(
+        fds_needed(config.mond_parallel) + config.http_max_connections
+    )
     if limit < wanted:
         log.warn(
             "open-file limit {limit} is below the {wanted} that --mond-parallel {parallel} "
@@ -319,7 +322,7 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     )
     api = StateAPI(store.state, metrics=metrics, page=page)
     store.add_listener(api.update)
-    site = api.site(debug=config.debug)
+    site = api.site(debug=config.debug, limits=HttpLimits.from_config(config), reactor=reactor)
     http = _HTTPService(
         endpoints.serverFromString(reactor, endpoint_description(config.port, config.bind)),
         site,

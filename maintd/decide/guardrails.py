@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -241,6 +241,29 @@ def breaker_after(prev: Breaker, reporting: int, threshold: int) -> Breaker:
     return Breaker(prev.tripped, prev.released, reporting, threshold)
 
 
+STORM_CANCELED = ("reported during a storm (storm breaker tripped), and the node reports Ok "
+                  "again: canceled without action")
+
+
+def storm_leftovers(state: MaintState, ok_nodes: Iterable[str], was_tripped: bool,
+                    now: float) -> tuple[MaintState, list[Incident]]:
+    """Cancel what a storm left behind: while the breaker held them back (it
+    was tripped in the last round), noted evacuations and live repairs whose
+    node reports ``Ok`` again are canceled (and so forgotten next round), so a
+    fixed diagnose script does not turn into a slow cluster-wide drain."""
+    if not was_tripped:
+        return state, []
+    ok = set(ok_nodes)
+    gone: list[Incident] = []
+    for inc in state.incidents:
+        if (inc.status == RepairStatus.NOTED and inc.node_name in ok
+                and (is_evacuation(inc) or inc.action == Action.LIVE_REPAIR)):
+            new = inc.changed(now, status=RepairStatus.CANCELED, reason=STORM_CANCELED)
+            state = state.with_incident(new)
+            gone.append(new)
+    return state, gone
+
+
 def released(guard: Mapping[str, Any]) -> dict[str, Any]:
     """``guard`` after ``ganeti-maintd-ctl release``: not tripped until the count
     has fallen under the threshold and risen above it again."""
@@ -278,6 +301,93 @@ def slot_reason(evacuating: int, budget: int) -> str:
 def master_reason(node: str) -> str:
     return (f"node {node} is the master node: no job is submitted for it; move the master "
             "role first (gnt-cluster master-failover on another master candidate)")
+
+
+class _NodePlan(Protocol):
+    @property
+    def feasible(self) -> bool: ...
+
+    @property
+    def takes_slot(self) -> bool: ...
+
+    reason: str | None
+
+
+class _Planner(Protocol):
+    def plan(self, node: str) -> Any: ...
+
+    def takes_slot(self, node: str) -> bool: ...
+
+
+@attrs.frozen
+class Gate:
+    """What the guardrails allow this round.
+
+    ``waits``: incident uuid -> why it submits nothing this round (it stays
+    as it is, the reason shown).  ``plans``: node name -> the evacuation plan
+    of an evacuation that may act (in progress, or admitted to a free slot).
+    """
+
+    waits: Mapping[str, str]
+    plans: Mapping[str, Any]
+    evacuating: int
+    budget: int
+
+
+def round_gate(
+    chosen: Iterable[Incident],
+    *,
+    master: str,
+    budget: int,
+    breaker: Breaker,
+    pause: Pause | None,
+    planner: _Planner,
+) -> Gate:
+    """Apply the budget, the storm breaker, the pause and the master rule.
+
+    ``chosen``: per node the incident that acts this round (most severe).
+    Evacuations in progress are planned first (they keep their slot), then
+    new ones, most severe and oldest first, while slots are left; one whose
+    evacuation cannot be planned stays noted with the planner's reason and
+    takes no slot, nor does one that only fails at once (a drained node
+    with an instance that cannot leave it).  No new evacuation and no new live repair while the
+    breaker is tripped; nothing at all on the master node.
+    """
+    ordered = sorted(chosen, key=severity_key)
+    waits: dict[str, str] = {}
+    plans: dict[str, Any] = {}
+    running = [i for i in ordered if is_evacuation(i) and i.status == RepairStatus.PENDING]
+    for inc in ordered:
+        if inc.node_name == master:
+            waits[inc.uuid] = master_reason(inc.node_name)
+        elif pause is not None and inc.status == RepairStatus.NOTED:
+            waits[inc.uuid] = pause.describe()
+    for inc in running:
+        if inc.uuid not in waits:
+            plans[inc.node_name] = planner.plan(inc.node_name)
+    slots = budget - len(running)
+    started = 0
+    for inc in ordered:
+        if inc.uuid in waits or inc.status != RepairStatus.NOTED:
+            continue
+        if breaker.tripped:
+            if is_evacuation(inc) or inc.action == Action.LIVE_REPAIR:
+                waits[inc.uuid] = breaker.describe()
+            continue
+        if not is_evacuation(inc):
+            continue
+        if slots <= 0 and planner.takes_slot(inc.node_name):
+            waits[inc.uuid] = slot_reason(len(running) + started, budget)
+            continue
+        plan = planner.plan(inc.node_name)
+        if not plan.feasible:
+            waits[inc.uuid] = plan.reason or f"cannot evacuate {inc.node_name}"
+            continue
+        plans[inc.node_name] = plan
+        if plan.takes_slot:
+            slots -= 1
+            started += 1
+    return Gate(waits=waits, plans=plans, evacuating=len(running), budget=budget)
 
 
 # --------------------------------------------------------------------------

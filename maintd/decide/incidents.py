@@ -8,7 +8,10 @@ validated mond reports) and returns new values or plans; the round steps in
   same (node, report) pair is already known;
 - finalized incidents are forgotten once the operator removed their tag
   from the node (or the node left the cluster); canceled ones once the node
-  stops reporting them;
+  stops reporting them; noted ones that no job acted on once the node
+  reports something else (:func:`drop_unreported`), and a node keeps at most
+  ``--max-incidents-per-node`` incidents (:func:`cap_per_node`): a report
+  that changes every round must not grow the state without bound;
 - per node only the most severe active incident acts (oldest first among
   equals);
 - an evacuation drains the node, then moves one primary instance per round,
@@ -109,6 +112,75 @@ def collect_reports(
         created.append(incident)
     new_state = attrs.evolve(state, incidents=tuple(incidents))
     return CollectResult(new_state, tuple(created), tuple(forgotten))
+
+
+# --------------------------------------------------------------------------
+# flapping reports: what collect_reports would otherwise accumulate
+
+
+def _reported(report: Any) -> bool:
+    return hasattr(report, "status") and hasattr(report, "raw")
+
+
+def drop_unreported(
+    state: MaintState, cluster: Cluster, reports: Mapping[str, Any]
+) -> tuple[MaintState, list[tuple[Incident, str]]]:
+    """Forget noted incidents no job acted on whose node now reports something else.
+
+    A diagnose script whose output changes every round (a timestamp in
+    ``details``) would otherwise leave one noted incident per round behind.
+    Only nodes that answered count (an unreachable node changes nothing);
+    an incident with a job, or past ``noted``, stays.  Returns the new
+    state and (incident, why) pairs.
+    """
+    dropped: list[tuple[Incident, str]] = []
+    keep: list[Incident] = []
+    for inc in state.incidents:
+        report: Any = reports.get(inc.node_name)
+        node = cluster.nodes.get(inc.node_name)
+        if (
+            inc.status == RepairStatus.NOTED
+            and not inc.jobs
+            and node is not None
+            and _reported(report)
+            and dict(inc.original) != dict(report.raw)
+        ):
+            dropped.append((inc, f"{node.name} no longer reports it"))
+            continue
+        keep.append(inc)
+    if not dropped:
+        return state, []
+    return attrs.evolve(state, incidents=tuple(keep)), dropped
+
+
+def cap_per_node(
+    state: MaintState, created: Iterable[Incident], limit: int
+) -> tuple[MaintState, list[Incident], list[Incident]]:
+    """Keep at most ``limit`` incidents per node: new ones beyond it are refused.
+
+    ``created`` are this round's new incidents (already in ``state``); the
+    older ones of a node always stay.  Returns the new state, the created
+    incidents kept and the ones refused (to be reported, not stored).
+    """
+    count: dict[str, int] = {}
+    new = {inc.uuid for inc in created}
+    for inc in state.incidents:
+        if inc.uuid not in new:
+            count[inc.node_name] = count.get(inc.node_name, 0) + 1
+    kept: list[Incident] = []
+    refused: list[Incident] = []
+    for inc in created:
+        n = count.get(inc.node_name, 0)
+        if n >= limit:
+            refused.append(inc)
+        else:
+            count[inc.node_name] = n + 1
+            kept.append(inc)
+    if not refused:
+        return state, kept, []
+    gone = {inc.uuid for inc in refused}
+    incidents = tuple(i for i in state.incidents if i.uuid not in gone)
+    return attrs.evolve(state, incidents=incidents), kept, refused
 
 
 # --------------------------------------------------------------------------
@@ -532,11 +604,17 @@ def decide(
     state: MaintState,
     free: set[str],
     running_jobs: Iterable[int] = (),
+    *,
+    gate: Callable[[Incident], Plan | None] | None = None,
+    plan_evac: Callable[..., Plan] | None = None,
 ) -> tuple[list[Decision], set[str]]:
     """Plans for this round, most severe incident first.
 
     ``free``: nodes that may receive instances (no active incident).
     ``running_jobs``: job ids still unfinished; an incident owning one waits.
+    ``gate(incident)``: a plan that holds the incident back this round (the
+    guardrails), or None.  ``plan_evac``: replaces :func:`plan_evacuation`
+    (same arguments; the guardrails' whole-evacuation planner).
     Returns the decisions and the nodes touched by them (to be taken out of
     the free set for later steps).
     """
@@ -554,10 +632,12 @@ def decide(
             busy.add(inc.node_name)
         elif inc.node_name in busy:
             plan = Wait(f"node {inc.node_name} is touched by another job this round")
+        elif gate is not None and (held := gate(inc)) is not None:
+            plan = held
         elif inc.action == Action.LIVE_REPAIR:
             plan = plan_live_repair(inc)
         elif inc.action in (Action.EVACUATE, Action.EVACUATE_FAILOVER):
-            plan = plan_evacuation(
+            plan = (plan_evac or plan_evacuation)(
                 cluster,
                 inc.node_name,
                 failover=inc.action == Action.EVACUATE_FAILOVER,

@@ -403,9 +403,9 @@ class JobQueue:
                 "Only one of master_candidate, offline and drained can be set to True",
                 "invalid",
             )
-        if node.master and (
-            flags["master_candidate"] is False or flags["offline"] or flags["drained"]
-        ):
+        if node.master and any(v is not None for v in flags.values()):
+            # LUNodeSetParams.CheckPrereq: any change of these flags on the
+            # master, even to their current value ("master-candidate").
             raise prereq("The master role can be changed only via master-failover", "wrong_input")
 
         def apply() -> None:

@@ -28,7 +28,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping
 from importlib import resources
 from typing import Any
@@ -37,6 +36,7 @@ import attrs
 import yaml
 
 from maintd.cluster import model
+from maintd.common import strictjson
 from maintd.sim.cluster import DRBD_META_MIB, new_uuid
 from maintd.sim.faults import MOND_MODES
 
@@ -126,9 +126,9 @@ def _structured(text: str, source: str) -> Any:
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
         try:
-            return json.loads(text)
-        except ValueError as err:
-            raise ScenarioError(f"{source}: malformed JSON: {err}") from err
+            return strictjson.loads(text, source)
+        except strictjson.StrictJSONError as err:
+            raise ScenarioError(f"{source}: malformed JSON: {err.problem}") from None
     if "|" in text.split("\n", 1)[0]:
         return None  # hbal text: first line is a group line with '|'
     try:
@@ -288,6 +288,15 @@ def from_scenario(doc: Mapping[str, Any], source: str) -> Scenario:
             mond[name] = spec["mond"]
     if master not in nodes:
         raise ScenarioError(f"{source}: master {master!r} is not a node")
+    head = nodes[master]
+    if head.offline or head.drained or not head.master_candidate:
+        # Ganeti cannot get there: "The master role can be changed only via
+        # master-failover" (LUNodeSetParams), so neither can a scenario.
+        flag = "offline" if head.offline else "drained" if head.drained else "not a candidate"
+        raise ScenarioError(
+            f"{source}: node {master}: the master cannot be {flag} (Ganeti: the master "
+            "role can be changed only via master-failover)"
+        )
     instances: dict[str, model.Instance] = {}
     for raw in doc.get("instances") or []:
         where = f"{source}: instance {_named(raw)}"

@@ -52,6 +52,7 @@ from maintd.cluster.rapi.errors import (
 )
 from maintd.cluster.rapi.jobs import JobResult, parse_job
 from maintd.cluster.rapi.loader import ClusterBuilder, parse_query_column
+from maintd.common import strictjson
 
 log = Logger()
 
@@ -106,6 +107,44 @@ def _failure_values(exc: BaseException) -> list[BaseException]:
         if isinstance(r, Failure) and r.value is not None:
             out.extend(_failure_values(r.value))
     return out
+
+
+#: Deepest nesting of a RAPI answer other than the bulk lists (real ones: < 10).
+MAX_DEPTH = 64
+
+
+def _strict_json(data: bytes) -> Any:
+    """A RAPI answer, read with the one strict reader (the caller names the URL)."""
+    return strictjson.loads(data, "RAPI answer", max_depth=MAX_DEPTH)
+
+
+def _cancelled_is_final(inner: Deferred[T]) -> Deferred[T]:
+    """``inner``, but failing with CancelledError as soon as it is cancelled.
+
+    Cancelling a twisted.web request aborts its connection, and the request
+    then fails with ``ResponseNeverReceived([ConnectionAborted])`` or
+    ``ResponseFailed``: a connection error, which :meth:`RapiClient._call`
+    retries after a back-off.  A read cancelled from outside (a sibling of
+    ``load_cluster`` failed, the round stopped) must end instead, leaving no
+    back-off DelayedCall and no later request behind.
+    """
+
+    cancelled = False
+
+    def cancel(outer: Deferred[T]) -> None:
+        nonlocal cancelled
+        cancelled = True
+        inner.cancel()  # outer then fails with CancelledError (Deferred.cancel)
+
+    outer: Deferred[T] = Deferred(cancel)
+
+    def forward(result: Any) -> None:
+        if not cancelled and not outer.called:
+            outer.callback(result)
+        # else: the abort's own failure (now or later): consumed
+
+    inner.addBoth(forward)
+    return outer
 
 
 def _transport_error(method: str, url: str, exc: BaseException) -> RapiError:
@@ -318,7 +357,7 @@ class RapiClient:
         body: Any,
         decode: Callable[[bytes], Any],
     ) -> Any:
-        d = Deferred.fromCoroutine(self._exchange(method, url, params, body))
+        d = _cancelled_is_final(Deferred.fromCoroutine(self._exchange(method, url, params, body)))
         d.addTimeout(self.timeout, self.clock)
         try:
             status, holder = await d
@@ -334,9 +373,10 @@ class RapiClient:
             raise _status_error(method, url, status, content)
         try:
             return decode(content)
-        except ValueError:
+        except ValueError as e:
+            why = f" ({e.problem})" if isinstance(e, strictjson.StrictJSONError) else ""
             raise RapiMalformed(
-                f"HTTP {status} answer is not JSON: {excerpt(content)!r}",
+                f"HTTP {status} answer is not JSON{why}: {excerpt(content)!r}",
                 method=method,
                 url=url,
                 status=status,
@@ -351,7 +391,7 @@ class RapiClient:
         params: Sequence[tuple[str, str]] = (),
         body: Any = _NO_BODY,
         read: bool,
-        decode: Callable[[bytes], Any] = json.loads,
+        decode: Callable[[bytes], Any] = _strict_json,
     ) -> Any:
         url = self.base_url + path
         attempts = 1 + (self.read_retries if read else 0)
@@ -383,7 +423,7 @@ class RapiClient:
         self,
         path: str,
         params: Sequence[tuple[str, str]] = (),
-        decode: Callable[[bytes], Any] = json.loads,
+        decode: Callable[[bytes], Any] = _strict_json,
     ) -> Any:
         return await self._call("GET", path, params=params, read=True, decode=decode)
 
@@ -392,7 +432,7 @@ class RapiClient:
         path: str,
         kind: type[T],
         params: Sequence[tuple[str, str]] = (),
-        decode: Callable[[bytes], Any] = json.loads,
+        decode: Callable[[bytes], Any] = _strict_json,
     ) -> T:
         doc = await self._get(path, params, decode)
         if not isinstance(doc, kind) or isinstance(doc, bool):
@@ -549,9 +589,10 @@ class RapiClient:
             head = data[:EXCERPT_CHARS]
             del data
             return decode(text)
-        except ValueError:
+        except ValueError as e:
+            why = f" ({e.problem})" if isinstance(e, strictjson.StrictJSONError) else ""
             raise RapiMalformed(
-                f"HTTP 200 answer is not UTF-8 JSON: {excerpt(head)!r}",
+                f"HTTP 200 answer is not UTF-8 JSON{why}: {excerpt(head)!r}",
                 method="GET",
                 url=f"{self.base_url}{path}?bulk=1",
             ) from None

@@ -9,9 +9,12 @@ message; :func:`describe_error_body` turns them into one readable line.
 from __future__ import annotations
 
 import html
-import json
 from typing import Any
 
+from maintd.common import strictjson
+
+#: Largest error body parsed as JSON (Ganeti's are a few hundred bytes).
+MAX_ERROR_BODY = 1024 * 1024
 #: How much of a response body an error message quotes.
 EXCERPT_CHARS = 200
 
@@ -30,8 +33,8 @@ def describe_error_body(body: bytes | None) -> tuple[str, dict[str, Any] | None]
     if not body:
         return "", None
     try:
-        doc = json.loads(body)
-    except ValueError:
+        doc = strictjson.loads(body, "RAPI error body", max_bytes=MAX_ERROR_BODY)
+    except strictjson.StrictJSONError:
         return excerpt(body), None
     if isinstance(doc, dict) and ("message" in doc or "explain" in doc):
         message = html.unescape(str(doc.get("message") or ""))

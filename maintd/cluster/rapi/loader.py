@@ -15,7 +15,6 @@ are skipped (reported) rather than left dangling.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +22,7 @@ import attrs
 from twisted.logger import Logger
 
 from maintd.cluster.model import Cluster, Group, Instance, Node
+from maintd.common import strictjson
 
 log = Logger()
 
@@ -361,7 +361,7 @@ class ClusterBuilder:
             except _Bad as e:
                 return _Skipped(_name_of(obj, "node", -1), str(e))
 
-        return json.loads(data, object_hook=hook)
+        return strictjson.loads(data, "RAPI /2/nodes?bulk=1", max_depth=None, object_hook=hook)
 
     def decode_instances(self, data: bytes | str) -> Any:
         """Parse ``/2/instances?bulk=1`` bytes; instance objects become :class:`Instance`."""
@@ -375,7 +375,9 @@ class ClusterBuilder:
             except _Bad as e:
                 return _Skipped(_name_of(obj, "instance", -1), str(e))
 
-        return json.loads(data, object_hook=hook)
+        return strictjson.loads(
+            data, "RAPI /2/instances?bulk=1", max_depth=None, object_hook=hook
+        )
 
     # -- adding parsed answers ----------------------------------------------
 
