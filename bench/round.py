@@ -16,6 +16,13 @@ first alone, then as the handle step's round gate does it.  ``--plan-only``
 prints just that (no simulator).
 
     .venv/bin/python bench/round.py [--nodes 1000] [--timeout 2] [--parallel 1024] [--plan-only]
+With ``--agents`` the self-diagnose reports come from the simulator's node
+agents instead (what the daemon uses by default): HTTPS pinned to the
+simulator's ``server.pem``, every report signed with its HMAC key and
+verified by the daemon's agent client (RAPI over HTTPS too); the figures add
+the signature verification cost.
+
+    .venv/bin/python bench/round.py [--nodes 1000] [--timeout 2] [--parallel 1024] [--agents]
 """
 
 from __future__ import annotations
@@ -35,9 +42,11 @@ from typing import Any
 import attrs
 from twisted.internet import defer, task
 
+from maintd.cluster.agent import AgentClient
 from maintd.cluster.model import Cluster, Instance
 from maintd.cluster.mond import DEFAULT_PARALLEL, MondClient
 from maintd.cluster.rapi.client import RapiClient
+from maintd.common import signing
 from maintd.daemon.state import MaintState
 from maintd.daemon.steps.cleanup import cleanup_step
 from maintd.daemon.steps.collect import collect_step
@@ -97,6 +106,7 @@ class Ctx:
     now: float
     reactor: Any
     executor: Any = None
+    agent: Any = None
     submitting: bool = True
     cluster: Any = None
     store: Any = None
@@ -115,6 +125,7 @@ class TimedMond:
         self.mond = mond
         self.t0 = 0.0
         self.spans: dict[str, tuple[float, float, bool]] = {}
+        self.results: dict[str, Any] = {}
 
     async def diagnose(self, node: Any) -> Any:
         return await self.mond.diagnose(node)
@@ -133,7 +144,8 @@ class TimedMond:
             finally:
                 self.spans[node.name] = (s, time.perf_counter() - self.t0, ok)
 
-        return await self.mond.gather(nodes, timed)
+        self.results = await self.mond.gather(nodes, timed)
+        return self.results
 
     def summary(self) -> str:
         live = [e for s, e, ok in self.spans.values() if ok]
@@ -251,26 +263,50 @@ async def main(reactor: Any, args: argparse.Namespace, work: str) -> None:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(text)
-    rapi_port, mond_port = free_port(), free_port()
+    rapi_port, mond_port, agent_port = free_port(), free_port(), free_port()
     log = open(os.path.join(work, "sim.log"), "wb")
     t0 = time.perf_counter()
+    key_file = os.path.join(work, "hmac.key")
+    with open(key_file, "w") as f:
+        f.write(secrets.token_hex(20) + "\n")
     child = subprocess.Popen(
-        [TWISTD, "-n", "--pidfile=", "-l", "-", "ganeti-sim", "--scenario", path, "--plain-http",
+        [TWISTD, "-n", "--pidfile=", "-l", "-", "ganeti-sim", "--scenario", path,
+         *([] if args.agents else ["--plain-http"]),
          "--rapi-port", str(rapi_port), "--mond-port", str(mond_port), "--rapi-users", users,
-         "--workdir", work],
+         "--agent-port", str(agent_port), "--hmac-key", key_file, "--workdir", work],
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        rapi = RapiClient.create(f"http://127.0.0.1:{rapi_port}", reactor=reactor, user="bench",
-                                 password_file=pwfile, timeout=60)
+        for _ in range(600):  # the simulator writes its certificates as it starts
+            if not args.agents or os.path.exists(os.path.join(work, "server.pem")):
+                break
+            if child.poll() is not None:
+                raise SystemExit("simulator exited early; see its log")
+            await task.deferLater(reactor, 0.2, lambda: None)
+        scheme = "https" if args.agents else "http"
+        rapi = RapiClient.create(f"{scheme}://127.0.0.1:{rapi_port}", reactor=reactor,
+                                 user="bench", password_file=pwfile, timeout=60,
+                                 cert=os.path.join(work, "rapi.pem") if args.agents else None)
         await wait_for_rapi(reactor, rapi, child)
         print(f"simulator (child process): {args.nodes} nodes, {len(spec['instances'])} DRBD "
               f"instances, {n_dead} monds hang, {n_inc} report evacuate; "
               f"up in {time.perf_counter() - t0:.1f} s")
-        mond = TimedMond(MondClient(reactor, port=mond_port, timeout=args.timeout,
-                                    parallel=args.parallel))
+        agent = None
+        if args.agents:
+            agent = AgentClient.create(reactor, key=signing.read_key(key_file),
+                                       cert=os.path.join(work, "server.pem"), port=agent_port,
+                                       timeout=args.timeout, parallel=args.parallel)
+            mond = TimedMond(agent)
+            print("self-diagnose from the node agents: HTTPS (pinned server.pem), signed "
+                  "reports verified")
+        else:
+            mond = TimedMond(MondClient(reactor, port=mond_port, timeout=args.timeout,
+                                        parallel=args.parallel))
         for attempt in range(2):
             ctx = Ctx(MaintState(), rapi, mond, Cfg(), reactor.seconds(), reactor)
+            if agent is not None:
+                ctx.agent, ctx.mond = mond, None
+                verified, spent = agent.verified, agent.verify_seconds
             times, cpu = {}, {}
             start = time.perf_counter()
             for step in (snapshot_step, cleanup_step, collect_step, handle_step):
@@ -284,6 +320,14 @@ async def main(reactor: Any, args: argparse.Namespace, work: str) -> None:
             for k, v in times.items():
                 print(f"  {k:14s} {v:7.3f} s wall {cpu[k]:7.3f} s CPU")
             print(f"  collect: {mond.summary()}")
+            if agent is not None:
+                n_ver = agent.verified - verified
+                cost = agent.verify_seconds - spent
+                print(f"  verification: {n_ver} signed reports checked (strict JSON, HMAC-SHA1, "
+                      f"window) in {cost * 1000:.1f} ms (reactor thread, wall), "
+                      f"{cost / max(n_ver, 1) * 1e6:.0f} us per report; TLS sessions resumed "
+                      f"so far {agent.resumed}; outcomes (both rounds) "
+                      f"{agent.counters.totals()}")
             new = len(ctx.state.incidents)
             plans = [n for n in ctx.notes if "plan" in n]
             unreachable = sum(n.get("unreachable", 0) for n in ctx.notes)
@@ -294,7 +338,8 @@ async def main(reactor: Any, args: argparse.Namespace, work: str) -> None:
             print(f"  incidents noted {new} (expected {n_inc}), monds without answer "
                   f"{unreachable} (expected {n_dead}), plans {len(plans)}")
             if new != n_inc or unreachable != n_dead:
-                raise SystemExit("unexpected result")
+                errors = [str(r) for r in mond.results.values() if isinstance(r, Exception)]
+                raise SystemExit(f"unexpected result, e.g. {errors[:1]}")
         s = time.perf_counter()
         I.decide(ctx.cluster, ctx.state, I.free_nodes(ctx.cluster, ctx.state), ())
         print(f"  decide() alone: {time.perf_counter() - s:.3f} s")
@@ -319,6 +364,8 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--plan-only", action="store_true",
                         help="only the evacuation-plan figure (no simulator)")
+    parser.add_argument("--agents", action="store_true",
+                        help="signed reports from the node agents over TLS")
     args = parser.parse_args()
     if args.plan_only:
         bench_evacuation_plan(args.nodes, 200, args.seed)

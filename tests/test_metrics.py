@@ -323,6 +323,50 @@ class InstrumentationTests(SynchronousTestCase):
         self.assertEqual(sorted(rec.named("report")),
                          [("mond", "a", "ok"), ("mond", "b", "invalid")])
 
+    def test_collect_step_counts_agent_outcomes_as_agent(self) -> None:
+        from maintd.cluster.agent import AgentError
+        from maintd.cluster.model import Cluster, Node
+        from maintd.daemon.steps.collect import collect_step
+
+        nodes = {n: Node(name=n, uuid=f"{n}-u", pip="127.0.0.9", group="g")
+                 for n in ("a", "b", "c", "d")}
+
+        class Agent:
+            async def diagnose(self, node: Any) -> DiagnoseReport:
+                raise AssertionError
+
+            async def gather(self, nodes: Any, fn: Any) -> dict[str, Any]:
+                return {
+                    "a": validate_diagnose("a", {"data": {"status": "Ok"}}),
+                    "b": AgentError("b", "report refused: bad hmac", "bad_signature"),
+                    "c": AgentError("c", "diagnose collector failed: x", "collector_failed"),
+                    "d": AgentError("d", "cannot reach https://127.0.0.9:1817"),
+                }
+
+        rec = Recorder()
+        ctx = self.context(rec)
+        ctx.cluster = Cluster(name="c", master="a", nodes=nodes)
+        ctx.agent = Agent()
+        result_of(collect_step(ctx))
+        self.assertEqual(sorted(rec.named("report")), [
+            ("agent", "a", "ok"), ("agent", "b", "bad_signature"),
+            ("agent", "c", "collector_failed"), ("agent", "d", "unreachable")])
+
+    def test_invalid_answers_of_a_client_subclass_keep_its_error_class(self) -> None:
+        from maintd.cluster.agent import AgentError
+        from maintd.cluster.model import Node
+        from maintd.cluster.mond import MondClient
+
+        class Client(MondClient):
+            Error = AgentError
+
+        node = Node(name="n1", uuid="u", group="g", pip="127.0.0.9")
+        for client, kind in ((MondClient(None), MondInvalid), (Client(None), AgentError)):
+            with self.assertRaises(MondError) as raised:
+                client._decode(node, "http://127.0.0.9/x", 200, b"{nope")
+            self.assertIsInstance(raised.exception, kind)
+            self.assertEqual(raised.exception.outcome, "invalid")
+
     def test_harep_step_reports_repairs(self) -> None:
         from tests.harep_fixtures import P, drbd, make_cluster
         from tests.test_harep_step import Ctx, World

@@ -91,11 +91,13 @@ class MetricsEndToEndTests(TestCase):
         v = self.value
         self.assertEqual(v(s, "ganeti_maintd_incidents", status="completed", action="evacuate"), 1)
         self.assertEqual(v(s, "ganeti_maintd_nodes_evacuating"), 0)
-        # one report per node and round: n1..n5 ok, n6's garbage invalid
+        # one report per node and round (from the simulated node agents, or
+        # their monds without agents): n1..n5 ok, n6's garbage invalid
         rounds = d.number
-        self.assertEqual(v(s, "ganeti_maintd_reports_total", source="mond", node="n1",
+        source = "mond" if d.daemon.agent is None else "agent"
+        self.assertEqual(v(s, "ganeti_maintd_reports_total", source=source, node="n1",
                            outcome="ok"), rounds)
-        self.assertGreaterEqual(v(s, "ganeti_maintd_reports_total", source="mond", node="n6",
+        self.assertGreaterEqual(v(s, "ganeti_maintd_reports_total", source=source, node="n6",
                                   outcome="invalid") or 0, rounds - 1)
         # the evacuation's jobs, by kind: drain, migrate, replace the secondary of b1, the tag
         j = "ganeti_maintd_jobs_submitted_total"
@@ -132,7 +134,8 @@ class MetricsEndToEndTests(TestCase):
                                     status="error"), 1)
         self.assertEqual(self.value(s, "ganeti_maintd_incidents", status="failed",
                                     action="evacuate"), 1)
-        self.assertGreaterEqual(self.value(s, "ganeti_maintd_reports_total", source="mond",
+        source = "mond" if d.daemon.agent is None else "agent"
+        self.assertGreaterEqual(self.value(s, "ganeti_maintd_reports_total", source=source,
                                            node="n4", outcome="unreachable") or 0, 2)
 
     def test_bad_requests_get_4xx_and_rounds_go_on(self) -> defer.Deferred[None]:
@@ -169,3 +172,53 @@ class MetricsEndToEndTests(TestCase):
         for path in ("/ui", "/metrics", "/1/status"):
             code, _, _ = await self.get(d, path)
             self.assertEqual(code, 200, path)
+
+
+class AgentReportMetricsTests(TestCase):
+    """The simulator's signed node agents over TLS on 127.0.0.1, asked by the
+    collect step through the real agent client: every node's outcome is
+    counted with source="agent" (a forged key: bad_signature)."""
+
+    timeout = 60
+
+    def test_agent_outcomes_per_node(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._agents())
+
+    async def _agents(self) -> None:
+        import os
+
+        from maintd.cluster.agent import AgentClient
+        from maintd.common import signing
+        from maintd.daemon.config import DaemonConfig
+        from maintd.daemon.metrics import DaemonMetrics
+        from maintd.daemon.round import RoundContext
+        from maintd.daemon.state import MaintState
+        from maintd.daemon.steps.collect import collect_step
+        from tests.simulators import client_for, start_simulator
+
+        sim = start_simulator(self, os.path.abspath(self.mktemp()), mond_port=0)
+        names = sorted(sim.cluster.nodes)
+        sim.set_diagnose(names[1], {"collector_failed": True, "reason": "diag exited 3"})
+        cluster = await client_for(self, sim).load_cluster()
+        metrics = DaemonMetrics(MaintState)
+
+        async def collect(key: bytes) -> None:
+            agent = AgentClient.create(reactor, key=key, cert=sim.agent_cert,
+                                       port=sim.agent_port, timeout=5.0)
+            ctx = RoundContext(number=1, now=0.0, reactor=reactor, state=MaintState(),
+                               config=DaemonConfig.for_tests(state_dir=self.mktemp()),
+                               cluster=cluster, events=metrics)
+            ctx.agent = agent
+            await collect_step(ctx)
+
+        await collect(signing.read_key(sim.hmac_key_file))
+        await collect(b"forged key\n")
+        body, _ = metrics.exposition()
+        samples = {(s.labels.get("node"), s.labels.get("outcome")): s.value
+                   for f in text_string_to_metric_families(body.decode())
+                   if f.name == "ganeti_maintd_reports"
+                   for s in f.samples if s.labels.get("source") == "agent"}
+        self.assertEqual(samples[names[0], "ok"], 1)
+        self.assertEqual(samples[names[0], "bad_signature"], 1)
+        self.assertEqual(samples[names[1], "collector_failed"], 1)
+        self.assertEqual(sum(v for (_, o), v in samples.items() if o == "ok"), len(names) - 1)

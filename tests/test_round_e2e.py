@@ -28,7 +28,7 @@ from maintd.daemon.config import DaemonConfig
 from maintd.daemon.state import TAG_FAILED, TAG_READY, MaintState, RepairStatus
 from maintd.daemon.tap import makeService
 from maintd.sim.faults import RapiFault
-from tests.simulators import free_port, start_simulator
+from tests.simulators import agent_argv, agent_config, free_port, start_simulator
 
 EVACUATE = {"status": "evacuate", "command": None, "details": ["sda: reallocated sectors"]}
 OK = {"status": "Ok", "command": None, "details": []}
@@ -83,6 +83,7 @@ class Daemon:
             rapi_password_file=s.rapi_password_file, rapi_cert=s.rapi_cert, rapi_insecure=False,
             mond_port=s.mond_port, mond_timeout=1.0, round_delay=3600.0, busy_round_delay=3600.0,
             job_wait=10.0,
+            **agent_config(s),
         )
         config = DaemonConfig.for_tests(**{**values, **self.config_extra})
         self.daemon = makeService(config, reactor)
@@ -347,18 +348,21 @@ class EndToEndTests(TestCase):
                          ["OP_NODE_SET_PARAMS", "OP_TAGS_SET"])
         self.assertEqual(d.inst("a1").primary, "n2", "nothing moved for a failed incident")
 
-    def test_live_repair_without_executor_and_dedupe(self) -> defer.Deferred[None]:
+    def test_live_repair_through_the_agent_and_dedupe(self) -> defer.Deferred[None]:
         return self.run_async(self._live_repair)
 
     async def _live_repair(self) -> None:
         report = {"status": "live-repair", "command": "fix-disk", "details": ["sdb"]}
         d = await self.daemon(scenario([], {"n3": report}))
         [inc] = d.incidents("n3")
-        self.assertEqual((inc.status, inc.reason),
-                         (RepairStatus.FAILED, "no repair executor configured"))
+        self.assertEqual((inc.status, inc.reason), (RepairStatus.COMPLETED, ""),
+                         "the default executor: the node's (simulated, signed) agent")
+        self.assertEqual(d.sim.agents.calls, [("n3", "fix-disk", report)],
+                         "run once, on n3, the report on stdin")
         await d.round()
         await d.round()
         self.assertEqual(len(d.state.incidents), 1, "same report: one incident")
+        self.assertEqual(len(d.sim.agents.calls), 1, "a completed repair is not run again")
         d.sim.sim.set_diagnose("n3", {**report, "details": ["sdb", "sdc"]})
         await d.round()
         self.assertEqual(len(d.incidents("n3")), 2, "changed report: a new incident")
@@ -524,7 +528,7 @@ class KillTests(TestCase):
                 "--rapi", sim.rapi_url, "--rapi-user", str(sim.rapi_user),
                 "--rapi-password-file", str(sim.rapi_password_file), "--rapi-cert", sim.rapi_cert,
                 "--mond-port", str(sim.mond_port), "--mond-timeout", "2", "--round-delay", "0.1",
-                "--job-wait", "10"]
+                "--job-wait", "10", *agent_argv(sim)]
         first = self.spawn(args)
         # drained and the first migration submitted: kill it
         await self.until(port, lambda st: bool(st) and len(st[0]["jobs"]) >= 2, first)

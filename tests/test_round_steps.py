@@ -323,7 +323,7 @@ class StepTests(SynchronousTestCase):
             def __init__(self) -> None:
                 self.runs: list[tuple[str, str]] = []
 
-            def execute(self, node: Any, command: str, report: Any) -> Any:
+            def execute(self, node: Any, command: str, report: Any, incident: str = "") -> Any:
                 self.runs.append((node.name, command))
                 return defer.succeed(RepairResult(ok=command == "good"))
 
@@ -406,6 +406,33 @@ class StepTests(SynchronousTestCase):
                        "refuses that: the master role can be changed only via master-failover)"},
                       ctx.notes)
         self.assertIn({"action": "collect", "offline": 1, "offline_nodes": ["m"]}, ctx.notes)
+    def test_busy_agent_is_asked_again_next_round(self) -> None:
+        """An executor answering "retry" (agent busy or unreachable) leaves the
+        incident pending; the next round asks again with the same incident."""
+        c = mk_cluster([nd("a")], [])
+        answers = [RepairResult(ok=False, reason="agent on a is busy", retry=True),
+                   RepairResult(ok=True)]
+
+        @implementer(IRepairExecutor)
+        class Exec:
+            def __init__(self) -> None:
+                self.incidents: list[str] = []
+
+            def execute(self, node: Any, command: str, report: Any, incident: str = "") -> Any:
+                self.incidents.append(incident)
+                return defer.succeed(answers.pop(0))
+
+        ex = Exec()
+        ctx = Ctx(MaintState(), FakeRapi(c),
+                  FakeMond({"a": rep("a", Action.LIVE_REPAIR, command="fix")}), executor=ex)
+        self.round(ctx)
+        inc = ctx.state.incidents[0]
+        self.assertEqual(inc.status, RepairStatus.PENDING)
+        self.assertIn({"incident": inc.uuid, "node": "a", "action": "repair-retry",
+                       "reason": "agent on a is busy"}, ctx.notes)
+        self.round(ctx)
+        self.assertEqual(ctx.state.incidents[0].status, RepairStatus.COMPLETED)
+        self.assertEqual(ex.incidents, [inc.uuid, inc.uuid], "the same incident both times")
 
     def test_no_executor_fails(self) -> None:
         c = mk_cluster([nd("a")], [])

@@ -170,6 +170,9 @@ PARAMETERS: dict[str, Callable[[Any], Any]] = {
     "max_evacuating": parse_limit,
     "storm_threshold": parse_limit,
     "busy_round_delay": parse_seconds,
+    "agent_port": parse_port,
+    "agent_cert": parse_str,
+    "hmac_key": parse_str,
 }
 
 #: Options without a value (``balance`` is tri-state: --balance / --no-balance).
@@ -181,6 +184,8 @@ FLAGS = (
     "simulate",
     "dry_run",
     "balance",
+    "agent_plain_http",
+    "allow_unsigned_reports",
 )
 
 
@@ -239,6 +244,13 @@ class DaemonConfig:
     def next_busy_delay(self) -> float:
         """The busy-round delay actually used: never longer than ``round_delay``."""
         return min(self.busy_round_delay, self.round_delay)
+    #: The node agents (ganeti-maintd-agent): port, pinned certificate, plain HTTP.
+    agent_port: int = 1817
+    agent_cert: str = "/var/lib/ganeti/server.pem"
+    agent_plain_http: bool = False
+    #: The cluster HMAC key (None: none, only in tests / with unsigned reports).
+    hmac_key: str | None = "/var/lib/ganeti/hmac.key"
+    allow_unsigned_reports: bool = False
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> DaemonConfig:
@@ -259,6 +271,8 @@ class DaemonConfig:
             "mond_timeout": 2.0,
             "job_wait": 5.0,
             "hostname": "localhost",
+            "agent_plain_http": True,
+            "hmac_key": None,
             "ctl_socket": os.path.join(overrides["state_dir"], CTL_SOCKET_NAME),
         }
         values.update(overrides)

@@ -53,6 +53,8 @@ class RoundContext:
     store: StateStore | None = None
     rapi: Any = None  # maintd.cluster.rapi.client.RapiClient | None
     mond: Any = None  # maintd.cluster.mond.MondClient | None
+    #: maintd.cluster.agent.AgentClient | None: self-diagnose reports (else mond's)
+    agent: Any = None
     executor: Any = None  # maintd.cluster.executor.IRepairExecutor | None
     cluster: Cluster | None = None
     free_nodes: set[str] = attrs.field(factory=set)
@@ -150,6 +152,7 @@ class RoundRunner:
         rapi: Any = None,
         mond: Any = None,
         executor: Any = None,
+        agent: Any = None,
         submitting: Callable[[], bool] | None = None,
         events: RoundEvents = NO_EVENTS,
     ) -> None:
@@ -159,6 +162,7 @@ class RoundRunner:
         self.steps = list(steps)
         self.rapi = rapi
         self.mond = mond
+        self.agent = agent
         self.executor = executor
         #: Asked at the start of each round (the voting part plugs in here).
         self.submitting = submitting or (lambda: True)
@@ -174,6 +178,7 @@ class RoundRunner:
             store=self.store,
             rapi=metered(self.rapi, self.events),
             mond=self.mond,
+            agent=self.agent,
             executor=self.executor,
             submitting=self.submitting(),
             events=self.events,

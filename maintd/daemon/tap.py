@@ -33,10 +33,10 @@ from twisted.logger import Logger
 
 from maintd import __version__
 from maintd.cluster.executor import (
+    AgentExecutor,
     CommandExecutor,
     ExecutorConfigError,
     IRepairExecutor,
-    NoExecutor,
     check_program,
 )
 from maintd.daemon.api import StateAPI
@@ -130,14 +130,63 @@ def _mond_client(config: DaemonConfig, reactor: Any, notes: list[str]) -> Any:
     )
 
 
-def repair_executor(config: DaemonConfig, reactor: Any) -> IRepairExecutor:
-    """The live-repair executor of ``--repair-command`` (else :class:`NoExecutor`).
+def hmac_key(config: DaemonConfig) -> bytes | None:
+    """The cluster HMAC key of ``--hmac-key`` (None when not configured).
+
+    An unreadable key is a startup error, unless unsigned reports are
+    allowed (then the daemon goes on without one, saying so).
+    """
+    from maintd.common import signing
+
+    if config.hmac_key is None:
+        return None
+    try:
+        return signing.read_key(config.hmac_key)
+    except signing.KeyFileError as e:
+        if config.allow_unsigned_reports:
+            log.warn("{error}: only unsigned reports are accepted and live repairs through "
+                     "the node agents fail", error=e)
+            return None
+        raise SystemExit(f"ganeti-maintd: {e}; not starting") from None
+
+
+def agent_client(config: DaemonConfig, reactor: Any, key: bytes | None) -> Any:
+    """The node agents' client (signed self-diagnose reports); None when the
+    client modules are not importable (the round then asks mond)."""
+    try:
+        from maintd.cluster.agent import AgentClient
+        from maintd.cluster.rapi.errors import RapiConfigError
+    except ImportError:
+        return None
+
+    try:
+        return AgentClient.create(
+            reactor, key=key, cert=None if config.agent_plain_http else config.agent_cert,
+            port=config.agent_port, timeout=config.mond_timeout,
+            parallel=config.mond_parallel, allow_unsigned=config.allow_unsigned_reports)
+    except RapiConfigError as e:
+        raise SystemExit(f"ganeti-maintd: node agent certificate: {e}; not starting") from None
+
+
+def repair_executor(config: DaemonConfig, reactor: Any,
+                    key: bytes | None = None) -> IRepairExecutor:
+    """The live-repair executor: ``--repair-command``'s program, else the
+    node agents (:class:`AgentExecutor`, requests signed with ``key``).
 
     A program that is missing, not a regular executable file, not owned by
     root or the daemon's user, or writable by group/others is a startup error.
     """
     if config.repair_command is None:
-        return NoExecutor()
+        from maintd.cluster.rapi.errors import RapiConfigError
+
+        try:
+            return AgentExecutor(
+                reactor, key=key, port=config.agent_port,
+                cert=None if config.agent_plain_http else config.agent_cert,
+                timeout=config.repair_timeout)
+        except RapiConfigError as e:
+            raise SystemExit(f"ganeti-maintd: node agent certificate: {e}; "
+                             "not starting") from None
     try:
         check_program(config.repair_command)
     except ExecutorConfigError as e:
@@ -193,6 +242,10 @@ class MaintDaemon(service.MultiService):
     rounds: RoundService
     control: Any = None
     simulator: Any = None
+    #: The node agents' client (None without one); ``agent.counters`` holds
+    #: the per-node report outcomes (ok, unreachable, invalid, bad_signature,
+    #: collector_failed) for an exporter.
+    agent: Any = None
     mastership: Mastership
     metrics: DaemonMetrics
 
@@ -234,6 +287,10 @@ def _simulator(reactor: Any, config: DaemonConfig) -> tuple[Any, DaemonConfig]:
         rapi_password_file=sim.rapi_password_file,
         rapi_cert=sim.rapi_cert,
         mond_port=sim.mond_port,
+        agent_port=sim.agent_port,
+        agent_cert=sim.agent_cert,
+        agent_plain_http=sim.plain_http,
+        hmac_key=sim.hmac_key_file,
         no_voting=True,
         yes_do_it=True,
     )
@@ -275,7 +332,8 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         if config.simulate and "bind" not in options.given:
             config = attrs.evolve(config, bind="127.0.0.1")  # a demo stays local
 
-    executor = repair_executor(config, reactor)
+    # a bad --repair-command is an error before anything else starts
+    executor = repair_executor(config, reactor) if config.repair_command else None
     top = MaintDaemon()
     top.log_level = LogLevelService(config.debug)
     if temp_dir is not None:
@@ -307,6 +365,10 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     _StoreService(store).setServiceParent(top)
     try:
         rapi = _rapi_client(config, reactor, top.startup_notes)
+        key = hmac_key(config)
+        if executor is None:
+            executor = repair_executor(config, reactor, key)
+        agent = agent_client(config, reactor, key)
     except SystemExit:
         store.close()
         raise
@@ -340,6 +402,7 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         mond=_mond_client(config, reactor, top.startup_notes),
         executor=executor,
         events=metrics,
+        agent=agent,
     )
     rounds = RoundService(
         runner,
@@ -369,6 +432,7 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     top.control = control
 
     top.config = config
+    top.agent = agent
     top.store = store
     top.api = api
     top.metrics = metrics

@@ -73,12 +73,20 @@ async def _repair(ctx: Any, inc: Any, command: str) -> None:
         await ctx.commit(ctx.state.with_incident(inc.changed(ctx.now,
                                                              status=RepairStatus.PENDING)))
     try:
-        result: RepairResult = await executor.execute(node, command, dict(inc.original))
+        result: RepairResult = await executor.execute(node, command, dict(inc.original),
+                                                      incident=inc.uuid)
     except Exception as e:
         result = RepairResult(ok=False, reason=f"repair executor error: {e}")
     current = ctx.state.incident(inc.uuid)
     if current is None or current.status.finalized:
         return  # canceled or forgotten meanwhile
+    if result.retry:
+        log.warn("incident {uuid} on {node}: repair {command} not carried out this round, "
+                 "trying again next round: {reason}", uuid=inc.uuid, node=inc.node_name,
+                 command=command, reason=result.reason)
+        note(ctx, incident=inc.uuid, node=inc.node_name, action="repair-retry",
+             reason=result.reason)
+        return
     if result.ok:
         await _finish(ctx, current)
     else:
