@@ -21,6 +21,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from maintd.daemon.state import RepairStatus
 from maintd.decide.guardrails import Limit
+from maintd.decide.reason import BALANCE, trail_reason
 from tests.test_round_e2e import EVACUATE, OK, Daemon, drbd, scenario
 
 
@@ -284,8 +285,8 @@ class GuardrailTests(TestCase):
         self.assertIn(("OP_NODE_SET_PARAMS", "n3"),
                       [(op["OP_ID"], op.get("node_name")) for op in ops],
                       [d.state.incidents, d.state.last_round])
-        self.assertTrue(any("maintd balance" in str(op.get("reason")) for op in ops),
-                        "balancing starts")
+        kinds = {r.kind for op in ops if (r := trail_reason(op.get("reason"))) is not None}
+        self.assertIn(BALANCE, kinds, "balancing starts")
 
     # -- busy rounds ---------------------------------------------------------
 

@@ -27,6 +27,8 @@ from maintd.cluster.rapi.errors import RapiServerError
 from maintd.daemon.config import DaemonConfig
 from maintd.daemon.state import TAG_FAILED, TAG_READY, MaintState, RepairStatus
 from maintd.daemon.tap import makeService
+from maintd.decide import incidents as I
+from maintd.decide.reason import parse_reason
 from maintd.sim.faults import RapiFault
 from tests.simulators import agent_argv, agent_config, free_port, start_simulator
 
@@ -55,17 +57,22 @@ def drbd(name: str, p: str, s: str) -> dict[str, Any]:
 class Daemon:
     """A simulator plus a ganeti-maintd built by makeService, driven round by round."""
 
-    def __init__(self, test: TestCase, spec: dict[str, Any], **config: Any) -> None:
+    def __init__(self, test: TestCase, spec: dict[str, Any], *, sim: Any = None,
+                 job_seconds: float = 0.05, **config: Any) -> None:
+        """``sim``: share another daemon's simulator (``spec`` unused then);
+        ``config``: DaemonConfig fields (``hostname``, ...)."""
         self.test = test
         #: DaemonConfig fields that differ from the harness defaults.
         self.config_extra = config
         self.base = tempfile.mkdtemp(prefix="mdr-")  # short: UNIX socket path limit
         test.addCleanup(shutil.rmtree, self.base, True)
-        path = os.path.join(self.base, "scenario.json")
-        with open(path, "w") as f:
-            json.dump(spec, f)
-        self.sim = start_simulator(test, os.path.join(self.base, "sim"), scenario=path,
-                                   job_seconds=0.05, mond_port=free_port())
+        if sim is None:
+            path = os.path.join(self.base, "scenario.json")
+            with open(path, "w") as f:
+                json.dump(spec, f)
+            sim = start_simulator(test, os.path.join(self.base, "sim"), scenario=path,
+                                  job_seconds=job_seconds, mond_port=free_port())
+        self.sim = sim
         self.state_dir = os.path.join(self.base, "state")
         self.http_port = free_port()
         self.daemon: Any = None
@@ -217,7 +224,8 @@ class EndToEndTests(TestCase):
                                  "OP_INSTANCE_MIGRATE"] + ["OP_INSTANCE_REPLACE_DISKS"] * 3
                          + ["OP_TAGS_SET"])
         for _, op in d.ops():
-            self.assertEqual(reasons(op), [f"maintd incident {uuid}"])
+            self.assertEqual(reasons(op), [I.job_reason(done)])
+            self.assertEqual(parse_reason(reasons(op)[0]).id, uuid)  # type: ignore[union-attr]
         status = await d.http_status()
         self.assertEqual([(s["uuid"], s["repair-status"], s["jobs"]) for s in status],
                          [(uuid, "completed", all_jobs)])

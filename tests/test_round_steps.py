@@ -24,6 +24,8 @@ from maintd.daemon.steps.evacuated import evacuated_step
 from maintd.daemon.steps.guard import pause_step, storm_step
 from maintd.daemon.steps.handle import handle_step
 from maintd.daemon.steps.jobs import jobs_step
+from maintd.daemon.steps.reconcile import reconcile_step, reconcile_tags_step
+from maintd.daemon.steps.replica import replica_nodes_step, replica_start_step
 from maintd.daemon.steps.snapshot import snapshot_step
 from maintd.decide import incidents as I
 from maintd.decide.guardrails import DEFAULT_MAX_EVACUATING, DEFAULT_STORM_THRESHOLD, Limit
@@ -58,6 +60,7 @@ class Ctx:
     reports: dict[str, Any] = attrs.field(factory=dict)
     commits: int = 0
     store: Any = None
+    queue: Any = None
 
     async def commit(self, new: MaintState) -> None:
         self.commits += 1
@@ -79,6 +82,9 @@ class FakeRapi:
 
     async def wait_jobs(self, ids: list[int], timeout: float) -> dict[int, JobResult]:
         return {j: self.status.get(j, JobResult(j, "success")) for j in ids}
+
+    async def jobs_bulk_raw(self) -> list[Any]:
+        return []  # these tests' jobs are not in a queue (see test_reconcile_*)
 
     def _write(self, *call: Any) -> int:
         if self.fail_writes:
@@ -127,7 +133,8 @@ def rep(node: str, action: Action, detail: str = "x", command: str | None = None
     return DiagnoseReport(node, action, command, [detail], raw)
 
 
-INCIDENT_STEPS = [pause_step, jobs_step, snapshot_step, pause_step, cleanup_step, collect_step,
+INCIDENT_STEPS = [replica_start_step, reconcile_step, pause_step, jobs_step, snapshot_step,
+                  replica_nodes_step, pause_step, reconcile_tags_step, cleanup_step, collect_step,
                   storm_step, evacuated_step, handle_step]
 
 
@@ -146,7 +153,7 @@ class StepTests(SynchronousTestCase):
 
     def test_default_steps_order(self) -> None:
         steps = default_steps(Cfg())
-        self.assertEqual(steps[:9], INCIDENT_STEPS)
+        self.assertEqual(steps[:13], INCIDENT_STEPS)
 
     def test_collect_skips_offline_and_errors(self) -> None:
         c = mk_cluster([nd("a"), nd("b", offline=True), nd("c")], [])
@@ -168,7 +175,8 @@ class StepTests(SynchronousTestCase):
         self.round(ctx)
         inc = ctx.state.incidents[0]
         uuid = inc.uuid
-        reason = f"maintd incident {uuid}"
+        reason = I.job_reason(inc)
+        self.assertTrue(reason.startswith(f"maintd:1:incident:{uuid}:"))
         self.assertEqual(rapi.calls, [("drain", "a", True, reason)])
         self.assertEqual(inc.status, RepairStatus.PENDING)
         self.assertEqual(inc.jobs, (100,))
@@ -241,7 +249,7 @@ class StepTests(SynchronousTestCase):
         self.assertEqual(inc.status, RepairStatus.FAILED)
         self.assertIn("job 100 error: OpPrereqError: node busy", inc.reason)
         self.assertEqual(rapi.calls[-1], ("add_tags", "node", "a", (TAG_FAILED + uuid,),
-                                          f"maintd incident {uuid}"))
+                                          I.job_reason(inc)))
         n = len(rapi.calls)
         nodes = {**c.nodes, "a": attrs.evolve(c.nodes["a"], drained=True,
                                              tags={TAG_FAILED + uuid})}

@@ -7,6 +7,8 @@
   ``GET /1/report/all`` -> the same envelope around a list of that report
 - ``POST /1/repair`` -> :class:`maintd.agent.repair.RepairService`, answered
   with a signed envelope too.
+- ``PUT /1/replica``, ``GET /1/replica`` -> the daemon's signed state copy
+  (:class:`maintd.agent.replica.ReplicaStore`).
 
 The resource is shared by the real agent and the simulator's agents: it
 gets functions for the current diagnose data and for repairs.
@@ -25,6 +27,7 @@ from twisted.web.iweb import IRequest
 
 from maintd.agent import diagnose
 from maintd.agent.repair import MAX_REQUEST, RepairService
+from maintd.agent.replica import MAX_REPLICA, ReplicaStore
 from maintd.common import signing
 
 log = Logger()
@@ -42,12 +45,14 @@ class AgentResource(resource.Resource):
         data: Callable[[], tuple[dict[str, Any], float]],
         repairs: RepairService | None,
         wallclock: Callable[[], float],
+        replica: ReplicaStore | None = None,
     ) -> None:
         super().__init__()
         self.key = key
         self.data = data
         self.repairs = repairs
         self.wallclock = wallclock
+        self.replica = replica
         self.served = 0
 
     def _json(self, request: IRequest, code: int, body: bytes) -> bytes:
@@ -69,16 +74,38 @@ class AgentResource(resource.Resource):
             rep = diagnose.report(data, when)
             self.served += 1
             return self._signed(request, 200, rep if parts[2] == "node" else [rep])
+        if parts == ["1", "replica"] and self.replica is not None:
+            if self.replica.envelope is None:
+                return self._json(request, 404, b'{"error": "no replica"}')
+            return self._json(request, 200, self.replica.envelope)
         request.setResponseCode(404)
         request.setHeader(b"Content-Type", b"text/plain")
         return NOT_FOUND
 
-    def render_POST(self, request: IRequest) -> Any:  # noqa: N802
+    @staticmethod
+    def _no_resource(request: IRequest, path: list[str], handler: object) -> bytes | None:
+        """404 unless ``request`` is for ``path`` and there is a ``handler``."""
         parts = [p for p in request.path.decode("utf-8", "replace").split("/") if p]
-        if parts != ["1", "repair"] or self.repairs is None:
-            request.setResponseCode(404)
-            request.setHeader(b"Content-Type", b"text/plain")
-            return b"no such resource"
+        if parts == path and handler is not None:
+            return None
+        request.setResponseCode(404)
+        request.setHeader(b"Content-Type", b"text/plain")
+        return b"no such resource"
+
+    def render_PUT(self, request: IRequest) -> bytes:  # noqa: N802
+        missing = self._no_resource(request, ["1", "replica"], self.replica)
+        if missing is not None or self.replica is None:
+            return missing or b""
+        content = request.content  # type: ignore[attr-defined]
+        body = content.read(MAX_REPLICA + 1)
+        peer = request.getClientAddress()
+        code, answer = self.replica.put(body, f"replica from {getattr(peer, 'host', peer)}")
+        return self._json(request, code, json.dumps(answer).encode())
+
+    def render_POST(self, request: IRequest) -> Any:  # noqa: N802
+        missing = self._no_resource(request, ["1", "repair"], self.repairs)
+        if missing is not None or self.repairs is None:
+            return missing
         content = request.content  # type: ignore[attr-defined]
         content.seek(0, 2)
         size = content.tell()

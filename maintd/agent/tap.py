@@ -24,6 +24,7 @@ from maintd.agent import runner, whitelist
 from maintd.agent.diagnose import DiagnoseCollector
 from maintd.agent.http import AgentResource, QuietSite, tls_options
 from maintd.agent.repair import MAX_TAIL, RepairService, RepairState
+from maintd.agent.replica import ReplicaStore
 from maintd.common import signing
 from maintd.common.strictjson import StrictJSONError
 
@@ -193,7 +194,8 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None,  # noqa:
         execute=execute, timeout=repair_timeout, wallclock=wallclock,
     )
     res = AgentResource(key=key, data=lambda: (collector.data, collector.when),
-                        repairs=repairs, wallclock=wallclock)
+                        repairs=repairs, wallclock=wallclock,
+                        replica=ReplicaStore(o["state-dir"], key, wallclock))
     site = QuietSite(res)
     bind, port = o["bind"], o["port"]
     if tls is None:

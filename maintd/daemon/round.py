@@ -64,6 +64,12 @@ class RoundContext:
     #: False when jobs must not be submitted (mastership lost).  Dry-run is
     #: ``config.dry_run``: steps decide and note, but submit nothing.
     submitting: bool = True
+    #: Our jobs in Ganeti's queue, read by the reconcile step (``maintd.decide.reconcile.QueueJob``).
+    queue: Any = None
+    #: The daemon's ``maintd.daemon.mastership.Mastership`` (None in unit tests).
+    mastership: Any = None
+    #: ``maintd.daemon.replication.Replication`` (None: no state replication).
+    replica: Any = None
     #: Where the round reports what happened (the daemon's metrics).
     events: RoundEvents = NO_EVENTS
 
@@ -153,6 +159,7 @@ class RoundRunner:
         mond: Any = None,
         executor: Any = None,
         agent: Any = None,
+        replica: Any = None,
         submitting: Callable[[], bool] | None = None,
         events: RoundEvents = NO_EVENTS,
     ) -> None:
@@ -163,6 +170,7 @@ class RoundRunner:
         self.rapi = rapi
         self.mond = mond
         self.agent = agent
+        self.replica = replica
         self.executor = executor
         #: Asked at the start of each round (the voting part plugs in here).
         self.submitting = submitting or (lambda: True)
@@ -179,6 +187,7 @@ class RoundRunner:
             rapi=metered(self.rapi, self.events),
             mond=self.mond,
             agent=self.agent,
+            replica=self.replica,
             executor=self.executor,
             submitting=self.submitting(),
             events=self.events,

@@ -31,13 +31,12 @@ import attrs
 
 from maintd.cluster.model import LOCAL_TEMPLATES, Cluster, Instance, Node
 from maintd.daemon.state import TAG_FAILED, TAG_READY, Action, Incident, MaintState, RepairStatus
-
-#: Reason text of every job maintd submits for an incident.
-REASON_PREFIX = "maintd incident "
+from maintd.decide.reason import INCIDENT, format_reason, report_digest
 
 
 def job_reason(incident: Incident) -> str:
-    return f"{REASON_PREFIX}{incident.uuid}"
+    """Reason text of every job maintd submits for an incident (:mod:`maintd.decide.reason`)."""
+    return format_reason(INCIDENT, incident.uuid, incident.report_digest)
 
 
 def is_active(incident: Incident) -> bool:
@@ -107,6 +106,7 @@ def collect_reports(
             tag=TAG_READY + uuid,
             ctime=now,
             mtime=now,
+            digest=report_digest(node.uuid or node.name, raw),
         )
         incidents.append(incident)
         created.append(incident)
@@ -268,6 +268,35 @@ def tag_submitted(state: MaintState, incident: Incident, job_id: int, now: float
 
 class IncidentError(Exception):
     """An operator request that cannot be applied; the message names the incident."""
+
+
+#: An ambiguous prefix names at most this many of the incidents it matches.
+AMBIGUOUS_SHOWN = 10
+
+
+def resolve_incident(state: MaintState, key: str) -> Incident:
+    """The incident whose uuid is ``key``, or else the only one whose uuid
+    starts with ``key`` (the operator's abbreviation).  IncidentError when
+    none matches, or several do (naming them)."""
+    exact = state.incident(key)
+    if exact is not None:
+        return exact
+    if not key:
+        raise IncidentError("no incident uuid given")
+    matches = sorted(i.uuid for i in state.incidents if i.uuid.startswith(key))
+    if not matches:
+        raise IncidentError(f"no incident {key}")
+    if len(matches) > 1:
+        shown = ", ".join(matches[:AMBIGUOUS_SHOWN])
+        more = len(matches) - AMBIGUOUS_SHOWN
+        raise IncidentError(
+            f"{key} is ambiguous: it starts the uuids of {len(matches)} incidents ({shown}"
+            + (f" and {more} more" if more > 0 else "")
+            + "); give more of the uuid"
+        )
+    found = state.incident(matches[0])
+    assert found is not None
+    return found
 
 
 def cancel_incident(state: MaintState, uuid: str, now: float) -> MaintState:

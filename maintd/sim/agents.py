@@ -29,6 +29,7 @@ from twisted.web.iweb import IRequest
 from maintd.agent import runner, whitelist
 from maintd.agent.http import AgentResource, tls_options
 from maintd.agent.repair import RepairService, RepairState
+from maintd.agent.replica import ReplicaStore
 from maintd.sim.mond import MondFronts, MondResource, _MondPort, _QuietSite
 from maintd.sim.runtime import Simulation
 
@@ -56,6 +57,11 @@ class _AgentResource(MondResource):
         if self.sim.faults.mond_mode(self.node) == "hang":
             return super().render_GET(request)
         return self.agent.render_POST(request)
+
+    def render_PUT(self, request: IRequest) -> Any:  # noqa: N802
+        if self.sim.faults.mond_mode(self.node) == "hang":
+            return super().render_GET(request)
+        return self.agent.render_PUT(request)
 
 
 class _AgentPort(_MondPort):
@@ -87,6 +93,9 @@ class AgentFronts(MondFronts):
         #: Whitelisted command names (None: every well-formed name).
         self.whitelist: set[str] | None = None
         self.services: dict[str, RepairService] = {}
+        #: Each node agent's copy of the daemon's state (memory only; kept
+        #: over a simulated agent restart).
+        self.replicas: dict[str, ReplicaStore] = {}
 
     def set_repair(self, command: str, exit_status: int) -> None:
         self.exit_status[command] = exit_status
@@ -119,7 +128,9 @@ class AgentFronts(MondFronts):
                         self.wallclock())
 
             agent = AgentResource(key=self.key, data=data, repairs=repairs,
-                                  wallclock=self.wallclock)
+                                  wallclock=self.wallclock,
+                                  replica=self.replicas.setdefault(
+                                      name, ReplicaStore(None, self.key, self.wallclock)))
             self.resources[name] = _AgentResource(self.sim, name, self.wallclock, agent)
             if self.sim.faults.mond_mode(name) != "down":
                 self._listen(name)
