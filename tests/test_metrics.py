@@ -377,10 +377,11 @@ class InstrumentationTests(SynchronousTestCase):
         w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))
         w.round()
         self.assertEqual(rec.named("harep_repair"), [("failover", "started")])
-        w.rapi.status[102] = "success"
+        w.rapi.status[101] = "success"  # the failover job
         w.move("inst1", primary="n3", secondaries=("n2",))
         w.round()
-        self.assertEqual(rec.named("harep_repair")[-1], ("failover", "success"))
+        self.assertEqual(rec.named("harep_repair"), [("failover", "started"),
+                                                     ("failover", "success")])
 
     def test_balance_step_reports_scores(self) -> None:
         from tests.test_balance_step import generate_cluster, make_ctx, run
