@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from maintd.common.strictjson import StrictJSONError, loads
+
+#: The suite runs on busy machines: no per-example deadline, no "generation is slow" check.
+LOADED = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 class StrictJSONTests(unittest.TestCase):
@@ -50,12 +53,14 @@ class StrictJSONTests(unittest.TestCase):
     def test_object_hook_applies_after_checks(self) -> None:
         self.assertEqual(loads('{"a": {"b": 1}}', "s", object_hook=lambda d: sorted(d)), ["a"])
 
+    @LOADED
     @given(st.recursive(st.none() | st.booleans() | st.integers() | st.text()
                         | st.floats(allow_nan=False, allow_infinity=False),
                         lambda c: st.lists(c) | st.dictionaries(st.text(), c), max_leaves=30))
     def test_round_trips_what_json_writes(self, value: object) -> None:
         self.assertEqual(loads(json.dumps(value), "s"), value)
 
+    @LOADED
     @given(st.binary(max_size=200))
     def test_random_bytes_only_raise_the_documented_error(self, data: bytes) -> None:
         try:
@@ -79,6 +84,7 @@ class StrictJSONTests(unittest.TestCase):
         self.assertEqual(loads(r'["\ud83d\ude00", "\\ud800", "\u00e9"]', "s"),
                          ["\U0001f600", "\\ud800", "\u00e9"])
 
+    @LOADED
     @given(st.text(alphabet=st.characters(min_codepoint=0xD7F0, max_codepoint=0xE010)
                    | st.sampled_from("a\\u\""), max_size=12))
     def test_whatever_parses_can_be_written_back_as_strict_utf8(self, value: str) -> None:

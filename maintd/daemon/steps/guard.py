@@ -73,10 +73,24 @@ async def pause_step(ctx: Any) -> None:
         note(ctx, action="paused", reason=pause.reason, until=pause.until, source=pause.source)
 
 
-def reporting_nodes(reports: dict[str, Any]) -> list[str]:
-    """Nodes whose report this round says something other than ``Ok``."""
-    return sorted(name for name, r in reports.items()
-                  if isinstance(getattr(r, "status", None), Action) and r.status != Action.OK)
+def reporting_nodes(reports: dict[str, Any], state: Any = None) -> list[str]:
+    """Nodes whose report this round says something other than ``Ok``.
+
+    A node that could not be asked this round (unreachable, timed out, a
+    refused report) keeps its last verdict: when ``state`` is given, a node
+    with an open incident and no valid report counts as still reporting, so
+    a storm on a busy network does not look like it ended because some of
+    its nodes were slow to answer.
+    """
+    names = {name for name, r in reports.items()
+             if isinstance(getattr(r, "status", None), Action) and r.status != Action.OK}
+    if state is not None:
+        for inc in state.incidents:
+            report = reports.get(inc.node_name)
+            answered = isinstance(getattr(report, "status", None), Action)
+            if inc.node_name in reports and not answered and not inc.status.finalized:
+                names.add(inc.node_name)
+    return sorted(names)
 
 
 def ok_nodes(reports: dict[str, Any]) -> list[str]:
@@ -92,8 +106,9 @@ async def storm_step(ctx: Any) -> None:
     guard = dict(ctx.state.guard)
     guard["max-evacuating"] = getattr(ctx.config, "max_evacuating",
                                       G.DEFAULT_MAX_EVACUATING).resolve(nodes)
-    if ctx.mond is not None:
-        names = reporting_nodes(ctx.reports)
+    # reports come from the node agents or from mond (the collect step's source)
+    if getattr(ctx, "agent", None) is not None or ctx.mond is not None:
+        names = reporting_nodes(ctx.reports, ctx.state)
         threshold = G.storm_threshold(getattr(ctx.config, "storm_threshold",
                                               G.DEFAULT_STORM_THRESHOLD), nodes)
         before = G.Breaker.from_guard(guard)
