@@ -61,9 +61,19 @@ _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class MondError(Exception):
     """Any failure talking to one node's mond; the message names the node."""
 
+    #: What went wrong, as the metrics count it: ``unreachable`` (no answer)
+    #: or ``invalid`` (an answer that is not a valid report).
+    outcome = "unreachable"
+
     def __init__(self, node: str, message: str) -> None:
         super().__init__(f"mond on {node}: {message}")
         self.node = node
+
+
+class MondInvalid(MondError):
+    """The node answered, but not with a valid report."""
+
+    outcome = "invalid"
 
 
 @attrs.frozen
@@ -86,38 +96,38 @@ def validate_diagnose(node: str, document: Any) -> DiagnoseReport:
     ``details``).
     """
     if not isinstance(document, Mapping):
-        raise MondError(node, f"report is not a JSON object but {type(document).__name__}")
+        raise MondInvalid(node, f"report is not a JSON object but {type(document).__name__}")
     data = document.get("data")
     if not isinstance(data, Mapping):
-        raise MondError(node, "report has no 'data' object")
+        raise MondInvalid(node, "report has no 'data' object")
     # The answer was read with strictjson, but a document may come from
     # elsewhere (the agent, a test): check depth and NaN here too, without
     # recursion, so the report can be stored and served as strict JSON.
     if strictjson.depth_exceeds(data, MAX_DEPTH):
-        raise MondError(node, f"report data is nested deeper than {MAX_DEPTH} levels")
+        raise MondInvalid(node, f"report data is nested deeper than {MAX_DEPTH} levels")
     try:
         encoded = json.dumps(data, sort_keys=True, allow_nan=False)
     except ValueError:
-        raise MondError(node, "report data holds NaN or Infinity (not JSON)") from None
+        raise MondInvalid(node, "report data holds NaN or Infinity (not JSON)") from None
     except TypeError as e:
-        raise MondError(node, f"report data is not JSON: {e}") from None
+        raise MondInvalid(node, f"report data is not JSON: {e}") from None
     if len(encoded) > MAX_REPORT:
-        raise MondError(node, f"report data is {len(encoded)} bytes, more than {MAX_REPORT}")
+        raise MondInvalid(node, f"report data is {len(encoded)} bytes, more than {MAX_REPORT}")
     status = data.get("status")
     if not isinstance(status, str):
-        raise MondError(node, f"report status {status!r} is not a string")
+        raise MondInvalid(node, f"report status {status!r} is not a string")
     try:
         action = Action.from_wire(status)
     except ValueError:
-        raise MondError(node, f"unknown report status {status[:64]!r}") from None
+        raise MondInvalid(node, f"unknown report status {status[:64]!r}") from None
     command = data.get("command")
     if command == "":
         command = None
     if command is not None:
         if not isinstance(command, str):
-            raise MondError(node, f"report command {command!r} is not a string")
+            raise MondInvalid(node, f"report command {command!r} is not a string")
         if not COMMAND_RE.match(command) or ".." in command:
-            raise MondError(node, f"report command {command[:64]!r} is not a plain command name")
+            raise MondInvalid(node, f"report command {command[:64]!r} is not a plain command name")
     return DiagnoseReport(
         node=node, status=action, command=command, details=data.get("details"), raw=dict(data)
     )
@@ -362,15 +372,23 @@ class MondClient:
         """The document of an answer (the agent client verifies its signature)."""
         return self._decode(node, url, code, body)
 
+    def _invalid(self, node: str, message: str) -> MondError:
+        """The error for an answer that is no valid report (outcome ``invalid``)."""
+        if self.Error is MondError:
+            return MondInvalid(node, message)
+        err = self.Error(node, message)
+        err.outcome = "invalid"
+        return err
+
     def _decode(self, node: Node, url: str, code: int, body: bytes) -> Any:
         """The JSON of a mond answer (the agent client verifies signatures instead)."""
         if code != 200:
             text = body[:200].decode("utf-8", "replace").strip()
-            raise self.Error(node.name, f"{url} answered HTTP {code}: {text}")
+            raise self._invalid(node.name, f"{url} answered HTTP {code}: {text}")
         try:
             return strictjson.loads(body, url, max_bytes=MAX_BODY, max_depth=MAX_DEPTH)
         except strictjson.StrictJSONError as e:
-            raise self.Error(node.name, f"malformed JSON from {url}: {e.problem}") from None
+            raise self._invalid(node.name, f"malformed JSON from {url}: {e.problem}") from None
 
     async def diagnose(self, node: Node) -> DiagnoseReport:
         """The node's validated self-diagnose report."""

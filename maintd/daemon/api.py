@@ -12,6 +12,8 @@
 ``GET /1/last-round``   summary of the last round (and the dry-run plan)
 ``GET /1/overview``     budget, storm breaker, pause, incident counts,
                         next round, version (:func:`maintd.decide.guardrails.overview`)
+``GET /metrics``        Prometheus metrics (``maintd.daemon.metrics``)
+``GET /ui``             the status page, HTML (``maintd.daemon.ui``)
 ======================  ==============================================
 
 Every path works with and without a trailing slash; ``HEAD`` works like
@@ -32,7 +34,7 @@ import json
 import time
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
@@ -51,6 +53,10 @@ from maintd.daemon.httpguard import ConnectionGuard, HttpLimits
 from maintd.daemon.state import MaintState
 from maintd.daemon.store import IncidentCodec
 from maintd.decide import guardrails
+
+if TYPE_CHECKING:
+    from maintd.daemon.metrics import DaemonMetrics
+    from maintd.daemon.ui import StatusPage
 
 log = Logger()
 
@@ -140,6 +146,21 @@ def _send(request: IRequest, body: _Body, code: int = 200) -> bytes:
     return data
 
 
+def _send_built(request: IRequest, body: bytes, content_type: bytes) -> bytes:
+    """A body built for this request (metrics, the page): gzip when asked and large."""
+    request.setResponseCode(200)
+    request.setHeader(b"Content-Type", content_type)
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
+    if len(body) >= GZIP_MIN:
+        request.setHeader(b"Vary", b"Accept-Encoding")
+        if _accepts_gzip(request):
+            request.setHeader(b"Content-Encoding", b"gzip")
+            body = _gzip(body) or body
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return b"" if request.method == b"HEAD" else body
+
+
 def _path_is_utf8(path: bytes) -> bool:
     """Whether the percent-decoded ``path`` is UTF-8 (Klein needs it to be)."""
     try:
@@ -167,6 +188,8 @@ class StateAPI:
         overview: OverviewFn | None = None,
         *,
         jobs: Any = None,
+        metrics: DaemonMetrics | None = None,
+        page: StatusPage | None = None,
     ) -> None:
         #: The overview is built at request time (a pause may end, the next
         #: round moves): ``overview(state)``, by default without round facts.
@@ -175,6 +198,9 @@ class StateAPI:
         #: status "unknown").
         self.jobs = jobs
         self._state = state if state is not None else MaintState()
+        #: ``/metrics`` and ``/ui`` answer 404 without them.
+        self.metrics = metrics
+        self.page = page
         self._codec = IncidentCodec()
         self._fixed = {"root": _Body(None, _encode(API_VERSIONS)), "1": _Body(None, _encode(None))}
         self._parts: dict[str, _Body] = {}
@@ -256,6 +282,31 @@ class StateAPI:
     def overview_route(self, request: IRequest) -> bytes:
         return _send(request, self._overview_body())
 
+    @app.route("/metrics", methods=_METHODS, strict_slashes=False)
+    def metrics_text(self, request: IRequest) -> bytes:
+        if self.metrics is None:
+            raise NotFound()
+        accept = request.getHeader(b"accept")
+        body, content_type = self.metrics.exposition(accept.decode("latin-1") if accept else None)
+        return _send_built(request, body, content_type.encode("ascii"))
+
+    @app.route("/ui", methods=_METHODS, strict_slashes=False)
+    def status_page(self, request: IRequest) -> Any:
+        if self.page is None:
+            raise NotFound()
+        from maintd.daemon.ui import CSP
+
+        def send(html: bytes) -> bytes:
+            request.setHeader(b"Content-Security-Policy", CSP)
+            return _send_built(request, html, b"text/html; charset=utf-8")
+
+        def failed(failure: Failure) -> bytes:
+            # one line, not a traceback; the rounds and the JSON API go on
+            log.error("status page failed: {error}", error=failure.getErrorMessage())
+            return _send(request, _Body(None, _encode({"error": "status page failed"})), 500)
+
+        return self.page.render().addCallbacks(send, failed)
+
     @app.route("/1/status/<string:uuid>", methods=_METHODS, strict_slashes=False)
     def one_incident(self, request: IRequest, uuid: str) -> Any:
         inc = self._state.incident(uuid)
@@ -307,7 +358,8 @@ class _FastPath(Resource):
 class _Site(Site):
     """The API's site.  Request lines are debug events (only with ``-d``),
     not an access log.  Connections use :class:`_Channel` under the limits of
-    :mod:`maintd.daemon.httpguard` (the shortcut only without ``-d``)."""
+    :mod:`maintd.daemon.httpguard` (the shortcut only without ``-d``);
+    over-long lines get an answer (:class:`_LimitedChannel`)."""
 
     def __init__(
         self, api: StateAPI, debug: bool, limits: HttpLimits, reactor: Any = None
@@ -333,7 +385,33 @@ class _Site(Site):
         )
 
 
-class _Channel(HTTPChannel):
+class _LimitedChannel(HTTPChannel):
+    """HTTP/1.1 whose over-long lines get an answer.
+
+    A request line or header line longer than ``MAX_LENGTH`` (16 KiB) makes
+    twisted.web drop the connection without a word; here the client gets
+    414 (request line) or 431 (a header) with a JSON body, then the
+    connection is closed.  (Too many headers or too many header bytes in
+    all already get twisted.web's 400.)
+    """
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        first = getattr(self, "_HTTPChannel__first_line", 0)
+        if first:
+            code, reason, error = 414, b"URI Too Long", "request line too long"
+        else:
+            code, reason, error = 431, b"Request Header Fields Too Large", "header line too long"
+        body = _encode({"error": error, "limit": self.MAX_LENGTH})
+        if self.transport is not None:
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (code, reason, len(body), body)
+            )
+            self.transport.loseConnection()
+
+
+class _Channel(_LimitedChannel):
     """HTTP/1.1 with a shortcut for the common case.
 
     When the connection is idle and one whole ``GET`` of a documented path

@@ -23,6 +23,7 @@ import attrs
 from twisted.logger import Logger
 
 from maintd.daemon.config import DaemonConfig
+from maintd.daemon.metrics import NO_EVENTS, RoundEvents, events_of, metered, step_label
 from maintd.daemon.state import MaintState
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ class RoundContext:
     mastership: Any = None
     #: ``maintd.daemon.replication.Replication`` (None: no state replication).
     replica: Any = None
+    #: Where the round reports what happened (the daemon's metrics).
+    events: RoundEvents = NO_EVENTS
 
     async def commit(self, new: MaintState) -> None:
         """Durably store ``new`` (when there is a store), then make it current."""
@@ -93,13 +96,18 @@ async def run_round(
     :class:`RoundStopped` when ``should_stop()`` turns true between steps.
     """
     started = time.time()
+    events = events_of(ctx)
     result, error = "ok", None
     try:
         for step in steps:
             if should_stop is not None and should_stop():
                 raise RoundStopped(f"stopped before step {_step_name(step)}")
             log.debug("round {number}: step {step}", number=ctx.number, step=_step_name(step))
-            await step(ctx)
+            step_started = time.monotonic()
+            try:
+                await step(ctx)
+            finally:
+                events.step_finished(step_label(step), time.monotonic() - step_started)
     except RoundStopped as e:
         result, error = "stopped", str(e)
         raise
@@ -107,6 +115,9 @@ async def run_round(
         result, error = "failed", describe_error(e)
         raise
     finally:
+        events.round_finished(result, time.time() - started)
+        if getattr(ctx, "cluster", None) is not None:
+            events.cluster_seen(ctx.cluster)
         summary = {
             "number": ctx.number,
             "start": started,
@@ -150,6 +161,7 @@ class RoundRunner:
         agent: Any = None,
         replica: Any = None,
         submitting: Callable[[], bool] | None = None,
+        events: RoundEvents = NO_EVENTS,
     ) -> None:
         self.config = config
         self.reactor = reactor
@@ -162,6 +174,7 @@ class RoundRunner:
         self.executor = executor
         #: Asked at the start of each round (the voting part plugs in here).
         self.submitting = submitting or (lambda: True)
+        self.events = events
 
     def context(self, number: int) -> RoundContext:
         return RoundContext(
@@ -171,12 +184,13 @@ class RoundRunner:
             reactor=self.reactor,
             state=self.store.state,
             store=self.store,
-            rapi=self.rapi,
+            rapi=metered(self.rapi, self.events),
             mond=self.mond,
             agent=self.agent,
             replica=self.replica,
             executor=self.executor,
             submitting=self.submitting(),
+            events=self.events,
         )
 
     async def __call__(self, number: int, should_stop: Callable[[], bool]) -> None:

@@ -24,6 +24,7 @@ import errno
 import fcntl
 import json
 import os
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -120,6 +121,8 @@ class StateStore:
         self._lock_fd = lock_fd
         self._listeners: list[Listener] = []
         self._codec = IncidentCodec()
+        #: Called with the seconds each durable write took (the metrics).
+        self.write_observers: list[Callable[[float], None]] = []
 
     @classmethod
     def open(cls, state_dir: str, *, lock: bool = True) -> StateStore:
@@ -208,11 +211,14 @@ class StateStore:
             self._write(attrs.evolve(self._state, serial=at_least + 1))
 
     def _write(self, new: MaintState) -> None:
+        started = time.perf_counter()
         data = encode(new, self._codec)
         try:
             atomicfile.replace(self.path, data, self.tmp_path)
         except OSError as e:
             raise StoreError(f"cannot write state file {self.path}: {e.strerror or e}") from None
+        for observe in self.write_observers:
+            observe(time.perf_counter() - started)
         self._state = new
         for listener in list(self._listeners):
             try:

@@ -53,9 +53,11 @@ from maintd.daemon.mastership import (
     exit_after_shutdown,
     mastership_service,
 )
+from maintd.daemon.metrics import DaemonMetrics
 from maintd.daemon.round import RoundRunner, Step
 from maintd.daemon.scheduler import RoundService
 from maintd.daemon.store import StateStore, StoreError
+from maintd.daemon.ui import StatusPage, refresh_seconds
 from maintd.decide import guardrails
 
 log = Logger()
@@ -276,6 +278,7 @@ class MaintDaemon(service.MultiService):
     #: collector_failed) for an exporter.
     agent: Any = None
     mastership: Mastership
+    metrics: DaemonMetrics
 
     def __init__(self) -> None:
         super().__init__()
@@ -410,9 +413,18 @@ def makeService(options: _options.Options | DaemonConfig, reactor: Any = None) -
         store.close()
         raise
 
+    # /metrics and /ui read the live parts through callables (rounds: below).
+    metrics = DaemonMetrics(lambda: store.state, mastership=mastership)
+    store.write_observers.append(metrics.store_write)
+    page = StatusPage(
+        lambda: store.state,
+        refresh=refresh_seconds(config.round_delay),
+        cluster=lambda: metrics.cluster,
+        mastership=mastership,
+    )
     # job status and summary for /1/status/UUID and ganeti-maintd-ctl show
     job_info = JobInfo(rapi, reactor)
-    api = StateAPI(store.state, jobs=job_info)
+    api = StateAPI(store.state, jobs=job_info, metrics=metrics, page=page)
     store.add_listener(api.update)
     site = api.site(debug=config.debug, limits=HttpLimits.from_config(config), reactor=reactor)
     http = _HTTPService(
@@ -431,6 +443,7 @@ def makeService(options: _options.Options | DaemonConfig, reactor: Any = None) -
         rapi=rapi,
         mond=_mond_client(config, reactor, top.startup_notes),
         executor=executor,
+        events=metrics,
         agent=agent,
         replica=replication,
     )
@@ -447,6 +460,8 @@ def makeService(options: _options.Options | DaemonConfig, reactor: Any = None) -
     )
     rounds.setServiceParent(top)
     api.overview_fn = overview_for(config, reactor, rounds)
+    metrics.overview = page.overview = api.overview
+    page.round_running = lambda: rounds.running_round
     # --- voting part (issue 9): rounds submit jobs only while this host is
     # the master; re-check every --master-check-interval, exit 11 when lost.
     mastership.exit = lambda status: exit_after_shutdown(reactor, status)
@@ -469,6 +484,7 @@ def makeService(options: _options.Options | DaemonConfig, reactor: Any = None) -
     top.agent = agent
     top.store = store
     top.api = api
+    top.metrics = metrics
     top.rounds = rounds
     log.info(
         "ganeti-maintd: HTTP API on {bind} port {port}, state in {state_dir}, RAPI {rapi}",

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 
 from maintd.cluster.model import Cluster
 from maintd.cluster.rapi.errors import RapiError
+from maintd.daemon.metrics import events_of
 from maintd.decide import evacuation
 from maintd.decide.balance.jobsets import commands
 from maintd.decide.balance.load import (
@@ -227,6 +228,7 @@ async def balance_step(ctx: Any) -> None:
             fin=result.final_score,
             n=len(jobset),
         )
+        events_of(ctx).balance_score(group, result.initial_score, result.final_score)
         for mv in jobset:
             fields: dict[str, Any] = {
                 "instance": mv.instance,

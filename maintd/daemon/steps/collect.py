@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from maintd.cluster.agent import AgentError
 from maintd.cluster.mond import MondError
+from maintd.daemon.metrics import events_of, record_reports
 from maintd.daemon.steps.notes import note
 from maintd.decide import incidents as I
 
@@ -44,6 +45,7 @@ async def collect_step(ctx: Any) -> None:
         note(ctx, action="collect", offline=len(offline), offline_nodes=offline[:20])
     reports = await source.gather(nodes, source.diagnose)
     ctx.reports = dict(reports)
+    record_reports(events_of(ctx), "mond" if source is ctx.mond else "agent", reports)
     failures = sorted(n for n, r in reports.items() if isinstance(r, MondError))
     for name in failures:
         err = reports[name]

@@ -44,6 +44,7 @@ from twisted.logger import Logger
 from maintd.cluster.model import Instance
 from maintd.cluster.rapi.errors import RapiError
 from maintd.cluster.rapi.jobs import JobResult
+from maintd.daemon.metrics import events_of
 from maintd.decide import evacuation
 from maintd.decide.harep.decide import (
     Decision,
@@ -354,6 +355,8 @@ async def _carry_out(
         await _continue_repair(ctx, inst, decision, record, jobs, queue)
     else:
         await _finish_repair(ctx, inst, decision, record, jobs)
+    if decision.add_tag is not None and decision.add_tag.result is not None:
+        events_of(ctx).harep_repair(decision.add_tag.type.wire, decision.add_tag.result.wire)
 
 
 # --- writes -------------------------------------------------------------------
@@ -520,6 +523,7 @@ async def _start_repair(
         await _write_pending(ctx, name, orphan, decision.remove_tags, jobs)
         return
     submitted = await _submit_ops(ctx, inst, pending, decision.ops, (), inst.running)
+    events_of(ctx).harep_repair(pending.type.wire, "started")
     jobs.extend(submitted)
     await _write_pending(
         ctx, name, attrs.evolve(pending, jobs=submitted), decision.remove_tags, jobs
