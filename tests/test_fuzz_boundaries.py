@@ -117,6 +117,9 @@ def _responses(raw: bytes, heads: list[bool]) -> list[tuple[int, dict[bytes, byt
             headers[name.strip().lower()] = value.strip()
         length = int(headers.get(b"content-length", str(len(rest)).encode()))
         code = int(status[1])
+        if code == 100:  # "100 Continue" (Expect: 100-continue): the answer follows
+            raw = rest
+            continue
         # the answer to a HEAD has no body, unless its request line could not
         # be parsed (a 400 that closes the connection: the body is all that is left)
         if len(out) < len(heads) and heads[len(out)] and not (
