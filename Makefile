@@ -27,10 +27,10 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/trial -j2 tests
 
-## Build the man page man/ganeti-maintd.8 (docutils' rst2man; warnings are errors).
-man: man/ganeti-maintd.8
+## Build the man pages man/ganeti-maintd.8, man/ganeti-maintd-agent.8 (docutils' rst2man; warnings are errors).
+man: man/ganeti-maintd.8 man/ganeti-maintd-agent.8
 
-man/ganeti-maintd.8: man/ganeti-maintd.rst $(STAMP)
+man/%.8: man/%.rst $(STAMP)
 	$(BIN)/rst2man --halt=warning $< $@
 
 ## Benchmarks: print figures (not tests; results depend on the machine's load).

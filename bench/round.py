@@ -10,7 +10,19 @@ cleanup, collect, handle) in dry-run so nothing is submitted.
 
 Target: snapshot + collect + decide < 2 s plus one per-node timeout.
 
-    .venv/bin/python bench/round.py [--nodes 1000] [--timeout 2] [--parallel 1024]
+Then (issue 17, plan before drain): planning the whole evacuation of a node
+with 200 instances (primaries and secondaries) on a 1,000-node snapshot,
+first alone, then as the handle step's round gate does it.  ``--plan-only``
+prints just that (no simulator).
+
+    .venv/bin/python bench/round.py [--nodes 1000] [--timeout 2] [--parallel 1024] [--plan-only]
+With ``--agents`` the self-diagnose reports come from the simulator's node
+agents instead (what the daemon uses by default): HTTPS pinned to the
+simulator's ``server.pem``, every report signed with its HMAC key and
+verified by the daemon's agent client (RAPI over HTTPS too); the figures add
+the signature verification cost.
+
+    .venv/bin/python bench/round.py [--nodes 1000] [--timeout 2] [--parallel 1024] [--agents]
 """
 
 from __future__ import annotations
@@ -30,14 +42,20 @@ from typing import Any
 import attrs
 from twisted.internet import defer, task
 
+from maintd.cluster.agent import AgentClient
+from maintd.cluster.model import Cluster, Instance
 from maintd.cluster.mond import DEFAULT_PARALLEL, MondClient
 from maintd.cluster.rapi.client import RapiClient
+from maintd.common import signing
 from maintd.daemon.state import MaintState
 from maintd.daemon.steps.cleanup import cleanup_step
 from maintd.daemon.steps.collect import collect_step
 from maintd.daemon.steps.handle import handle_step
 from maintd.daemon.steps.snapshot import snapshot_step
+from maintd.decide import evacplan
+from maintd.decide import guardrails as G
 from maintd.decide import incidents as I
+from maintd.decide.balance.gen import generate_cluster
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -88,11 +106,13 @@ class Ctx:
     now: float
     reactor: Any
     executor: Any = None
+    agent: Any = None
     submitting: bool = True
     cluster: Any = None
     store: Any = None
     free_nodes: set[str] = attrs.field(factory=set)
     notes: list[dict[str, Any]] = attrs.field(factory=list)
+    reports: dict[str, Any] = attrs.field(factory=dict)
 
     async def commit(self, new: MaintState) -> None:
         self.state = new
@@ -105,6 +125,7 @@ class TimedMond:
         self.mond = mond
         self.t0 = 0.0
         self.spans: dict[str, tuple[float, float, bool]] = {}
+        self.results: dict[str, Any] = {}
 
     async def diagnose(self, node: Any) -> Any:
         return await self.mond.diagnose(node)
@@ -123,7 +144,8 @@ class TimedMond:
             finally:
                 self.spans[node.name] = (s, time.perf_counter() - self.t0, ok)
 
-        return await self.mond.gather(nodes, timed)
+        self.results = await self.mond.gather(nodes, timed)
+        return self.results
 
     def summary(self) -> str:
         live = [e for s, e, ok in self.spans.values() if ok]
@@ -154,6 +176,81 @@ async def wait_for_rapi(reactor: Any, rapi: RapiClient, child: subprocess.Popen[
     raise SystemExit("simulator did not start within 120 s")
 
 
+def evacuation_snapshot(nodes: int, on_node: int, seed: int) -> tuple[Cluster, str]:
+    """A synthetic ``nodes``-node cluster plus one big node carrying ``on_node``
+    instances: 60 % DRBD primaries, 30 % DRBD secondaries, 10 % shared storage."""
+    rng = random.Random(seed)
+    base = generate_cluster(nodes, nodes * 4, seed)
+    names = sorted(n for n in base.nodes if n != base.master)
+    victim = names[0]
+    others = names[1:]
+    insts = dict(base.instances)
+    # the victim keeps only what the bench puts there
+    for name, inst in list(insts.items()):
+        if victim == inst.primary or victim in inst.secondaries:
+            del insts[name]
+    used_disk: dict[str, int] = {}
+    added_mem = 0
+    for k in range(on_node):
+        name = f"evac{k:04d}.example.com"
+        mem = rng.choice((512, 1024, 2048))
+        size = rng.choice((10240, 20480))
+        r = k % 10
+        if r < 6:
+            inst = Instance(name, name, victim, (rng.choice(others),), "drbd", memory=mem,
+                            disk_sizes=(size,), vcpus=1)
+            added_mem += mem
+        elif r < 9:
+            inst = Instance(name, name, rng.choice(others), (victim,), "drbd", memory=mem,
+                            disk_sizes=(size,), vcpus=1)
+        else:
+            inst = Instance(name, name, victim, (), "sharedfile", memory=mem, vcpus=1)
+            added_mem += mem
+        insts[name] = inst
+        for n in (inst.primary, *inst.secondaries):
+            if inst.is_drbd:
+                used_disk[n] = used_disk.get(n, 0) + size
+    mem_of = {i.primary: 0 for i in insts.values()}
+    for i in insts.values():
+        if i.running and i.primary != victim and i.name.startswith("evac"):
+            mem_of[i.primary] += i.memory
+    nodes_out = {}
+    for name, n in base.nodes.items():
+        if name == victim:
+            n = attrs.evolve(n, mtotal=1 << 20, mnode=2048, mfree=(1 << 20) - 2048 - added_mem,
+                             dtotal=10_000_000, dfree=10_000_000 - used_disk.get(name, 0))
+        else:
+            n = attrs.evolve(n, mfree=n.mfree - mem_of.get(name, 0),
+                             dfree=n.dfree - used_disk.get(name, 0))
+        nodes_out[name] = n
+    return attrs.evolve(base, nodes=nodes_out, instances=insts), victim
+
+
+def bench_evacuation_plan(nodes: int, on_node: int, seed: int) -> None:
+    cluster, victim = evacuation_snapshot(nodes, on_node, seed)
+    s, c = time.perf_counter(), time.process_time()
+    plan = evacplan.Planner(cluster, {victim}).plan(victim)
+    wall, cpu = time.perf_counter() - s, time.process_time() - c
+    moved = len({st.instance for st in plan.steps})
+    print(f"evacuation plan: node with {on_node} instances on a {len(cluster.nodes)}-node, "
+          f"{len(cluster.instances)}-instance snapshot: {wall:.3f} s wall {cpu:.3f} s CPU; "
+          f"{'feasible' if plan.feasible else 'NOT feasible: ' + str(plan.reason)}, "
+          f"{len(plan.steps)} moves for {moved} instances")
+    from maintd.daemon.state import Action, Incident
+
+    inc = Incident(uuid="bench", node="u", node_name=victim, original={}, action=Action.EVACUATE)
+    s, c = time.perf_counter(), time.process_time()
+    gate = G.round_gate([inc], master=cluster.master, budget=1, breaker=G.Breaker(), pause=None,
+                        planner=evacplan.Planner(cluster, {victim}))
+    step = evacplan.next_step(cluster, gate.plans[victim], failover=False,
+                              available=set(cluster.nodes), busy=set(), incident_nodes={victim})
+    wall, cpu = time.perf_counter() - s, time.process_time() - c
+    verdict = "OK" if cpu < 2 else "SLOW"
+    print(f"  round gate (budget, breaker, whole plan) + this round's job: {wall:.3f} s wall "
+          f"{cpu:.3f} s CPU -> {I.describe(step)} (round budget 2 s of CPU: {verdict})")
+    print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (shared machine)")
+
+
 async def main(reactor: Any, args: argparse.Namespace, work: str) -> None:
     spec, n_dead, n_inc = build_scenario(args.nodes, args.seed)
     path = os.path.join(work, "scenario.json")
@@ -166,26 +263,50 @@ async def main(reactor: Any, args: argparse.Namespace, work: str) -> None:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(text)
-    rapi_port, mond_port = free_port(), free_port()
+    rapi_port, mond_port, agent_port = free_port(), free_port(), free_port()
     log = open(os.path.join(work, "sim.log"), "wb")
     t0 = time.perf_counter()
+    key_file = os.path.join(work, "hmac.key")
+    with open(key_file, "w") as f:
+        f.write(secrets.token_hex(20) + "\n")
     child = subprocess.Popen(
-        [TWISTD, "-n", "--pidfile=", "-l", "-", "ganeti-sim", "--scenario", path, "--plain-http",
+        [TWISTD, "-n", "--pidfile=", "-l", "-", "ganeti-sim", "--scenario", path,
+         *([] if args.agents else ["--plain-http"]),
          "--rapi-port", str(rapi_port), "--mond-port", str(mond_port), "--rapi-users", users,
-         "--workdir", work],
+         "--agent-port", str(agent_port), "--hmac-key", key_file, "--workdir", work],
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        rapi = RapiClient.create(f"http://127.0.0.1:{rapi_port}", reactor=reactor, user="bench",
-                                 password_file=pwfile, timeout=60)
+        for _ in range(600):  # the simulator writes its certificates as it starts
+            if not args.agents or os.path.exists(os.path.join(work, "server.pem")):
+                break
+            if child.poll() is not None:
+                raise SystemExit("simulator exited early; see its log")
+            await task.deferLater(reactor, 0.2, lambda: None)
+        scheme = "https" if args.agents else "http"
+        rapi = RapiClient.create(f"{scheme}://127.0.0.1:{rapi_port}", reactor=reactor,
+                                 user="bench", password_file=pwfile, timeout=60,
+                                 cert=os.path.join(work, "rapi.pem") if args.agents else None)
         await wait_for_rapi(reactor, rapi, child)
         print(f"simulator (child process): {args.nodes} nodes, {len(spec['instances'])} DRBD "
               f"instances, {n_dead} monds hang, {n_inc} report evacuate; "
               f"up in {time.perf_counter() - t0:.1f} s")
-        mond = TimedMond(MondClient(reactor, port=mond_port, timeout=args.timeout,
-                                    parallel=args.parallel))
+        agent = None
+        if args.agents:
+            agent = AgentClient.create(reactor, key=signing.read_key(key_file),
+                                       cert=os.path.join(work, "server.pem"), port=agent_port,
+                                       timeout=args.timeout, parallel=args.parallel)
+            mond = TimedMond(agent)
+            print("self-diagnose from the node agents: HTTPS (pinned server.pem), signed "
+                  "reports verified")
+        else:
+            mond = TimedMond(MondClient(reactor, port=mond_port, timeout=args.timeout,
+                                        parallel=args.parallel))
         for attempt in range(2):
             ctx = Ctx(MaintState(), rapi, mond, Cfg(), reactor.seconds(), reactor)
+            if agent is not None:
+                ctx.agent, ctx.mond = mond, None
+                verified, spent = agent.verified, agent.verify_seconds
             times, cpu = {}, {}
             start = time.perf_counter()
             for step in (snapshot_step, cleanup_step, collect_step, handle_step):
@@ -199,6 +320,14 @@ async def main(reactor: Any, args: argparse.Namespace, work: str) -> None:
             for k, v in times.items():
                 print(f"  {k:14s} {v:7.3f} s wall {cpu[k]:7.3f} s CPU")
             print(f"  collect: {mond.summary()}")
+            if agent is not None:
+                n_ver = agent.verified - verified
+                cost = agent.verify_seconds - spent
+                print(f"  verification: {n_ver} signed reports checked (strict JSON, HMAC-SHA1, "
+                      f"window) in {cost * 1000:.1f} ms (reactor thread, wall), "
+                      f"{cost / max(n_ver, 1) * 1e6:.0f} us per report; TLS sessions resumed "
+                      f"so far {agent.resumed}; outcomes (both rounds) "
+                      f"{agent.counters.totals()}")
             new = len(ctx.state.incidents)
             plans = [n for n in ctx.notes if "plan" in n]
             unreachable = sum(n.get("unreachable", 0) for n in ctx.notes)
@@ -209,12 +338,14 @@ async def main(reactor: Any, args: argparse.Namespace, work: str) -> None:
             print(f"  incidents noted {new} (expected {n_inc}), monds without answer "
                   f"{unreachable} (expected {n_dead}), plans {len(plans)}")
             if new != n_inc or unreachable != n_dead:
-                raise SystemExit("unexpected result")
+                errors = [str(r) for r in mond.results.values() if isinstance(r, Exception)]
+                raise SystemExit(f"unexpected result, e.g. {errors[:1]}")
         s = time.perf_counter()
         I.decide(ctx.cluster, ctx.state, I.free_nodes(ctx.cluster, ctx.state), ())
         print(f"  decide() alone: {time.perf_counter() - s:.3f} s")
         print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         await rapi.close()
+        bench_evacuation_plan(args.nodes, 200, args.seed)
     finally:
         child.terminate()
         try:
@@ -231,6 +362,13 @@ if __name__ == "__main__":
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--plan-only", action="store_true",
+                        help="only the evacuation-plan figure (no simulator)")
+    parser.add_argument("--agents", action="store_true",
+                        help="signed reports from the node agents over TLS")
     args = parser.parse_args()
+    if args.plan_only:
+        bench_evacuation_plan(args.nodes, 200, args.seed)
+        sys.exit(0)
     with tempfile.TemporaryDirectory(prefix="bench-round-") as work:
         task.react(lambda r: defer.Deferred.fromCoroutine(main(r, args, work)))

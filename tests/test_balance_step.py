@@ -131,7 +131,7 @@ class StepTests(SynchronousTestCase):
         # every job id is in the durable state
         self.assertEqual(set(ctx.state.jobs), {j for n in moved for j in n["jobs"]})
         for _op, _name, kw in ctx.rapi.calls:
-            self.assertEqual(kw["reason"], "maintd balance")
+            self.assertEqual(kw["reason"], f"maintd:1:balance:{_name}:-")
 
     def test_only_free_nodes_touched(self) -> None:
         names = sorted(self.cluster.nodes)

@@ -99,6 +99,9 @@ class EndToEndTests(TestCase):
         port = free_port()
         cwd = os.path.abspath(self.mktemp())
         os.makedirs(cwd)
+        key = os.path.join(cwd, "hmac.key")
+        with open(key, "w") as f:
+            f.write("0" * 40 + "\n")
         proto = self.spawn(
             [
                 "-n",
@@ -116,6 +119,9 @@ class EndToEndTests(TestCase):
                 "http://127.0.0.1:1",
                 "--round-delay",
                 "0.2",
+                "--hmac-key",
+                key,
+                "--agent-plain-http",
             ],
             cwd,
             expect_ready=True,

@@ -6,6 +6,7 @@ import json
 import os
 from unittest import mock
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from maintd.daemon import store as store_mod
@@ -69,7 +70,24 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(doc["format"], "ganeti-maintd-state")
         self.assertEqual(doc["schema"], 1)
         self.assertEqual(doc["incidents"][1]["repair-status"], "failed")
-        self.assertEqual(doc, {"format": "ganeti-maintd-state", **sample_state().to_json()})
+        self.assertEqual(doc, {"format": "ganeti-maintd-state", **sample_state().to_json(),
+                               "serial": 1})
+
+    def test_every_commit_bumps_the_serial(self) -> None:
+        s = self.open()
+        self.assertEqual(s.state.serial, 0)
+        s.commit(sample_state())
+        self.assertEqual(s.state.serial, 1)
+        s.commit(sample_state())  # same content: nothing written
+        self.assertEqual(s.state.serial, 1)
+        s.commit(attrs.evolve(sample_state(), jobs=(7,)))
+        self.assertEqual(s.state.serial, 2)
+        # a state with a higher serial (a replica taken at start) keeps it rising
+        s.commit(attrs.evolve(MaintState(jobs=(8,)), serial=40))
+        self.assertEqual((s.state.serial, s.state.jobs), (41, (8,)))
+        s.raise_serial(60)
+        s.close()
+        self.assertEqual(self.open().state.serial, 61)
 
     def test_crash_between_temp_write_and_rename_keeps_the_old_state(self) -> None:
         s = self.open()

@@ -122,6 +122,13 @@ class MakeServiceTests(SynchronousTestCase):
                 self.rapi_password_file = os.path.join(workdir, "pw")
                 self.rapi_cert = os.path.join(workdir, "rapi.pem")
                 self.mond_port = 41815
+                self.agent_port = 41817
+                self.agent_cert = os.path.join(workdir, "server.pem")
+                self.plain_http = True
+                self.hmac_key_file = os.path.join(workdir, "hmac.key")
+                os.makedirs(workdir, exist_ok=True)
+                with open(self.hmac_key_file, "w") as f:
+                    f.write("0" * 40 + "\n")
                 made.append(self)
 
         fake = types.ModuleType("maintd.sim.embed")
@@ -137,6 +144,8 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(svc.config.rapi, "https://127.0.0.1:45080")
         self.assertEqual(svc.config.rapi_user, "sim")
         self.assertEqual(svc.config.mond_port, 41815)
+        self.assertEqual((svc.config.agent_port, svc.config.hmac_key),
+                         (41817, sim.hmac_key_file), "the simulator's signed agents")
         self.assertEqual(svc.config.bind, "127.0.0.1")  # a demo stays local
         self.assertEqual(svc.config.ctl_socket, os.path.join(tmp, "ctl.sock"))
         self.assertTrue(sim.workdir.startswith(tmp))

@@ -13,11 +13,17 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from maintd.cluster.executor import CommandExecutor, ExecutorConfigError, NoExecutor, check_program
+from maintd.cluster.executor import (
+    AgentExecutor,
+    CommandExecutor,
+    ExecutorConfigError,
+    check_program,
+)
 from maintd.daemon.config import DaemonConfig
 from maintd.daemon.options import Options
 from maintd.daemon.state import TAG_FAILED, TAG_READY, RepairStatus
 from maintd.daemon.tap import makeService, repair_executor
+from tests.simulators import agent_config
 from tests.test_round_e2e import Daemon, scenario
 
 #: Records its arguments and stdin next to itself; succeeds only for fix-disk.
@@ -89,7 +95,8 @@ class OptionTests(SynchronousTestCase):
         d = os.path.abspath(self.mktemp())
         path = write_program(d)
         config = DaemonConfig.for_tests(state_dir=d)
-        self.assertIsInstance(repair_executor(config, reactor), NoExecutor)
+        self.assertIsInstance(repair_executor(config, reactor), AgentExecutor,
+                              "the node agents by default")
         ex = repair_executor(DaemonConfig.for_tests(state_dir=d, repair_command=path,
                                                     repair_timeout=7), reactor)
         assert isinstance(ex, CommandExecutor)
@@ -117,8 +124,9 @@ class RepairDaemon(Daemon):
         config = DaemonConfig.for_tests(
             state_dir=self.state_dir, port=self.http_port, rapi=s.rapi_url, rapi_user=s.rapi_user,
             rapi_password_file=s.rapi_password_file, rapi_cert=s.rapi_cert, rapi_insecure=False,
-            mond_port=s.mond_port, mond_timeout=1.0, round_delay=3600.0, job_wait=10.0,
-            repair_command=self.program, repair_timeout=60.0,
+            mond_port=s.mond_port, mond_timeout=1.0, round_delay=3600.0, busy_round_delay=3600.0,
+            job_wait=10.0,
+            repair_command=self.program, repair_timeout=60.0, **agent_config(s),
         )
         self.daemon = makeService(config, reactor)
         self.daemon.store.add_listener(self._record)

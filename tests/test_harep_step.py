@@ -54,7 +54,7 @@ class FakeRapi:
             raise RapiError(f"RAPI unreachable for {name}")
 
     async def add_tags(self, kind: str, name: str, tags: list[str], reason: str) -> int:
-        assert kind == "instance" and reason == f"maintd harep {name}"
+        assert kind == "instance" and reason == f"maintd:1:harep:{name}:-"
         self._check(name)
         self.calls.append(("add_tags", name, {"tags": list(tags)}))
         if self.tag_job_status == "success":
@@ -62,7 +62,7 @@ class FakeRapi:
         return self._job(self.tag_job_status)
 
     async def remove_tags(self, kind: str, name: str, tags: list[str], reason: str) -> int:
-        assert kind == "instance" and reason == f"maintd harep {name}"
+        assert kind == "instance" and reason == f"maintd:1:harep:{name}:-"
         self.calls.append(("remove_tags", name, {"tags": list(tags)}))
         self.tags_of[name].difference_update(tags)
         return self._job("success")
@@ -75,7 +75,7 @@ class FakeRapi:
         return {j: Job(j, self.status.get(j, "lost")) for j in job_ids}
 
     def _repair(self, method: str, name: str, kwargs: dict[str, Any]) -> int:
-        assert kwargs.pop("reason") == f"maintd harep {name}"
+        assert kwargs.pop("reason") == f"maintd:1:harep:{name}:-"
         self._check(name)
         self.calls.append((method, name, kwargs))
         job = self._job("running")

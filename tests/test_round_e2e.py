@@ -27,8 +27,10 @@ from maintd.cluster.rapi.errors import RapiServerError
 from maintd.daemon.config import DaemonConfig
 from maintd.daemon.state import TAG_FAILED, TAG_READY, MaintState, RepairStatus
 from maintd.daemon.tap import makeService
+from maintd.decide import incidents as I
+from maintd.decide.reason import parse_reason
 from maintd.sim.faults import RapiFault
-from tests.simulators import free_port, start_simulator
+from tests.simulators import agent_argv, agent_config, free_port, start_simulator
 
 EVACUATE = {"status": "evacuate", "command": None, "details": ["sda: reallocated sectors"]}
 OK = {"status": "Ok", "command": None, "details": []}
@@ -55,15 +57,22 @@ def drbd(name: str, p: str, s: str) -> dict[str, Any]:
 class Daemon:
     """A simulator plus a ganeti-maintd built by makeService, driven round by round."""
 
-    def __init__(self, test: TestCase, spec: dict[str, Any]) -> None:
+    def __init__(self, test: TestCase, spec: dict[str, Any], *, sim: Any = None,
+                 job_seconds: float = 0.05, **config: Any) -> None:
+        """``sim``: share another daemon's simulator (``spec`` unused then);
+        ``config``: DaemonConfig fields (``hostname``, ...)."""
         self.test = test
+        #: DaemonConfig fields that differ from the harness defaults.
+        self.config_extra = config
         self.base = tempfile.mkdtemp(prefix="mdr-")  # short: UNIX socket path limit
         test.addCleanup(shutil.rmtree, self.base, True)
-        path = os.path.join(self.base, "scenario.json")
-        with open(path, "w") as f:
-            json.dump(spec, f)
-        self.sim = start_simulator(test, os.path.join(self.base, "sim"), scenario=path,
-                                   job_seconds=0.05, mond_port=free_port())
+        if sim is None:
+            path = os.path.join(self.base, "scenario.json")
+            with open(path, "w") as f:
+                json.dump(spec, f)
+            sim = start_simulator(test, os.path.join(self.base, "sim"), scenario=path,
+                                  job_seconds=job_seconds, mond_port=free_port())
+        self.sim = sim
         self.state_dir = os.path.join(self.base, "state")
         self.http_port = free_port()
         self.daemon: Any = None
@@ -76,11 +85,14 @@ class Daemon:
 
     async def start(self) -> None:
         s = self.sim
-        config = DaemonConfig.for_tests(
+        values: dict[str, Any] = dict(
             state_dir=self.state_dir, port=self.http_port, rapi=s.rapi_url, rapi_user=s.rapi_user,
             rapi_password_file=s.rapi_password_file, rapi_cert=s.rapi_cert, rapi_insecure=False,
-            mond_port=s.mond_port, mond_timeout=1.0, round_delay=3600.0, job_wait=10.0,
+            mond_port=s.mond_port, mond_timeout=1.0, round_delay=3600.0, busy_round_delay=3600.0,
+            job_wait=10.0,
+            **agent_config(s),
         )
+        config = DaemonConfig.for_tests(**{**values, **self.config_extra})
         self.daemon = makeService(config, reactor)
         self.daemon.store.add_listener(self._record)
         self.daemon.startService()
@@ -212,7 +224,8 @@ class EndToEndTests(TestCase):
                                  "OP_INSTANCE_MIGRATE"] + ["OP_INSTANCE_REPLACE_DISKS"] * 3
                          + ["OP_TAGS_SET"])
         for _, op in d.ops():
-            self.assertEqual(reasons(op), [f"maintd incident {uuid}"])
+            self.assertEqual(reasons(op), [I.job_reason(done)])
+            self.assertEqual(parse_reason(reasons(op)[0]).id, uuid)  # type: ignore[union-attr]
         status = await d.http_status()
         self.assertEqual([(s["uuid"], s["repair-status"], s["jobs"]) for s in status],
                          [(uuid, "completed", all_jobs)])
@@ -343,18 +356,21 @@ class EndToEndTests(TestCase):
                          ["OP_NODE_SET_PARAMS", "OP_TAGS_SET"])
         self.assertEqual(d.inst("a1").primary, "n2", "nothing moved for a failed incident")
 
-    def test_live_repair_without_executor_and_dedupe(self) -> defer.Deferred[None]:
+    def test_live_repair_through_the_agent_and_dedupe(self) -> defer.Deferred[None]:
         return self.run_async(self._live_repair)
 
     async def _live_repair(self) -> None:
         report = {"status": "live-repair", "command": "fix-disk", "details": ["sdb"]}
         d = await self.daemon(scenario([], {"n3": report}))
         [inc] = d.incidents("n3")
-        self.assertEqual((inc.status, inc.reason),
-                         (RepairStatus.FAILED, "no repair executor configured"))
+        self.assertEqual((inc.status, inc.reason), (RepairStatus.COMPLETED, ""),
+                         "the default executor: the node's (simulated, signed) agent")
+        self.assertEqual(d.sim.agents.calls, [("n3", "fix-disk", report)],
+                         "run once, on n3, the report on stdin")
         await d.round()
         await d.round()
         self.assertEqual(len(d.state.incidents), 1, "same report: one incident")
+        self.assertEqual(len(d.sim.agents.calls), 1, "a completed repair is not run again")
         d.sim.sim.set_diagnose("n3", {**report, "details": ["sdb", "sdc"]})
         await d.round()
         self.assertEqual(len(d.incidents("n3")), 2, "changed report: a new incident")
@@ -520,7 +536,7 @@ class KillTests(TestCase):
                 "--rapi", sim.rapi_url, "--rapi-user", str(sim.rapi_user),
                 "--rapi-password-file", str(sim.rapi_password_file), "--rapi-cert", sim.rapi_cert,
                 "--mond-port", str(sim.mond_port), "--mond-timeout", "2", "--round-delay", "0.1",
-                "--job-wait", "10"]
+                "--job-wait", "10", *agent_argv(sim)]
         first = self.spawn(args)
         # drained and the first migration submitted: kill it
         await self.until(port, lambda st: bool(st) and len(st[0]["jobs"]) >= 2, first)

@@ -12,6 +12,7 @@ from maintd.cluster.model import Cluster, Group, Instance, Node
 from maintd.cluster.mond import DiagnoseReport, MondError
 from maintd.daemon.state import TAG_FAILED, TAG_READY, Action, Incident, MaintState, RepairStatus
 from maintd.decide import incidents as I
+from maintd.decide.reason import Reason, parse_reason, report_digest
 
 
 def mk_cluster(nodes: list[Node], instances: list[Instance]) -> Cluster:
@@ -27,7 +28,7 @@ def mk_cluster(nodes: list[Node], instances: list[Instance]) -> Cluster:
 def nd(name: str, **kw: Any) -> Node:
     base: dict[str, Any] = dict(
         uuid=f"u-{name}", group="default", pip="127.0.0.1", mtotal=8192, mfree=8192,
-        dtotal=100000, dfree=100000,
+        dtotal=100000, dfree=100000, ctotal=8, spindles_total=1,
     )
     base.update(kw)
     return Node(name=name, **base)
@@ -327,7 +328,9 @@ class UpdateTests(SynchronousTestCase):
         with self.assertRaises(I.IncidentError):
             I.forget_incident(st, "nope")
         self.assertEqual(I.forget_incident(st, inc.uuid).incidents, ())
-        self.assertEqual(I.job_reason(inc), f"maintd incident {inc.uuid}")
+        inc = attrs.evolve(inc, uuid="6b5c1f9e-0000-4000-8000-00000000000a")
+        self.assertEqual(parse_reason(I.job_reason(inc)),
+                         Reason("incident", inc.uuid, report_digest(inc.node, inc.original)))
 
 
 class FlappingTests(SynchronousTestCase):

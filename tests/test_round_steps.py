@@ -21,10 +21,14 @@ from maintd.daemon.steps import default_steps
 from maintd.daemon.steps.cleanup import cleanup_step
 from maintd.daemon.steps.collect import collect_step
 from maintd.daemon.steps.evacuated import evacuated_step
+from maintd.daemon.steps.guard import pause_step, storm_step
 from maintd.daemon.steps.handle import handle_step
 from maintd.daemon.steps.jobs import jobs_step
+from maintd.daemon.steps.reconcile import reconcile_step, reconcile_tags_step
+from maintd.daemon.steps.replica import replica_nodes_step, replica_start_step
 from maintd.daemon.steps.snapshot import snapshot_step
 from maintd.decide import incidents as I
+from maintd.decide.guardrails import DEFAULT_MAX_EVACUATING, DEFAULT_STORM_THRESHOLD, Limit
 from tests.test_round_incidents import drbd, incident, mk_cluster, nd, shared
 
 
@@ -32,6 +36,8 @@ from tests.test_round_incidents import drbd, incident, mk_cluster, nd, shared
 class Cfg:
     dry_run: bool = False
     job_wait: float = 5.0
+    max_evacuating: Limit = DEFAULT_MAX_EVACUATING
+    storm_threshold: Limit = DEFAULT_STORM_THRESHOLD
 
 
 @attrs.frozen
@@ -51,8 +57,10 @@ class Ctx:
     cluster: Cluster | None = None
     free_nodes: set[str] = attrs.field(factory=set)
     notes: list[dict[str, Any]] = attrs.field(factory=list)
+    reports: dict[str, Any] = attrs.field(factory=dict)
     commits: int = 0
     store: Any = None
+    queue: Any = None
 
     async def commit(self, new: MaintState) -> None:
         self.commits += 1
@@ -74,6 +82,9 @@ class FakeRapi:
 
     async def wait_jobs(self, ids: list[int], timeout: float) -> dict[int, JobResult]:
         return {j: self.status.get(j, JobResult(j, "success")) for j in ids}
+
+    async def jobs_bulk_raw(self) -> list[Any]:
+        return []  # these tests' jobs are not in a queue (see test_reconcile_*)
 
     def _write(self, *call: Any) -> int:
         if self.fail_writes:
@@ -122,6 +133,11 @@ def rep(node: str, action: Action, detail: str = "x", command: str | None = None
     return DiagnoseReport(node, action, command, [detail], raw)
 
 
+INCIDENT_STEPS = [replica_start_step, reconcile_step, pause_step, jobs_step, snapshot_step,
+                  replica_nodes_step, pause_step, reconcile_tags_step, cleanup_step, collect_step,
+                  storm_step, evacuated_step, handle_step]
+
+
 class StepTests(SynchronousTestCase):
     def run_steps(self, ctx: Ctx, steps: list[Any]) -> None:
         async def go() -> None:
@@ -133,12 +149,11 @@ class StepTests(SynchronousTestCase):
     def round(self, ctx: Ctx) -> None:
         ctx.notes = []
         # the incident steps only (harep and balance have their own tests)
-        self.run_steps(ctx, default_steps(ctx.config)[:6])
+        self.run_steps(ctx, INCIDENT_STEPS)
 
     def test_default_steps_order(self) -> None:
         steps = default_steps(Cfg())
-        self.assertEqual(steps[:6], [jobs_step, snapshot_step, cleanup_step, collect_step,
-                                     evacuated_step, handle_step])
+        self.assertEqual(steps[:13], INCIDENT_STEPS)
 
     def test_collect_skips_offline_and_errors(self) -> None:
         c = mk_cluster([nd("a"), nd("b", offline=True), nd("c")], [])
@@ -160,7 +175,8 @@ class StepTests(SynchronousTestCase):
         self.round(ctx)
         inc = ctx.state.incidents[0]
         uuid = inc.uuid
-        reason = f"maintd incident {uuid}"
+        reason = I.job_reason(inc)
+        self.assertTrue(reason.startswith(f"maintd:1:incident:{uuid}:"))
         self.assertEqual(rapi.calls, [("drain", "a", True, reason)])
         self.assertEqual(inc.status, RepairStatus.PENDING)
         self.assertEqual(inc.jobs, (100,))
@@ -219,7 +235,8 @@ class StepTests(SynchronousTestCase):
         self.assertEqual(ctx.state.incidents, ())
 
     def test_failed_job_fails_incident(self) -> None:
-        c = mk_cluster([nd("a"), nd("b")], [drbd("i1", "a", "b")])
+        # a third node: room for i1's new secondary (else nothing is submitted at all)
+        c = mk_cluster([nd("a"), nd("b"), nd("c")], [drbd("i1", "a", "b")])
         rapi = FakeRapi(c)
         mond = FakeMond({"a": rep("a", Action.EVACUATE)})
         ctx = Ctx(MaintState(), rapi, mond)
@@ -232,7 +249,7 @@ class StepTests(SynchronousTestCase):
         self.assertEqual(inc.status, RepairStatus.FAILED)
         self.assertIn("job 100 error: OpPrereqError: node busy", inc.reason)
         self.assertEqual(rapi.calls[-1], ("add_tags", "node", "a", (TAG_FAILED + uuid,),
-                                          f"maintd incident {uuid}"))
+                                          I.job_reason(inc)))
         n = len(rapi.calls)
         nodes = {**c.nodes, "a": attrs.evolve(c.nodes["a"], drained=True,
                                              tags={TAG_FAILED + uuid})}
@@ -249,7 +266,8 @@ class StepTests(SynchronousTestCase):
         self.assertEqual(rapi.calls[-1][:2], ("migrate", "i1"))
 
     def test_lost_job_fails_and_running_job_waits(self) -> None:
-        c = mk_cluster([nd("a"), nd("b")], [drbd("i1", "a", "b")])
+        # a third node: room for i1's new secondary (else nothing is submitted at all)
+        c = mk_cluster([nd("a"), nd("b"), nd("c")], [drbd("i1", "a", "b")])
         rapi = FakeRapi(c)
         ctx = Ctx(MaintState(), rapi, FakeMond({"a": rep("a", Action.EVACUATE)}))
         self.round(ctx)
@@ -281,7 +299,8 @@ class StepTests(SynchronousTestCase):
         self.assertEqual([c[0] for c in rapi.calls], ["drain", "add_tags"])
 
     def test_dry_run_submits_nothing(self) -> None:
-        c = mk_cluster([nd("a"), nd("b")], [drbd("i1", "a", "b")])
+        # a third node: room for i1's new secondary (else nothing is submitted at all)
+        c = mk_cluster([nd("a"), nd("b"), nd("c")], [drbd("i1", "a", "b")])
         rapi = FakeRapi(c)
         ctx = Ctx(MaintState(), rapi, FakeMond({"a": rep("a", Action.EVACUATE)}),
                   config=Cfg(dry_run=True))
@@ -292,7 +311,8 @@ class StepTests(SynchronousTestCase):
                        "submitted": False}, ctx.notes)
 
     def test_rapi_error_on_submit_keeps_incident(self) -> None:
-        c = mk_cluster([nd("a"), nd("b")], [drbd("i1", "a", "b")])
+        # a third node: room for i1's new secondary (else nothing is submitted at all)
+        c = mk_cluster([nd("a"), nd("b"), nd("c")], [drbd("i1", "a", "b")])
         rapi = FakeRapi(c)
         rapi.fail_writes = True
         ctx = Ctx(MaintState(), rapi, FakeMond({"a": rep("a", Action.EVACUATE)}))
@@ -311,7 +331,7 @@ class StepTests(SynchronousTestCase):
             def __init__(self) -> None:
                 self.runs: list[tuple[str, str]] = []
 
-            def execute(self, node: Any, command: str, report: Any) -> Any:
+            def execute(self, node: Any, command: str, report: Any, incident: str = "") -> Any:
                 self.runs.append((node.name, command))
                 return defer.succeed(RepairResult(ok=command == "good"))
 
@@ -320,7 +340,8 @@ class StepTests(SynchronousTestCase):
         ctx = Ctx(MaintState(), rapi, FakeMond({
             "a": rep("a", Action.LIVE_REPAIR, command="good"),
             "b": rep("b", Action.LIVE_REPAIR, command="bad"),
-            "c": rep("c", Action.LIVE_REPAIR)}), executor=ex)
+            "c": rep("c", Action.LIVE_REPAIR)}), executor=ex,
+            config=Cfg(storm_threshold=Limit(count=3)))  # 3 of 3 nodes: no storm here
         self.round(ctx)
         by_node = {i.node_name: i for i in ctx.state.incidents}
         self.assertEqual(sorted(ex.runs), [("a", "good"), ("b", "bad")])
@@ -340,12 +361,14 @@ class StepTests(SynchronousTestCase):
             mond.reports["a"] = rep("a", Action.EVACUATE, detail=f"at {n}")
             ctx.now = 1000.0 + 300 * n
             self.round(ctx)
-        # the first one acts (drain jobs), the others are noted, then dropped
-        # a round later: not one incident per round (30)
+        # none can act (the evacuation plan finds no room, so nothing is
+        # drained); each is noted, then dropped a round later when the node
+        # reports something else: not one incident per round (30)
         self.assertEqual(
             [(i.status, i.original["details"]) for i in ctx.state.incidents],
-            [(RepairStatus.PENDING, ["at 0"]), (RepairStatus.NOTED, ["at 29"])],
+            [(RepairStatus.NOTED, ["at 29"])],
         )
+        self.assertEqual(rapi.calls, [])
         drops = [n for n in ctx.notes if n.get("action") == "drop"]
         self.assertEqual(len(drops), 1)
         self.assertIn("no longer reports it", drops[0]["reason"])
@@ -391,6 +414,33 @@ class StepTests(SynchronousTestCase):
                        "refuses that: the master role can be changed only via master-failover)"},
                       ctx.notes)
         self.assertIn({"action": "collect", "offline": 1, "offline_nodes": ["m"]}, ctx.notes)
+    def test_busy_agent_is_asked_again_next_round(self) -> None:
+        """An executor answering "retry" (agent busy or unreachable) leaves the
+        incident pending; the next round asks again with the same incident."""
+        c = mk_cluster([nd("a")], [])
+        answers = [RepairResult(ok=False, reason="agent on a is busy", retry=True),
+                   RepairResult(ok=True)]
+
+        @implementer(IRepairExecutor)
+        class Exec:
+            def __init__(self) -> None:
+                self.incidents: list[str] = []
+
+            def execute(self, node: Any, command: str, report: Any, incident: str = "") -> Any:
+                self.incidents.append(incident)
+                return defer.succeed(answers.pop(0))
+
+        ex = Exec()
+        ctx = Ctx(MaintState(), FakeRapi(c),
+                  FakeMond({"a": rep("a", Action.LIVE_REPAIR, command="fix")}), executor=ex)
+        self.round(ctx)
+        inc = ctx.state.incidents[0]
+        self.assertEqual(inc.status, RepairStatus.PENDING)
+        self.assertIn({"incident": inc.uuid, "node": "a", "action": "repair-retry",
+                       "reason": "agent on a is busy"}, ctx.notes)
+        self.round(ctx)
+        self.assertEqual(ctx.state.incidents[0].status, RepairStatus.COMPLETED)
+        self.assertEqual(ex.incidents, [inc.uuid, inc.uuid], "the same incident both times")
 
     def test_no_executor_fails(self) -> None:
         c = mk_cluster([nd("a")], [])
@@ -402,7 +452,8 @@ class StepTests(SynchronousTestCase):
                          (RepairStatus.FAILED, "no repair executor configured"))
 
     def test_canceled_gets_no_jobs(self) -> None:
-        c = mk_cluster([nd("a"), nd("b")], [drbd("i1", "a", "b")])
+        # a third node: room for i1's new secondary (else nothing is submitted at all)
+        c = mk_cluster([nd("a"), nd("b"), nd("c")], [drbd("i1", "a", "b")])
         rapi = FakeRapi(c)
         mond = FakeMond({"a": rep("a", Action.EVACUATE)})
         ctx = Ctx(MaintState(), rapi, mond)

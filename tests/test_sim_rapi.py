@@ -591,3 +591,42 @@ class CacheTests(RapiTestBase):
             self.assertEqual({n["name"]: n["tags"] for n in after}["n2"], ["new"])
 
         return d(go())
+
+
+class MasterFailoverTests(RapiTestBase):
+    def test_master_moves_queue_and_running_jobs_kept(self) -> None:
+        async def go() -> None:
+            code, job = await self.call("PUT", "/2/nodes/n2/tags?tag=x&reason=r")
+            self.assertEqual(code, 200)
+            self.sim.clock.advance(0)
+            self.assertEqual(self.sim.jobs.jobs[job].status, "running")
+            code, body = await self.call("PUT", "/sim/master", "n2")
+            self.assertEqual((code, body), (200, "n2"))
+            self.assertEqual((await self.call("GET", "/2/info"))[1]["master"], "n2")
+            self.assertEqual((await self.call("GET", "/sim/master"))[1], "n2")
+            nodes = {n["name"]: n for n in (await self.call("GET", "/2/nodes?bulk=1"))[1]}
+            self.assertEqual((nodes["n1"]["role"], nodes["n2"]["role"]), ("C", "M"))
+            # the queue survives: the running job finishes, ids continue
+            await self.finish_jobs()
+            code, doc = await self.call("GET", f"/2/jobs/{job}")
+            self.assertEqual(doc["status"], "success")
+            code, job2 = await self.call("PUT", "/2/nodes/n3/tags?tag=y")
+            self.assertEqual(job2, job + 1)
+            # the new master cannot be drained; the old one now can
+            code, _ = await self.call("POST", "/2/nodes/n1/modify", {"drained": True})
+            self.assertEqual(code, 200)
+
+        return d(go())
+
+    def test_bad_master_requests(self) -> None:
+        async def go() -> None:
+            for body, want in [("nope", 400), (7, 400), ("n1", 200)]:
+                code, _ = await self.call("PUT", "/sim/master", body)
+                self.assertEqual(code, want, body)
+            self.assertEqual((await self.call("GET", "/2/info"))[1]["master"], "n1")
+            await self.call("PUT", "/sim/nodes/n3/offline", True)
+            code, body = await self.call("PUT", "/sim/master", "n3")
+            self.assertEqual(code, 400)
+            self.assertIn("cannot become the master", json.dumps(body))
+
+        return d(go())

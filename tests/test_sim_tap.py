@@ -56,6 +56,44 @@ class OptionsTests(SynchronousTestCase):
             self.assertNotIn("literal", str(cm.exception))
 
 
+class AgentOptionsTests(SynchronousTestCase):
+    """``--hmac-key`` / ``--agent-port``: the simulated nodes' signed agents."""
+
+    def test_generated_key_is_printed_and_signs(self) -> None:
+        import io
+        from contextlib import redirect_stdout
+
+        from maintd.common import signing
+        from maintd.sim.tap import makeService
+
+        work = os.path.abspath(self.mktemp())
+        opts = Options()
+        opts.parseOptions(["--workdir", work, "--agent-port", "0", "--mond-port", "0"])
+        defaults = Options()
+        defaults.parseOptions([])
+        self.assertEqual(defaults["agent-port"], 1817)
+        out = io.StringIO()
+        with redirect_stdout(out):
+            sim = makeService(opts, reactor=reactor)
+        key_file = os.path.join(work, "hmac.key")
+        self.assertIn(f"ganeti-sim HMAC key: {key_file}", out.getvalue())
+        self.assertIn(f"ganeti-sim agent certificate: {work}/server.pem", out.getvalue())
+        self.assertEqual(os.stat(key_file).st_mode & 0o077, 0, "the key is private")
+        self.assertEqual(sim.agents.key, signing.read_key(key_file))  # type: ignore[attr-defined]
+        # a given key is used, not replaced, and not printed as generated
+        opts = Options()
+        opts.parseOptions(["--workdir", work + "2", "--hmac-key", key_file,
+                           "--plain-http", "--agent-port", "0"])
+        out = io.StringIO()
+        with redirect_stdout(out):
+            sim = makeService(opts, reactor=reactor)
+        self.assertNotIn("HMAC key", out.getvalue())
+        self.assertEqual(sim.agents.key, signing.read_key(key_file))  # type: ignore[attr-defined]
+        self.assertIsNone(sim.agents.tls, "--plain-http: plain agents too")  # type: ignore[attr-defined]
+        with self.assertRaises(usage.UsageError):
+            Options().parseOptions(["--hmac-key", "/nonexistent/hmac.key"])
+
+
 class _Watch(protocol.ProcessProtocol):
     def __init__(self) -> None:
         self.output = b""

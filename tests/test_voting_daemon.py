@@ -87,10 +87,13 @@ class DaemonLifeCycleTests(TestCase):
         return proto.ended
 
     def daemon_args(self, *extra: str) -> list[str]:
+        key = os.path.join(self.dir, "hmac.key")
+        with open(key, "w") as f:
+            f.write("0" * 40 + "\n")
         return [
             "ganeti-maintd", "-p", str(self.port), "-b", "127.0.0.1",
             "--state-dir", os.path.join(self.dir, "state"),
-            "--rapi", "http://127.0.0.1:1", *extra,
+            "--rapi", "http://127.0.0.1:1", "--hmac-key", key, "--agent-plain-http", *extra,
         ]
 
     async def wait_for(self, cond: Any, what: str, proto: Proc | None = None) -> None:

@@ -5,6 +5,9 @@ Talks to the daemon's control socket (root only)::
     ganeti-maintd-ctl [--socket PATH | --state-dir DIR] [--json] list [--json]
     ganeti-maintd-ctl [--socket PATH | --state-dir DIR] cancel UUID
     ganeti-maintd-ctl [--socket PATH | --state-dir DIR] forget UUID
+    ganeti-maintd-ctl [--socket PATH | --state-dir DIR] status [--json]
+    ganeti-maintd-ctl [--socket PATH | --state-dir DIR] pause [--for DURATION] [--reason TEXT]
+    ganeti-maintd-ctl [--socket PATH | --state-dir DIR] resume | release
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from maintd.admin import ctl_guard
 from maintd.common import strictjson
 
 DEFAULT_SOCKET = "/var/lib/ganeti-maintd/ctl.sock"
@@ -118,11 +122,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
     p_cancel.add_argument("uuid")
     p_forget = sub.add_parser("forget", help="forget an incident (as gnt-cluster remove-repair)")
     p_forget.add_argument("uuid")
+    ctl_guard.add_parsers(sub)
     args = parser.parse_args(argv)
     if args.socket is None:
         args.socket = (os.path.join(args.state_dir, "ctl.sock") if args.state_dir
                        else DEFAULT_SOCKET)
     try:
+        if args.command in ctl_guard.COMMANDS:
+            return ctl_guard.run(args, request, out, err)
         if args.command == "list":
             answer = request(args.socket, {"op": "list"})
         else:

@@ -188,8 +188,11 @@ class _GetFactory(protocol.ClientFactory):
             self.proto.done.errback(reason)
 
 
-async def _raw_get(reactor: Any, host: str, port: int, path: str) -> tuple[int, bytes]:
-    """``GET path`` from ``host:port``: (status, body).
+async def _raw_get(reactor: Any, host: str, port: int, path: str,
+                   tls: Any = None, after: Callable[[Any], None] | None = None
+                   ) -> tuple[int, bytes]:
+    """``GET path`` from ``host:port``: (status, body).  ``tls``: an
+    ``IOpenSSLClientConnectionCreator`` for HTTPS (None: plain HTTP).
 
     Straight ``reactor.connectTCP`` with a quiet factory instead of an
     endpoint: fewer layers per request (a round makes one per node).
@@ -208,12 +211,24 @@ async def _raw_get(reactor: Any, host: str, port: int, path: str) -> tuple[int, 
 
     done: defer.Deferred[tuple[int, bytes]] = defer.Deferred(abort)
     proto = _Get(host.encode("ascii"), path.encode("ascii"), done)
-    connector = reactor.connectTCP(host, port, _GetFactory(proto))
-    return await done
+    if tls is None:
+        connector = reactor.connectTCP(host, port, _GetFactory(proto))
+    else:
+        connector = reactor.connectSSL(host, port, _GetFactory(proto), tls)
+    result = await done
+    if after is not None and proto.transport is not None:
+        after(proto.transport)
+    return result
 
 
 class MondClient:
     """Asks nodes' monds for reports; see the module docstring."""
+
+    #: Raised for one node's failure (the agent client raises its own kind).
+    Error: type[MondError] = MondError
+    scheme = "http"
+    #: TLS connection creator (None: plain HTTP, as mond speaks).
+    _tls: Any = None
 
     def __init__(
         self,
@@ -254,14 +269,19 @@ class MondClient:
             http=http,
         )
 
+    def _tls_for(self, node: Node) -> tuple[Any, Callable[[Any], None] | None]:
+        """TLS connection creator for ``node`` and what to do with the
+        transport after the answer (plain HTTP here: nothing)."""
+        return self._tls, None
+
     async def close(self) -> None:
         """Nothing to release: every request uses its own connection."""
 
     def url(self, node: Node, path: str) -> str:
         if not node.pip:
-            raise MondError(node.name, "node has no primary IP")
+            raise self.Error(node.name, "node has no primary IP")
         host = f"[{node.pip}]" if ":" in node.pip else node.pip
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
     async def _get_json(self, node: Node, path: str) -> Any:
         url = self.url(node, path)
@@ -278,7 +298,7 @@ class MondClient:
             return await d
         except Exception:
             if timed_out:
-                raise MondError(node.name, f"no answer from {url} within {self.timeout:g}s") from None
+                raise self.Error(node.name, f"no answer from {url} within {self.timeout:g}s") from None
             raise
         finally:
             if call.active():
@@ -290,7 +310,7 @@ class MondClient:
         try:
             response = await self._http.request("GET", url)
         except Exception as e:  # connection refused, DNS, TLS, ...
-            raise MondError(node.name, f"cannot reach {url}: {e}") from None
+            raise self.Error(node.name, f"cannot reach {url}: {e}") from None
         chunks: list[bytes] = []
         size = 0
 
@@ -304,33 +324,33 @@ class MondClient:
         try:
             await treq.collect(response, collect)
         except _TooLarge:
-            raise MondError(node.name, f"answer from {url} is larger than {MAX_BODY} bytes") from None
+            raise self.Error(node.name, f"answer from {url} is larger than {MAX_BODY} bytes") from None
         except Exception as e:
-            raise MondError(node.name, f"reading answer from {url} failed: {e}") from None
+            raise self.Error(node.name, f"reading answer from {url} failed: {e}") from None
         return self._decode(node, url, response.code, b"".join(chunks))
 
     async def _fetch_raw(self, node: Node, url: str) -> Any:
         path = url.split(str(self.port), 1)[1]
         try:
-            code, body = await _raw_get(self._reactor, node.pip, self.port, path)
+            code, body = await _raw_get(self._reactor, node.pip, self.port, path,
+                                        *self._tls_for(node))
         except _TooLarge:
-            raise MondError(node.name, f"answer from {url} is larger than {MAX_BODY} bytes") from None
+            raise self.Error(node.name, f"answer from {url} is larger than {MAX_BODY} bytes") from None
         except defer.CancelledError:
             raise
         except Exception as e:  # refused, reset, closed early
             text = getattr(e, "value", e)
-            raise MondError(node.name, f"cannot reach {url}: {text}") from None
+            raise self.Error(node.name, f"cannot reach {url}: {text}") from None
         return self._decode(node, url, code, body)
 
-    @staticmethod
-    def _decode(node: Node, url: str, code: int, body: bytes) -> Any:
+    def _decode(self, node: Node, url: str, code: int, body: bytes) -> Any:
         if code != 200:
             text = body[:200].decode("utf-8", "replace").strip()
-            raise MondError(node.name, f"{url} answered HTTP {code}: {text}")
+            raise self.Error(node.name, f"{url} answered HTTP {code}: {text}")
         try:
             return strictjson.loads(body, url, max_bytes=MAX_BODY, max_depth=MAX_DEPTH)
         except strictjson.StrictJSONError as e:
-            raise MondError(node.name, f"malformed JSON from {url}: {e.problem}") from None
+            raise self.Error(node.name, f"malformed JSON from {url}: {e.problem}") from None
 
     async def diagnose(self, node: Node) -> DiagnoseReport:
         """The node's validated self-diagnose report."""
@@ -341,10 +361,10 @@ class MondClient:
         """A raw mond report object (``{"name", "data", ...}``)."""
         for part in (category, name):
             if not _SAFE_PART.match(part):
-                raise MondError(node.name, f"bad report name {part!r}")
+                raise self.Error(node.name, f"bad report name {part!r}")
         document = await self._get_json(node, f"/1/report/{category}/{name}")
         if not isinstance(document, dict):
-            raise MondError(node.name, f"report {category}/{name} is not a JSON object")
+            raise self.Error(node.name, f"report {category}/{name} is not a JSON object")
         return document
 
     async def gather(

@@ -7,6 +7,8 @@
 ``GET /1/jobs``         ids of the Ganeti jobs the daemon waits for
 ``GET /1/evacuated``    names of recently evacuated instances
 ``GET /1/last-round``   summary of the last round (and the dry-run plan)
+``GET /1/overview``     budget, storm breaker, pause, incident counts,
+                        next round, version (:func:`maintd.decide.guardrails.overview`)
 ======================  ==============================================
 
 Every path works with and without a trailing slash; ``HEAD`` works like
@@ -39,9 +41,11 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from maintd import __version__
 from maintd.daemon.httpguard import ConnectionGuard, HttpLimits
 from maintd.daemon.state import MaintState
 from maintd.daemon.store import IncidentCodec
+from maintd.decide import guardrails
 
 log = Logger()
 
@@ -51,6 +55,14 @@ _METHODS = ["GET", "HEAD"]
 #: Bodies at least this long also get a pre-compressed gzip copy.
 GZIP_MIN = 1024
 PARTS = ("status", "jobs", "evacuated", "last-round")
+OVERVIEW = "overview"
+
+#: Builds the overview object from the current state (see :class:`StateAPI`).
+OverviewFn = Callable[[MaintState], dict[str, Any]]
+
+
+def default_overview(state: MaintState) -> dict[str, Any]:
+    return guardrails.overview(state, now=time.time(), version=__version__)
 
 
 def _encode(value: Any) -> bytes:
@@ -144,7 +156,13 @@ class StateAPI:
     # HTML body); every answer here is JSON and unknown paths are 404.
     app.url_map.merge_slashes = False
 
-    def __init__(self, state: MaintState | None = None) -> None:
+    def __init__(
+        self, state: MaintState | None = None, overview: OverviewFn | None = None
+    ) -> None:
+        #: The overview is built at request time (a pause may end, the next
+        #: round moves): ``overview(state)``, by default without round facts.
+        self.overview_fn: OverviewFn = overview or default_overview
+        self._state = state if state is not None else MaintState()
         self._codec = IncidentCodec()
         self._fixed = {"root": _Body(None, _encode(API_VERSIONS)), "1": _Body(None, _encode(None))}
         self._parts: dict[str, _Body] = {}
@@ -152,6 +170,7 @@ class StateAPI:
 
     def update(self, state: MaintState) -> None:
         """Show ``state`` from now on (re-encode only what changed)."""
+        self._state = state
         self._set("status", state.incidents, lambda: self._codec.encode(state.incidents))
         self._set("jobs", state.jobs, lambda: _encode(list(state.jobs)))
         self._set("evacuated", state.evacuated, lambda: _encode(list(state.evacuated)))
@@ -167,7 +186,16 @@ class StateAPI:
 
     def body(self, name: str) -> bytes:
         """The current JSON body of ``/1/<name>``."""
+        if name == OVERVIEW:
+            return self._overview_body().plain
         return self._parts[name].plain
+
+    def overview(self) -> dict[str, Any]:
+        """The ``/1/overview`` object now."""
+        return self.overview_fn(self._state)
+
+    def _overview_body(self) -> _Body:
+        return _Body(None, _encode(self.overview()))
 
     def lookup(self, path: bytes) -> _Body | None:
         """The body served at ``path`` (trailing slash or not), or None."""
@@ -177,6 +205,8 @@ class StateAPI:
             path = path[:-1]
         if path == b"/1":
             return self._fixed["1"]
+        if path == b"/1/" + OVERVIEW.encode():
+            return self._overview_body()
         if path.startswith(b"/1/"):
             return self._parts.get(path[3:].decode("ascii", "replace"))
         return None
@@ -209,6 +239,10 @@ class StateAPI:
     )
     def part(self, request: IRequest, part: str) -> bytes:
         return _send(request, self._parts[part])
+
+    @app.route("/1/overview", methods=_METHODS, strict_slashes=False)
+    def overview_route(self, request: IRequest) -> bytes:
+        return _send(request, self._overview_body())
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:

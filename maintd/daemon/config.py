@@ -23,6 +23,13 @@ from typing import Any
 
 import attrs
 
+from maintd.decide.guardrails import (
+    DEFAULT_MAX_EVACUATING,
+    DEFAULT_STORM_THRESHOLD,
+    Limit,
+    parse_limit,
+)
+
 #: Used when the services database has no ``ganeti-maintd/tcp`` entry.
 FALLBACK_PORT = 1816
 SERVICE_NAME = "ganeti-maintd"
@@ -32,6 +39,8 @@ DEFAULT_STATE_DIR = "/var/lib/ganeti-maintd"
 #: ``maintdDefaultRoundDelay``); also the back-off after a failed round.
 DEFAULT_ROUND_DELAY = 300.0
 CTL_SOCKET_NAME = "ctl.sock"
+#: Seconds between rounds while work is in progress (never above round_delay).
+DEFAULT_BUSY_ROUND_DELAY = 5.0
 
 
 class ConfigError(Exception):
@@ -158,6 +167,12 @@ PARAMETERS: dict[str, Callable[[Any], Any]] = {
     "http_header_timeout": parse_seconds,
     "http_idle_timeout": parse_seconds,
     "max_incidents_per_node": parse_positive_int,
+    "max_evacuating": parse_limit,
+    "storm_threshold": parse_limit,
+    "busy_round_delay": parse_seconds,
+    "agent_port": parse_port,
+    "agent_cert": parse_str,
+    "hmac_key": parse_str,
 }
 
 #: Options without a value (``balance`` is tri-state: --balance / --no-balance).
@@ -169,6 +184,8 @@ FLAGS = (
     "simulate",
     "dry_run",
     "balance",
+    "agent_plain_http",
+    "allow_unsigned_reports",
 )
 
 
@@ -216,6 +233,24 @@ class DaemonConfig:
     http_idle_timeout: float = 60.0
     #: Incidents kept per node; more reports are logged and noted, not stored.
     max_incidents_per_node: int = 8
+    #: Nodes under evacuation by the daemon at any time (N or P% of the nodes).
+    max_evacuating: Limit = DEFAULT_MAX_EVACUATING
+    #: More nodes than this reporting a problem in one round trip the storm breaker.
+    storm_threshold: Limit = DEFAULT_STORM_THRESHOLD
+    #: Seconds between rounds while work is in progress (capped at round_delay).
+    busy_round_delay: float = DEFAULT_BUSY_ROUND_DELAY
+
+    @property
+    def next_busy_delay(self) -> float:
+        """The busy-round delay actually used: never longer than ``round_delay``."""
+        return min(self.busy_round_delay, self.round_delay)
+    #: The node agents (ganeti-maintd-agent): port, pinned certificate, plain HTTP.
+    agent_port: int = 1817
+    agent_cert: str = "/var/lib/ganeti/server.pem"
+    agent_plain_http: bool = False
+    #: The cluster HMAC key (None: none, only in tests / with unsigned reports).
+    hmac_key: str | None = "/var/lib/ganeti/hmac.key"
+    allow_unsigned_reports: bool = False
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> DaemonConfig:
@@ -236,6 +271,8 @@ class DaemonConfig:
             "mond_timeout": 2.0,
             "job_wait": 5.0,
             "hostname": "localhost",
+            "agent_plain_http": True,
+            "hmac_key": None,
             "ctl_socket": os.path.join(overrides["state_dir"], CTL_SOCKET_NAME),
         }
         values.update(overrides)

@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
 from maintd.common import strictjson
+from maintd.daemon import control_guard
 from maintd.daemon.state import MaintState
 from maintd.decide import incidents as I
 
@@ -62,6 +63,8 @@ class StateAccess:
     def __init__(self, store: Any, clock: Any) -> None:
         self.store = store
         self.clock = clock
+        #: Builds the overview from a state (set by the daemon: the HTTP API's).
+        self.overview: Callable[[MaintState], dict[str, Any]] | None = None
 
     def current(self) -> MaintState:
         ctx = live_context(self.store)
@@ -146,6 +149,9 @@ class ControlProtocol(LineOnlyReceiver):
             self.access.update(lambda s: I.forget_incident(s, uuid))
             log.info("operator forgot incident {uuid}", uuid=uuid)
             return {"ok": True}
+        answer = control_guard.handle(self.access, op, request)
+        if answer is not None:
+            return answer
         return {"ok": False, "error": f"unknown op {op!r}"}
 
 

@@ -45,7 +45,7 @@ QUIET_FORMATS = frozenset({"Starting factory {factory!r}", "Stopping factory {fa
 #: per-node monds (one per node; maintd.sim.mond names them
 #: "sim mond of NODE at ADDRESS"), shown only with ``-d``: the simulator
 #: logs one summary line instead.
-DEBUG_TEXT = re.compile(r"sim mond of \S+ at \S+ starting on \d+")
+DEBUG_TEXT = re.compile(r"sim (?:mond|agent) of \S+ at \S+ (?:\(TLS\) )?starting on \d+")
 
 
 @implementer(ILogFilterPredicate)

@@ -72,6 +72,9 @@ class Mastership:
     is_master: bool = True
     lost: bool = False
     last: Tally | None = None
+    #: Ends the daemon with an exit status (set by the service composition);
+    #: None: only mark the mastership lost.
+    exit: Callable[[int], None] | None = attrs.field(default=None, repr=False)
     _listeners: list[Callable[[bool], object]] = attrs.field(factory=list, init=False, repr=False)
 
     def on_change(self, callback: Callable[[bool], object]) -> None:
@@ -109,6 +112,7 @@ def attach_runner(runner: Any, mastership: Mastership) -> None:
 
     def context(number: int) -> Any:
         ctx = make_context(number)
+        ctx.mastership = mastership
         current[0] = ctx
         return ctx
 

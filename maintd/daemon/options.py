@@ -63,6 +63,17 @@ class Options(usage.Options):
             "published in /1/last-round.",
         ],
         ["balance", None, "Balance the cluster every round (overrides the cluster setting)."],
+        [
+            "agent-plain-http",
+            None,
+            "Talk plain HTTP to the node agents instead of TLS (test agents only).",
+        ],
+        [
+            "allow-unsigned-reports",
+            None,
+            "Accept self-diagnose reports that are not signed with the cluster HMAC "
+            "key (signed ones are still verified).",
+        ],
         ["no-balance", None, "Never balance (overrides the cluster setting)."],
     ]
 
@@ -224,9 +235,35 @@ class Options(usage.Options):
             "repair-command",
             None,
             None,
-            "Absolute path of the program that carries out live repairs: run as "
-            "PATH NODE COMMAND with the node's report on stdin, exit 0 = repaired "
-            "(root-owned, not group/other-writable) [default: none, live repairs fail].",
+            "Absolute path of a program that carries out live repairs instead of the "
+            "node agents: run as PATH NODE COMMAND with the node's report on stdin, "
+            "exit 0 = repaired (root-owned, not group/other-writable) [default: none, "
+            "live repairs go to the node's agent].",
+            cfg.parse_str,
+        ],
+        [
+            "agent-port",
+            None,
+            None,
+            "Port of the node agents (ganeti-maintd-agent), asked on each node's "
+            "primary IP for its signed self-diagnose report and to run live repairs."
+            + _default(_D.agent_port),
+            cfg.parse_port,
+        ],
+        [
+            "agent-cert",
+            None,
+            None,
+            "The cluster certificate the node agents must present (pinned)."
+            + _default(_D.agent_cert),
+            cfg.parse_str,
+        ],
+        [
+            "hmac-key",
+            None,
+            None,
+            "The cluster HMAC key: verifies the agents' reports, signs repair requests."
+            + _default(_D.hmac_key),
             cfg.parse_str,
         ],
         [
@@ -270,6 +307,32 @@ class Options(usage.Options):
             "Incidents kept per node; further reports of that node are logged and "
             "noted in the round, not stored." + _default(_D.max_incidents_per_node),
             cfg.parse_positive_int,
+        ],
+        [
+            "max-evacuating",
+            None,
+            None,
+            "At most this many nodes under evacuation by the daemon at any time: N, "
+            "or P% of the cluster's nodes; further evacuations stay noted until a "
+            "slot frees up." + _default(_D.max_evacuating),
+            cfg.parse_limit,
+        ],
+        [
+            "storm-threshold",
+            None,
+            None,
+            "Storm breaker: when more than this many nodes (N or P% of the nodes, "
+            "at least 2) report a problem in one round, start no new evacuation "
+            "or live repair." + _default(_D.storm_threshold),
+            cfg.parse_limit,
+        ],
+        [
+            "busy-round-delay",
+            None,
+            None,
+            "Seconds from the end of a round to the next while work is in progress "
+            "(never longer than --round-delay)." + _default(int(_D.busy_round_delay)),
+            cfg.parse_seconds,
         ],
     ]
 

@@ -52,13 +52,23 @@ class RoundContext:
     store: StateStore | None = None
     rapi: Any = None  # maintd.cluster.rapi.client.RapiClient | None
     mond: Any = None  # maintd.cluster.mond.MondClient | None
+    #: maintd.cluster.agent.AgentClient | None: self-diagnose reports (else mond's)
+    agent: Any = None
     executor: Any = None  # maintd.cluster.executor.IRepairExecutor | None
     cluster: Cluster | None = None
     free_nodes: set[str] = attrs.field(factory=set)
     notes: list[dict[str, Any]] = attrs.field(factory=list)
+    #: This round's self-diagnose reports by node name (set by the collect step).
+    reports: dict[str, Any] = attrs.field(factory=dict)
     #: False when jobs must not be submitted (mastership lost).  Dry-run is
     #: ``config.dry_run``: steps decide and note, but submit nothing.
     submitting: bool = True
+    #: Our jobs in Ganeti's queue, read by the reconcile step (``maintd.decide.reconcile.QueueJob``).
+    queue: Any = None
+    #: The daemon's ``maintd.daemon.mastership.Mastership`` (None in unit tests).
+    mastership: Any = None
+    #: ``maintd.daemon.replication.Replication`` (None: no state replication).
+    replica: Any = None
 
     async def commit(self, new: MaintState) -> None:
         """Durably store ``new`` (when there is a store), then make it current."""
@@ -137,6 +147,8 @@ class RoundRunner:
         rapi: Any = None,
         mond: Any = None,
         executor: Any = None,
+        agent: Any = None,
+        replica: Any = None,
         submitting: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
@@ -145,6 +157,8 @@ class RoundRunner:
         self.steps = list(steps)
         self.rapi = rapi
         self.mond = mond
+        self.agent = agent
+        self.replica = replica
         self.executor = executor
         #: Asked at the start of each round (the voting part plugs in here).
         self.submitting = submitting or (lambda: True)
@@ -159,6 +173,8 @@ class RoundRunner:
             store=self.store,
             rapi=self.rapi,
             mond=self.mond,
+            agent=self.agent,
+            replica=self.replica,
             executor=self.executor,
             submitting=self.submitting(),
         )

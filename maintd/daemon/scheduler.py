@@ -6,7 +6,12 @@ outcome is caught, logged in one line, and followed by the next round.
 
 * Rounds never overlap: the next one is scheduled only when the previous one
   has ended, ``round_delay`` seconds after that end (``failure_delay`` after a
-  failed round: the back-off).
+  failed round: the back-off).  While ``is_busy()`` says work is in progress
+  (see :func:`maintd.decide.guardrails.work_in_progress`) the next round comes
+  ``busy_delay`` seconds after the end instead (never later than
+  ``round_delay``); its first step waits for the jobs the round submitted.
+  :attr:`RoundService.next_round` is when the next round starts (None while
+  one runs).
 * ``stopService`` cancels the pending timer, asks a running round to stop at
   its next safe point (between steps) and waits for it, at most
   ``stop_timeout`` seconds; then the round is cancelled.  Every state change
@@ -48,6 +53,8 @@ class RoundService(service.Service):
         stop_timeout: float = 30.0,
         first_delay: float = 0.0,
         on_stop: Callable[[], Awaitable[None]] | None = None,
+        busy_delay: float | None = None,
+        is_busy: Callable[[], bool] | None = None,
     ) -> None:
         self.round_fn = round_fn
         self.clock = clock
@@ -56,6 +63,10 @@ class RoundService(service.Service):
         self.stop_timeout = stop_timeout
         self.first_delay = first_delay
         self.on_stop = on_stop
+        self.busy_delay = round_delay if busy_delay is None else min(busy_delay, round_delay)
+        self.is_busy = is_busy
+        #: Clock time the next round starts at (None: a round runs, or stopped).
+        self.next_round: float | None = None
         #: Rounds started so far (the number of the current or last round).
         self.rounds = 0
         self.failures = 0
@@ -75,10 +86,23 @@ class RoundService(service.Service):
     def _schedule(self, delay: float) -> None:
         if self.stopping or not self.running:
             return
+        self.next_round = self.clock.seconds() + delay
         self._call = self.clock.callLater(delay, self._start_round)
+
+    def _idle_or_busy_delay(self) -> float:
+        if self.is_busy is None:
+            return self.round_delay
+        try:
+            busy = self.is_busy()
+        except Exception as e:  # never let the check stop the rounds
+            log.error("cannot tell whether work is in progress: {error}",
+                      error=describe_error(e))
+            busy = False
+        return self.busy_delay if busy else self.round_delay
 
     def _start_round(self) -> None:
         self._call = None
+        self.next_round = None
         if self._running is not None:  # cannot happen; never overlap anyway
             return
         self.rounds += 1
@@ -117,17 +141,19 @@ class RoundService(service.Service):
             )
             self._schedule(self.failure_delay)
         else:
+            delay = self._idle_or_busy_delay()
             log.info(
                 "round {number} done in {took:.1f}s; next round in {delay:g}s",
                 number=number,
                 took=took,
-                delay=self.round_delay,
+                delay=delay,
             )
-            self._schedule(self.round_delay)
+            self._schedule(delay)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         self.stopping = True
+        self.next_round = None
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None

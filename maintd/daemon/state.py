@@ -102,6 +102,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "reason": str,
     "tag-job": (int, type(None)),
     "tag-set": bool,
+    "digest": str,
 }
 
 
@@ -126,6 +127,11 @@ class Incident:
     #: succeeded or the tag was seen on the node); the incident is forgotten
     #: on a missing tag only when True.  True in states written before.
     tag_set: bool = True
+    #: Digest of the report that started the incident, as carried in the
+    #: reason of its jobs (:mod:`maintd.decide.reason`).  Empty: computed from
+    #: ``node`` and ``original``; set on an incident rebuilt from Ganeti's job
+    #: queue before the node's report is known again.
+    digest: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -143,6 +149,7 @@ class Incident:
             "reason": self.reason,
             "tag-job": self.tag_job,
             "tag-set": self.tag_set,
+            "digest": self.digest,
         }
 
     @classmethod
@@ -174,7 +181,17 @@ class Incident:
             reason=data.get("reason", ""),
             tag_job=data.get("tag-job"),
             tag_set=data.get("tag-set", True),
+            digest=data.get("digest", ""),
         )
+
+    @property
+    def report_digest(self) -> str:
+        """The digest its jobs carry: ``digest`` when set, else of (node, original)."""
+        if self.digest:
+            return self.digest
+        from maintd.decide.reason import report_digest
+
+        return report_digest(self.node or self.node_name, self.original)
 
     def changed(self, now: float, **changes: Any) -> Incident:
         """A copy with ``changes`` applied, ``mtime`` set and ``serial_no`` bumped."""
@@ -195,6 +212,16 @@ class MaintState:
     #: harep repairs maintd started and has not finished, by repair id:
     #: ``{"instance": name, "jobs": [repair job ids], "tag_jobs": [tag update job ids]}``.
     harep: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    #: Bumped by every durable commit (:class:`maintd.daemon.store.StateStore`):
+    #: the newest of two copies of the state (a local file, an agent's
+    #: replica) has the higher serial.  Not part of equality: two states with
+    #: the same content are equal whatever their serials.
+    serial: int = attrs.field(default=0, eq=False)
+    #: The guardrails' durable facts (:mod:`maintd.decide.guardrails`): the
+    #: operator's pause (``"pause"``), the storm breaker (``"breaker"``), the
+    #: last snapshot's ``maintd:pause`` tag (``"tag-pause"``) and the resolved
+    #: ``"max-evacuating"``.  Plain JSON values; absent keys mean "not set".
+    guard: Mapping[str, Any] = attrs.field(factory=dict)
 
     def incident(self, uuid: str) -> Incident | None:
         for inc in self.incidents:
@@ -227,6 +254,8 @@ class MaintState:
             "evacuated": list(self.evacuated),
             "last_round": dict(self.last_round),
             "harep": {k: dict(v) for k, v in self.harep.items()},
+            "serial": self.serial,
+            "guard": dict(self.guard),
         }
 
     @classmethod
@@ -257,6 +286,9 @@ class MaintState:
             isinstance(j, int) and not isinstance(j, bool) for j in jobs
         ):
             raise ValueError(f"'jobs' must be a list of job ids, not {jobs!r}")
+        serial = data.get("serial", 0)
+        if not isinstance(serial, int) or isinstance(serial, bool) or serial < 0:
+            raise ValueError(f"'serial' must be a non-negative integer, not {serial!r}")
         evacuated = data.get("evacuated", [])
         if not isinstance(evacuated, list) or not all(isinstance(n, str) for n in evacuated):
             raise ValueError(f"'evacuated' must be a list of instance names, not {evacuated!r:.80}")
@@ -267,9 +299,17 @@ class MaintState:
         if not isinstance(harep, dict) or not all(isinstance(v, dict) for v in harep.values()):
             raise ValueError(f"'harep' must be an object of objects, not {harep!r:.80}")
         return cls(
+            serial=serial,
             incidents=tuple(incidents),
             jobs=jobs,
             evacuated=evacuated,
             last_round=last_round,
             harep=harep,
+            guard=_guard(data.get("guard", {})),
         )
+
+
+def _guard(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"'guard' must be an object, not {value!r}")
+    return dict(value)

@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
-from maintd.common import strictjson
+from maintd.common import atomicfile, strictjson
 from maintd.daemon.state import Incident, MaintState
 
 log = Logger()
@@ -48,14 +48,6 @@ class StoreError(Exception):
 
 
 Listener = Callable[[MaintState], None]
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _compact(value: Any) -> bytes:
@@ -207,23 +199,19 @@ class StateStore:
         """
         if new is self._state or new == self._state:
             return
+        self._write(attrs.evolve(new, serial=max(self._state.serial, new.serial) + 1))
+
+    def raise_serial(self, at_least: int) -> None:
+        """Write the state again with a serial above ``at_least`` (an agent
+        holds a replica with that serial, written by an earlier master)."""
+        if self._state.serial <= at_least:
+            self._write(attrs.evolve(self._state, serial=at_least + 1))
+
+    def _write(self, new: MaintState) -> None:
         data = encode(new, self._codec)
         try:
-            fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(self.tmp_path, self.path)
-            _fsync_dir(self.state_dir)
+            atomicfile.replace(self.path, data, self.tmp_path)
         except OSError as e:
-            try:
-                os.unlink(self.tmp_path)
-            except OSError:
-                pass
             raise StoreError(f"cannot write state file {self.path}: {e.strerror or e}") from None
         self._state = new
         for listener in list(self._listeners):

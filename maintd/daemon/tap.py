@@ -31,11 +31,12 @@ from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from maintd import __version__
 from maintd.cluster.executor import (
+    AgentExecutor,
     CommandExecutor,
     ExecutorConfigError,
     IRepairExecutor,
-    NoExecutor,
     check_program,
 )
 from maintd.daemon.api import StateAPI
@@ -47,12 +48,14 @@ from maintd.daemon.mastership import (
     Mastership,
     attach_runner,
     check_at_startup_or_exit,
+    exit_after_shutdown,
     mastership_service,
 )
 from maintd.daemon.options import Options
 from maintd.daemon.round import RoundRunner, Step
 from maintd.daemon.scheduler import RoundService
 from maintd.daemon.store import StateStore, StoreError
+from maintd.decide import guardrails
 
 log = Logger()
 
@@ -126,14 +129,81 @@ def _mond_client(config: DaemonConfig, reactor: Any, notes: list[str]) -> Any:
     )
 
 
-def repair_executor(config: DaemonConfig, reactor: Any) -> IRepairExecutor:
-    """The live-repair executor of ``--repair-command`` (else :class:`NoExecutor`).
+def hmac_key(config: DaemonConfig) -> bytes | None:
+    """The cluster HMAC key of ``--hmac-key`` (None when not configured).
+
+    An unreadable key is a startup error, unless unsigned reports are
+    allowed (then the daemon goes on without one, saying so).
+    """
+    from maintd.common import signing
+
+    if config.hmac_key is None:
+        return None
+    try:
+        return signing.read_key(config.hmac_key)
+    except signing.KeyFileError as e:
+        if config.allow_unsigned_reports:
+            log.warn("{error}: only unsigned reports are accepted and live repairs through "
+                     "the node agents fail", error=e)
+            return None
+        raise SystemExit(f"ganeti-maintd: {e}; not starting") from None
+
+
+def agent_client(config: DaemonConfig, reactor: Any, key: bytes | None) -> Any:
+    """The node agents' client (signed self-diagnose reports); None when the
+    client modules are not importable (the round then asks mond)."""
+    try:
+        from maintd.cluster.agent import AgentClient
+        from maintd.cluster.rapi.errors import RapiConfigError
+    except ImportError:
+        return None
+
+    try:
+        return AgentClient.create(
+            reactor, key=key, cert=None if config.agent_plain_http else config.agent_cert,
+            port=config.agent_port, timeout=config.mond_timeout,
+            parallel=config.mond_parallel, allow_unsigned=config.allow_unsigned_reports)
+    except RapiConfigError as e:
+        raise SystemExit(f"ganeti-maintd: node agent certificate: {e}; not starting") from None
+
+
+def _replication(config: DaemonConfig, reactor: Any, store: StateStore, key: bytes | None,
+                 agent: Any) -> Any:
+    """State replication to the agents (signed with ``key``); None without key or agents."""
+    if key is None or agent is None:
+        return None
+    from maintd.cluster.rapi.errors import RapiConfigError
+    from maintd.cluster.replica import ReplicaClient
+    from maintd.daemon.replication import Replication
+
+    try:
+        client = ReplicaClient.create(
+            reactor, port=config.agent_port, timeout=config.mond_timeout,
+            cert=None if config.agent_plain_http else config.agent_cert)
+    except RapiConfigError as e:
+        raise SystemExit(f"ganeti-maintd: node agent certificate: {e}; not starting") from None
+    return Replication(store, client, key)
+
+
+def repair_executor(config: DaemonConfig, reactor: Any,
+                    key: bytes | None = None) -> IRepairExecutor:
+    """The live-repair executor: ``--repair-command``'s program, else the
+    node agents (:class:`AgentExecutor`, requests signed with ``key``).
 
     A program that is missing, not a regular executable file, not owned by
     root or the daemon's user, or writable by group/others is a startup error.
     """
     if config.repair_command is None:
-        return NoExecutor()
+        from maintd.cluster.rapi.errors import RapiConfigError
+
+        try:
+            return AgentExecutor(
+                reactor, key=key, port=config.agent_port,
+                cert=None if config.agent_plain_http else config.agent_cert,
+                timeout=config.repair_timeout)
+        except RapiConfigError as e:
+            raise SystemExit(f"ganeti-maintd: node agent certificate: {e}; "
+                             "not starting") from None
     try:
         check_program(config.repair_command)
     except ExecutorConfigError as e:
@@ -163,6 +233,18 @@ class _StoreService(service.Service):
         self.store.close()
 
 
+class _ReplicationService(service.Service):
+    """Lets a state push under way finish when the daemon stops."""
+
+    def __init__(self, replication: Any) -> None:
+        self.replication = replication
+
+    def stopService(self) -> defer.Deferred[None]:  # noqa: N802
+        super().stopService()
+        self.replication.fetched = False  # no new push
+        return defer.Deferred.fromCoroutine(self.replication.wait())
+
+
 class _HTTPService(StreamServerEndpointService):
     """Listens for the API; a port in use is a one-line startup error."""
 
@@ -189,6 +271,10 @@ class MaintDaemon(service.MultiService):
     rounds: RoundService
     control: Any = None
     simulator: Any = None
+    #: The node agents' client (None without one); ``agent.counters`` holds
+    #: the per-node report outcomes (ok, unreachable, invalid, bad_signature,
+    #: collector_failed) for an exporter.
+    agent: Any = None
     mastership: Mastership
 
     def __init__(self) -> None:
@@ -229,6 +315,10 @@ def _simulator(reactor: Any, config: DaemonConfig) -> tuple[Any, DaemonConfig]:
         rapi_password_file=sim.rapi_password_file,
         rapi_cert=sim.rapi_cert,
         mond_port=sim.mond_port,
+        agent_port=sim.agent_port,
+        agent_cert=sim.agent_cert,
+        agent_plain_http=sim.plain_http,
+        hmac_key=sim.hmac_key_file,
         no_voting=True,
         yes_do_it=True,
     )
@@ -240,6 +330,18 @@ def _open_store(config: DaemonConfig) -> StateStore:
         return StateStore.open(config.state_dir)
     except StoreError as e:
         raise SystemExit(f"ganeti-maintd: {e}; not starting") from None
+
+
+def overview_for(config: DaemonConfig, clock: Any, rounds: RoundService) -> Any:
+    """The ``/1/overview`` builder of a daemon: the state plus the round service's
+    next round and the configured budget."""
+
+    def build(state: Any) -> dict[str, Any]:
+        budget = config.max_evacuating.count  # None for P%: the last round's resolution
+        return guardrails.overview(state, now=clock.seconds(), max_evacuating=budget,
+                                   next_round=rounds.next_round, version=__version__)
+
+    return build
 
 
 def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDaemon:
@@ -258,7 +360,8 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         if config.simulate and "bind" not in options.given:
             config = attrs.evolve(config, bind="127.0.0.1")  # a demo stays local
 
-    executor = repair_executor(config, reactor)
+    # a bad --repair-command is an error before anything else starts
+    executor = repair_executor(config, reactor) if config.repair_command else None
     top = MaintDaemon()
     top.log_level = LogLevelService(config.debug)
     if temp_dir is not None:
@@ -290,6 +393,11 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     _StoreService(store).setServiceParent(top)
     try:
         rapi = _rapi_client(config, reactor, top.startup_notes)
+        key = hmac_key(config)
+        if executor is None:
+            executor = repair_executor(config, reactor, key)
+        agent = agent_client(config, reactor, key)
+        replication = _replication(config, reactor, store, key, agent)
     except SystemExit:
         store.close()
         raise
@@ -313,13 +421,25 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         rapi=rapi,
         mond=_mond_client(config, reactor, top.startup_notes),
         executor=executor,
+        agent=agent,
+        replica=replication,
     )
+    if replication is not None:
+        store.add_listener(replication.changed)
+        _ReplicationService(replication).setServiceParent(top)
     rounds = RoundService(
-        runner, clock=reactor, round_delay=config.round_delay, on_stop=runner.close
+        runner,
+        clock=reactor,
+        round_delay=config.round_delay,
+        on_stop=runner.close,
+        busy_delay=config.next_busy_delay,
+        is_busy=lambda: guardrails.work_in_progress(store.state, reactor.seconds()),
     )
     rounds.setServiceParent(top)
+    api.overview_fn = overview_for(config, reactor, rounds)
     # --- voting part (issue 9): rounds submit jobs only while this host is
     # the master; re-check every --master-check-interval, exit 11 when lost.
+    mastership.exit = lambda status: exit_after_shutdown(reactor, status)
     attach_runner(runner, mastership)
     recheck = mastership_service(config, mastership, reactor)
     if recheck is not None:
@@ -329,10 +449,12 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     from maintd.daemon.control import ControlService
 
     control = ControlService(config.ctl_socket, store, reactor)
+    control.access.overview = api.overview_fn
     control.setServiceParent(top)
     top.control = control
 
     top.config = config
+    top.agent = agent
     top.store = store
     top.api = api
     top.rounds = rounds

@@ -31,13 +31,12 @@ import attrs
 
 from maintd.cluster.model import LOCAL_TEMPLATES, Cluster, Instance, Node
 from maintd.daemon.state import TAG_FAILED, TAG_READY, Action, Incident, MaintState, RepairStatus
-
-#: Reason text of every job maintd submits for an incident.
-REASON_PREFIX = "maintd incident "
+from maintd.decide.reason import INCIDENT, format_reason, report_digest
 
 
 def job_reason(incident: Incident) -> str:
-    return f"{REASON_PREFIX}{incident.uuid}"
+    """Reason text of every job maintd submits for an incident (:mod:`maintd.decide.reason`)."""
+    return format_reason(INCIDENT, incident.uuid, incident.report_digest)
 
 
 def is_active(incident: Incident) -> bool:
@@ -107,6 +106,7 @@ def collect_reports(
             tag=TAG_READY + uuid,
             ctime=now,
             mtime=now,
+            digest=report_digest(node.uuid or node.name, raw),
         )
         incidents.append(incident)
         created.append(incident)
@@ -604,11 +604,17 @@ def decide(
     state: MaintState,
     free: set[str],
     running_jobs: Iterable[int] = (),
+    *,
+    gate: Callable[[Incident], Plan | None] | None = None,
+    plan_evac: Callable[..., Plan] | None = None,
 ) -> tuple[list[Decision], set[str]]:
     """Plans for this round, most severe incident first.
 
     ``free``: nodes that may receive instances (no active incident).
     ``running_jobs``: job ids still unfinished; an incident owning one waits.
+    ``gate(incident)``: a plan that holds the incident back this round (the
+    guardrails), or None.  ``plan_evac``: replaces :func:`plan_evacuation`
+    (same arguments; the guardrails' whole-evacuation planner).
     Returns the decisions and the nodes touched by them (to be taken out of
     the free set for later steps).
     """
@@ -626,10 +632,12 @@ def decide(
             busy.add(inc.node_name)
         elif inc.node_name in busy:
             plan = Wait(f"node {inc.node_name} is touched by another job this round")
+        elif gate is not None and (held := gate(inc)) is not None:
+            plan = held
         elif inc.action == Action.LIVE_REPAIR:
             plan = plan_live_repair(inc)
         elif inc.action in (Action.EVACUATE, Action.EVACUATE_FAILOVER):
-            plan = plan_evacuation(
+            plan = (plan_evac or plan_evacuation)(
                 cluster,
                 inc.node_name,
                 failover=inc.action == Action.EVACUATE_FAILOVER,

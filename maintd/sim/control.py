@@ -1,6 +1,7 @@
 """The simulator's control API under ``/sim/`` on the RAPI port.
 
-``PUT /sim/nodes/<node>/diagnose`` (body: the self-diagnose object the
+``PUT /sim/master`` (body: a node name; master failover, the job queue
+kept), ``PUT /sim/nodes/<node>/diagnose`` (body: the self-diagnose object the
 node's mond reports from now on), ``PUT /sim/nodes/<node>/mond`` (``"up"``,
 ``"down"``, ``"garbage"``, ``"hang"``, ``"slow"``), ``PUT /sim/nodes/<node>/
 offline`` (true/false: the node dies or comes back, without a Ganeti job),
@@ -75,6 +76,12 @@ class Control:
                 sim.cluster.nodes[node].cpu_load = float(body)
                 return body
             raise ControlError(404, f"unknown control resource {path}")
+        if path == "/sim/master":
+            if method == "GET":
+                return sim.cluster.master
+            self._method(method, "PUT", path)
+            sim.set_master(body)
+            return sim.cluster.master
         if path == "/sim/jobs/fail-next":
             if method == "GET":
                 return sim.jobs.fail_next

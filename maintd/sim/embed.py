@@ -2,9 +2,11 @@
 
 Right after construction the RAPI URL, the user, the password file and the
 certificate file are known (the constructor picks a free 127.0.0.1 port when
-``rapi_port`` is 0 and writes the files into ``workdir``);
-:meth:`startService` listens (RAPI on 127.0.0.1, one mond per node on its own
-127.a.b.c address) and starts the scenario's timed events on ``clock``.
+``rapi_port`` is 0 and writes the files into ``workdir``), as are the agents'
+HMAC key file (``hmac_key``, else a new one in ``workdir``) and certificate
+(``server.pem``); :meth:`startService` listens (RAPI on 127.0.0.1, one mond
+and one signed node agent per node on its own 127.a.b.c address) and starts
+the scenario's timed events on ``clock``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -19,8 +23,10 @@ from twisted.internet import defer, ssl
 from twisted.logger import Logger
 from twisted.web import server
 
+from maintd.common import signing
 from maintd.sim import scenario as scenario_mod
 from maintd.sim import tls
+from maintd.sim.agents import AgentFronts
 from maintd.sim.cluster import SimCluster, pip_block
 from maintd.sim.faults import parse_rapi_fault
 from maintd.sim.mond import MondFronts
@@ -70,6 +76,10 @@ class EmbeddedSimulator(service.Service):
         anonymous_reads: bool = False,
         mond: bool = True,
         loaded: scenario_mod.Scenario | None = None,
+        agent_port: int = 1817,
+        hmac_key: str | None = None,
+        agents: bool = True,
+        wallclock: Callable[[], float] = time.time,
     ) -> None:
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
@@ -112,6 +122,21 @@ class EmbeddedSimulator(service.Service):
             self.generated_password = None
         self.front = RapiFront(self.sim, users, anonymous_reads=anonymous_reads)
         self.monds = MondFronts(self.sim, reactor, mond_port)
+        # the node agents: signed with the cluster HMAC key, TLS with server.pem
+        self.agent_port = agent_port
+        self.agents_enabled = agents
+        if hmac_key is None:
+            hmac_key = os.path.join(workdir, "hmac.key")
+            _write_secret(hmac_key, secrets.token_hex(20) + "\n")
+            self.generated_hmac_key = True
+        else:
+            self.generated_hmac_key = False
+        self.hmac_key_file = hmac_key
+        key = signing.read_key(hmac_key)
+        self.agent_cert = os.path.join(workdir, "server.pem")
+        agent_pem = None if plain_http else tls.write_pem(self.agent_cert, tls.ec_key())
+        self.agents = AgentFronts(self.sim, reactor, agent_port, key=key, pem=agent_pem,
+                                  wallclock=wallclock)
         self._rapi_listener: Any = None
 
     # -- conveniences for in-process tests (the /sim/ API does the same) --------
@@ -123,6 +148,10 @@ class EmbeddedSimulator(service.Service):
     def set_mond(self, node: str, mode: str) -> None:
         """``up``, ``down``, ``garbage``, ``hang`` or ``slow`` (see ``faults.mond_delay``)."""
         self.sim.set_mond(node, mode)
+
+    def set_repair(self, command: str, exit_status: int) -> None:
+        """The exit status of simulated repair ``command`` from now on (default 0)."""
+        self.agents.set_repair(command, exit_status)
 
     def fail_next_jobs(self, count: int) -> None:
         self.sim.set_fail_next(count)
@@ -149,16 +178,20 @@ class EmbeddedSimulator(service.Service):
             )
         if self.mond_enabled:
             self.monds.start()
+        if self.agents_enabled:
+            self.agents.start()
         self.sim.start()
         pips = [n.pip for n in self.cluster.nodes.values()]
         log.info(
             "ganeti-sim: cluster {name}: {nodes} nodes, {insts} instances; RAPI at {url},"
-            " mond on port {port} of each node's address ({pips})",
+            " mond on port {port} and the agent on port {aport} of each node's address"
+            " ({pips})",
             name=self.cluster.name,
             nodes=len(self.cluster.nodes),
             insts=len(self.cluster.instances),
             url=self.rapi_url,
             port=self.mond_port,
+            aport=self.agent_port,
             pips=f"{pips[0]} to {pips[-1]}" if len(pips) > 1 else ", ".join(pips) or "none",
         )
 
@@ -166,7 +199,7 @@ class EmbeddedSimulator(service.Service):
         super().stopService()
         self.sim.stop()
         self.front.stop()
-        waits = [self.monds.stop()]
+        waits = [self.monds.stop(), self.agents.stop()]
         if self._rapi_listener is not None:
             listener, self._rapi_listener = self._rapi_listener, None
             waits.append(defer.maybeDeferred(listener.stopListening))

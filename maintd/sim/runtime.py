@@ -89,6 +89,29 @@ class Simulation:
         # A node that dies takes its monitoring daemon with it.
         self.set_mond(name, "down" if offline else "up")
 
+    def set_master(self, name: Any) -> None:
+        """Master failover (``gnt-cluster master-failover`` on ``name``).
+
+        The master role moves; the old master stays a master candidate.  RAPI
+        keeps answering (it follows the cluster IP on real Ganeti) and the job
+        queue is kept, running jobs included.  The new master must be online,
+        master capable and not drained.
+        """
+        if not isinstance(name, str):
+            raise SimError(f"master must be a node name, not {name!r}")
+        node = self.node(name)
+        if node.offline or node.drained or not node.master_capable:
+            raise SimError(f"node {name} cannot become the master (offline, drained or not "
+                           "master capable)")
+        old = self.cluster.nodes.get(self.cluster.master)
+        if old is not None and old is not node:
+            old.master = False
+            old.master_candidate = True
+        node.master = node.master_candidate = True
+        self.cluster.master = name
+        self.cluster.changed()
+        log.info("sim: master failover to {node}", node=name)
+
     def apply(self, event: dict[str, Any]) -> None:
         """Apply one timed scenario event; a bad event is logged, never raised."""
         try:

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
+from maintd.common.signing import KeyFileError
 from maintd.sim.scenario import ScenarioError
 
 
@@ -32,12 +33,16 @@ class Options(usage.Options):
     longdesc = (
         "Simulated Ganeti 3.0 cluster: RAPI on 127.0.0.1 (HTTPS with a generated"
         " self-signed certificate unless --plain-http) and one monitoring daemon per"
-        " node on its own 127.x.y.z address."
+        " node on its own 127.x.y.z address, with a node agent signing its"
+        " self-diagnose report (TLS with a generated server.pem unless --plain-http)."
     )
     optParameters = [
         ["scenario", "s", None, "Scenario JSON/YAML, hbal text file or snapshot (default: demo)"],
         ["rapi-port", None, 0, "RAPI port on 127.0.0.1 (0: a free one)", _port],
         ["mond-port", None, 1815, "Port of each node's monitoring daemon", _port],
+        ["agent-port", None, 1817, "Port of each node's agent (ganeti-maintd-agent)", _port],
+        ["hmac-key", None, None, "Cluster HMAC key file the agents sign with (default: "
+         "generate one in the work directory)"],
         ["job-seconds", None, 2.0, "How long a job runs (seconds)", _seconds],
         ["rapi-users", None, None, "Ganeti users file (default: generate a write user)"],
         ["workdir", None, None, "Where to write the certificate and password files"],
@@ -50,7 +55,9 @@ class Options(usage.Options):
     def postOptions(self) -> None:  # noqa: N802
         if self["job-seconds"] < 0:
             raise usage.UsageError("--job-seconds must not be negative")
-        for key in ("rapi-port", "mond-port"):
+        if self["hmac-key"] and not os.path.exists(self["hmac-key"]):
+            raise usage.UsageError(f"HMAC key file {self['hmac-key']} does not exist")
+        for key in ("rapi-port", "mond-port", "agent-port"):
             if not 0 <= self[key] <= 65535:
                 raise usage.UsageError(f"--{key} must be a port number")
         if self["scenario"] and not os.path.exists(self["scenario"]):
@@ -76,8 +83,10 @@ def makeService(config: Options, reactor: Any = None) -> service.IService:  # no
             plain_http=config["plain-http"],
             rapi_users=config["rapi-users"],
             anonymous_reads=config["anonymous-reads"],
+            agent_port=config["agent-port"],
+            hmac_key=config["hmac-key"],
         )
-    except (ScenarioError, ValueError) as err:
+    except (ScenarioError, ValueError, KeyFileError) as err:
         raise SystemExit(f"ganeti-sim: {err}") from err
     out = sys.stdout
     out.write(f"ganeti-sim RAPI: {sim.rapi_url}\n")
@@ -86,5 +95,10 @@ def makeService(config: Options, reactor: Any = None) -> service.IService:  # no
     if sim.generated_password:
         out.write(f"ganeti-sim RAPI user: {sim.rapi_user} password: {sim.generated_password}\n")
         out.write(f"ganeti-sim password file: {sim.rapi_password_file}\n")
+    if sim.generated_hmac_key:
+        out.write(f"ganeti-sim HMAC key: {sim.hmac_key_file}\n")
+    if not config["plain-http"]:
+        out.write(f"ganeti-sim agent certificate: {sim.agent_cert}\n")
+    out.write(f"ganeti-sim agents: port {sim.agent_port} of each node's address\n")
     out.flush()
     return sim

@@ -27,6 +27,18 @@ def _key() -> rsa.RSAPrivateKey:
     return _KEY
 
 
+_EC_KEY: ec.EllipticCurvePrivateKey | None = None
+
+
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    """The process's P-256 key (the simulated agents' certificate: a thousand
+    simulated nodes' TLS handshakes cost one process far less with ECDSA)."""
+    global _EC_KEY
+    if _EC_KEY is None:
+        _EC_KEY = ec.generate_private_key(ec.SECP256R1())
+    return _EC_KEY
+
+
 def make_pem(key: PrivateKey | None = None) -> bytes:
     """PEM text: private key followed by a fresh self-signed certificate.
 

@@ -621,6 +621,15 @@ class RapiClient:
                 log.warn("RAPI /2/jobs?bulk=1: skipping bad job {job}: {e}", job=jid, e=e)
         return out
 
+    async def jobs_bulk_raw(self) -> list[Any]:
+        """``GET /2/jobs?bulk=1`` as Ganeti answers it (``ops`` with their reason trails)."""
+        return await self._get_typed("/2/jobs", list, [("bulk", "1")])
+
+    async def node_names(self) -> list[str]:
+        """Names of the cluster's nodes (``GET /2/nodes``, no bulk)."""
+        docs = await self._get_typed("/2/nodes", list)
+        return [d["id"] for d in docs if isinstance(d, dict) and isinstance(d.get("id"), str)]
+
     async def wait_job_change(
         self,
         job_id: int,

@@ -89,9 +89,11 @@ class PinnedCertificatePolicy:
     self-signed certificate nor one issued by a public CA is accepted.
     """
 
-    def __init__(self, certificate: x509.Certificate, source: str = "") -> None:
+    def __init__(self, certificate: x509.Certificate, source: str = "",
+                 what: str = "RAPI server") -> None:
         self._pinned = certificate.public_bytes(Encoding.DER)
         self.source = source
+        self.what = what
         self._ctx = _context(self._verify)
 
     @classmethod
@@ -107,7 +109,8 @@ class PinnedCertificatePolicy:
         presented = cert.to_cryptography().public_bytes(Encoding.DER)  # type: ignore[attr-defined]
         if presented != self._pinned:
             log.warn(
-                "RAPI server certificate is not the pinned one from {source}",
+                "{what} certificate is not the pinned one from {source}",
+                what=self.what,
                 source=self.source or "<memory>",
             )
             return False

@@ -48,10 +48,10 @@ from maintd.decide.balance.load import (
 )
 from maintd.decide.balance.moves import Move
 from maintd.decide.balance.planner import Options, Plan, PlannedMove, plan
+from maintd.decide.reason import BALANCE, format_reason
 
 log = Logger()
 
-REASON = "maintd balance"
 DEFAULT_THRESHOLD = 0.1
 
 
@@ -142,6 +142,11 @@ def _note(ctx: Any, **fields: Any) -> None:
     ctx.notes.append(fields)
 
 
+def reason(instance: str) -> str:
+    """The balance marker of every job of a balancing move (:mod:`maintd.decide.reason`)."""
+    return format_reason(BALANCE, instance)
+
+
 async def _submit_move(ctx: Any, cluster: Cluster, mv: PlannedMove) -> list[int]:
     """Submit a move's operations (hbal's ``iMoveToJob``) as jobs; returns their ids."""
     rapi = ctx.rapi
@@ -152,15 +157,15 @@ async def _submit_move(ctx: Any, cluster: Cluster, mv: PlannedMove) -> list[int]
         if running and not inst.forthcoming:
             return int(
                 await rapi.migrate_instance(
-                    mv.instance, target_node=target, mode="live", allow_failover=True, reason=REASON
+                    mv.instance, target_node=target, mode="live", allow_failover=True, reason=reason(mv.instance)
                 )
             )
-        return int(await rapi.failover_instance(mv.instance, target_node=target, reason=REASON))
+        return int(await rapi.failover_instance(mv.instance, target_node=target, reason=reason(mv.instance)))
 
     async def replace(node: str | None) -> int:
         return int(
             await rapi.replace_disks(
-                mv.instance, mode="replace_new_secondary", remote_node=node, reason=REASON
+                mv.instance, mode="replace_new_secondary", remote_node=node, reason=reason(mv.instance)
             )
         )
 

@@ -1,4 +1,10 @@
-"""Step 4: ask every online node for its self-diagnose report; new incidents."""
+"""Step 4: ask every online node for its self-diagnose report; new incidents.
+
+Reports come from the nodes' agents (``ctx.agent``, signed) or, without an
+agent client, from their monds (2.17's diagnose collector).  A node without
+a usable report (unreachable, invalid, badly signed, stale, or its
+diagnose collector failed) is logged naming it and changes nothing.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
+from maintd.cluster.agent import AgentError
 from maintd.cluster.mond import MondError
 from maintd.daemon.steps.notes import note
 from maintd.decide import incidents as I
@@ -25,7 +32,8 @@ def _short(report: Any) -> str:
 
 
 async def collect_step(ctx: Any) -> None:
-    if ctx.cluster is None or ctx.mond is None:
+    source = ctx.agent if getattr(ctx, "agent", None) is not None else ctx.mond
+    if ctx.cluster is None or source is None:
         return
     nodes = [n for n in ctx.cluster.nodes.values() if not n.offline]
     offline = sorted(n.name for n in ctx.cluster.nodes.values() if n.offline)
@@ -34,10 +42,17 @@ async def collect_step(ctx: Any) -> None:
                  "({offline} offline)", offline=len(offline))
     if offline:
         note(ctx, action="collect", offline=len(offline), offline_nodes=offline[:20])
-    reports = await ctx.mond.gather(nodes, ctx.mond.diagnose)
+    reports = await source.gather(nodes, source.diagnose)
+    ctx.reports = dict(reports)
     failures = sorted(n for n, r in reports.items() if isinstance(r, MondError))
     for name in failures:
-        log.warn("no self-diagnose report: {error}", error=reports[name])
+        err = reports[name]
+        outcome = getattr(err, "outcome", "unreachable")
+        if isinstance(err, AgentError) and outcome in ("bad_signature", "collector_failed"):
+            log.warn("no self-diagnose report ({outcome}): {error}",
+                     outcome=outcome.replace("_", " "), error=err)
+        else:
+            log.warn("no self-diagnose report: {error}", error=err)
     state, dropped = I.drop_unreported(ctx.state, ctx.cluster, reports)
     for inc, why in dropped:
         log.info("dropping noted incident {uuid} on {node}: {why}", uuid=inc.uuid,

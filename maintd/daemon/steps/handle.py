@@ -1,25 +1,40 @@
 """Step 5: act on the most severe active incident of every node.
 
-The decisions are :func:`maintd.decide.incidents.decide`'s; this step submits the
-jobs, committing each job id the moment Ganeti returns it (a Xen primary
-moved off the drained node joins the evacuated list in that same commit).  In dry-run (or
-without mastership) it only notes what it would do.
+The decisions are :func:`maintd.decide.incidents.decide`'s, held back by the
+guardrails (:func:`maintd.decide.guardrails.round_gate`: evacuation budget,
+storm breaker, pause, master node) and with every evacuation move taken from
+a whole-evacuation plan made on this round's snapshot
+(:mod:`maintd.decide.evacplan`).  An incident held back keeps its status and
+shows why in its ``reason``.  This step submits the jobs, committing each
+job id the moment Ganeti returns it (a Xen primary moved off the drained
+node joins the evacuated list in that same commit).  In dry-run (or without
+mastership, or paused) it only notes what it would do.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import threads
 from twisted.logger import Logger
 
 from maintd.cluster.executor import NoExecutor, RepairResult
 from maintd.cluster.rapi.errors import RapiError
 from maintd.daemon.state import RepairStatus
 from maintd.daemon.steps.notes import note
-from maintd.decide import evacuation
+from maintd.decide import evacplan, evacuation
+from maintd.decide import guardrails as G
 from maintd.decide import incidents as I
 
 log = Logger()
+
+
+async def _in_thread(reactor: Any, fn: Any, *args: Any) -> Any:
+    """Plan off the reactor thread when the reactor has a thread pool."""
+    get_pool = getattr(reactor, "getThreadPool", None)
+    if get_pool is None:
+        return fn(*args)
+    return await threads.deferToThreadPool(reactor, get_pool(), fn, *args)
 
 
 async def _submit(ctx: Any, inc: Any, plan: I.Plan) -> int | None:
@@ -58,24 +73,81 @@ async def _repair(ctx: Any, inc: Any, command: str) -> None:
         await ctx.commit(ctx.state.with_incident(inc.changed(ctx.now,
                                                              status=RepairStatus.PENDING)))
     try:
-        result: RepairResult = await executor.execute(node, command, dict(inc.original))
+        result: RepairResult = await executor.execute(node, command, dict(inc.original),
+                                                      incident=inc.uuid)
     except Exception as e:
         result = RepairResult(ok=False, reason=f"repair executor error: {e}")
     current = ctx.state.incident(inc.uuid)
     if current is None or current.status.finalized:
         return  # canceled or forgotten meanwhile
+    if result.retry:
+        log.warn("incident {uuid} on {node}: repair {command} not carried out this round, "
+                 "trying again next round: {reason}", uuid=inc.uuid, node=inc.node_name,
+                 command=command, reason=result.reason)
+        note(ctx, incident=inc.uuid, node=inc.node_name, action="repair-retry",
+             reason=result.reason)
+        return
     if result.ok:
         await _finish(ctx, current)
     else:
         await fail_incident(ctx, inc.uuid, result.reason or f"repair command {command} failed")
 
 
+def _round_gate(ctx: Any) -> tuple[G.Gate, evacplan.Planner]:
+    cluster = ctx.cluster
+    chosen = [i for i in I.most_severe(ctx.state.incidents).values()
+              if i.node_name in cluster.nodes]
+    planner = evacplan.Planner(cluster, I.incident_nodes(ctx.state))
+    gate = G.round_gate(
+        chosen,
+        master=cluster.master,
+        budget=getattr(ctx.config, "max_evacuating", G.DEFAULT_MAX_EVACUATING).resolve(
+            len(cluster.nodes)),
+        breaker=G.Breaker.from_guard(ctx.state.guard),
+        pause=G.current_pause(ctx.state.guard, ctx.now),
+        planner=planner,
+    )
+    return gate, planner
+
+
+async def _show_reasons(ctx: Any, held: dict[str, str]) -> None:
+    """Active incidents carry the reason they are held back (empty otherwise)."""
+    new = ctx.state
+    for inc in ctx.state.incidents:
+        if inc.status.finalized:
+            continue
+        reason = held.get(inc.uuid, "")
+        if inc.reason != reason:
+            new = new.with_incident(inc.changed(ctx.now, reason=reason))
+            if reason:
+                log.info("incident {uuid} on {node} held back: {reason}", uuid=inc.uuid,
+                         node=inc.node_name, reason=reason)
+    if new is not ctx.state:
+        await ctx.commit(new)
+
+
 async def handle_step(ctx: Any) -> None:
     if ctx.cluster is None:
         return
-    decisions, touched = I.decide(ctx.cluster, ctx.state, ctx.free_nodes, ctx.state.jobs)
+    gate, planner = await _in_thread(getattr(ctx, "reactor", None), _round_gate, ctx)
+    held = dict(gate.waits)
+
+    def gated(inc: Any) -> I.Plan | None:
+        reason = gate.waits.get(inc.uuid)
+        return I.Wait(reason) if reason is not None else None
+
+    def plan_evac(cluster: Any, node: str, **kw: Any) -> I.Plan:
+        plan = gate.plans.get(node) or planner.plan(node)
+        return evacplan.next_step(cluster, plan, **kw)
+
+    decisions, touched = I.decide(ctx.cluster, ctx.state, ctx.free_nodes, ctx.state.jobs,
+                                  gate=gated, plan_evac=plan_evac)
+    for d in decisions:
+        plan = gate.plans.get(d.incident.node_name)
+        if plan is not None and not plan.feasible and G.is_evacuation(d.incident):
+            held[d.incident.uuid] = plan.reason
+    await _show_reasons(ctx, held)
     ctx.free_nodes -= touched | I.incident_nodes(ctx.state)
-    act = ctx.submitting and not ctx.config.dry_run
     for d in decisions:
         inc, plan = d.incident, d.plan
         text = I.describe(plan)
@@ -84,7 +156,8 @@ async def handle_step(ctx: Any) -> None:
                       plan=text)
             note(ctx, incident=inc.uuid, node=inc.node_name, plan=text, submitted=False)
             continue
-        if not act:
+        # asked for every job: a pause or a lost mastership stops the rest at once
+        if not (ctx.submitting and not ctx.config.dry_run):
             note(ctx, incident=inc.uuid, node=inc.node_name, plan=text, submitted=False)
             continue
         current = ctx.state.incident(inc.uuid)

@@ -48,6 +48,7 @@ from maintd.decide.harep.decide import (
     tag_state,
 )
 from maintd.decide.harep.tags import RepairTag, TagError, parse, parse_all
+from maintd.decide.reason import HAREP, format_reason
 
 log = Logger()
 
@@ -61,7 +62,8 @@ _WRITES = {Verdict.ENOPERM, Verdict.REPAIR, Verdict.CONTINUE, Verdict.FINISHED}
 
 
 def reason(instance: str) -> str:
-    return f"maintd harep {instance}"
+    """The harep marker of every job of an instance's repair (:mod:`maintd.decide.reason`)."""
+    return format_reason(HAREP, instance)
 
 
 async def harep_step(ctx: Any) -> None:

@@ -1,0 +1,171 @@
+"""Master failover on the REAL multi-node Ganeti 3.0 sandbox (up-multi.sh, 3 nodes).
+
+The daemon runs on node1 with the master vote (in node1's network namespace,
+with node1's ssconf, server.pem, hmac.key and rapi.pem: ``in-node.sh`` would
+hide this virtualenv, whose Python lives under the node-private ``/root``).
+Each node runs our agent; node3's diagnose command reports ``evacuate``.
+Node1's daemon drains node3 and starts moving its instances; then
+``gnt-cluster master-failover`` on node2 moves the master role, node1's
+daemon exits 11, and a daemon started on node2 with an empty state dir
+continues the SAME incident to ``completed``.  Ganeti's job list shows each
+operation once.
+
+Skips with a clear message where the sandbox cannot run (not root, scripts
+missing, start failure, lock busy), fails instead under
+``MAINTD_REQUIRE_REAL_GANETI=1``.  Takes minutes (the bring-up alone).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from maintd.cluster.voting import EXIT_NOTMASTER
+from maintd.decide.reason import INCIDENT, job_reason
+from tests.sandbox_multi import RAPI_CERT, RAPI_PASSWORD, RAPI_URL, RAPI_USER, MultiSandboxTestCase
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+EVACUATE = {"status": "evacuate", "command": None, "details": ["sandbox: failing disk"]}
+
+
+def read_state(state_dir: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(state_dir, "state.json")) as f:
+            return json.load(f)  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return {}
+
+
+class MasterFailoverSandboxTests(MultiSandboxTestCase):
+    sandbox_nodes = 3
+    sandbox_instances = 6  # node3: inst3 (diskless) and inst6 (sharedfile)
+
+    def setUp(self) -> None:
+        super().setUp()
+        # kept afterwards: the daemons' and agents' logs for a failure
+        self.work = tempfile.mkdtemp(prefix="maintd-sandbox-failover-", dir="/tmp")
+        self.password = os.path.join(self.work, "rapi-password")
+        with open(self.password, "w") as f:
+            f.write(RAPI_PASSWORD + "\n")
+        os.chmod(self.password, 0o600)
+
+    def until(self, what: str, cond: Any, timeout: float = 300) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = cond()
+            if value:
+                return value
+            time.sleep(1)
+        self.fail(f"{what}: not within {timeout:.0f}s (logs in {self.work})\n{self.logs()}")
+
+    def logs(self) -> str:
+        out = []
+        for name in sorted(os.listdir(self.work)):
+            if name.endswith((".log", ".out")):
+                with open(os.path.join(self.work, name), errors="replace") as f:
+                    tail = f.read()[-1500:]
+                out.append(f"--- {name}\n{tail}")
+        return "\n".join(out)
+
+    def whitelist(self, name: str) -> str:
+        """An (empty) whitelist directory: root's, mode 0755."""
+        path = os.path.join(self.work, name)
+        os.makedirs(path, exist_ok=True)
+        os.chmod(path, 0o755)
+        return path
+
+    def start_agent(self, n: int, report: dict[str, Any] | None) -> None:
+        sb = self.sandbox
+        lib = sb.node_lib(n)
+        argv = [TWISTD,
+                "-n", "--pidfile=", "-l", os.path.join(self.work, f"agent{n}.log"),
+                "ganeti-maintd-agent", "-p", "1817", "-b", sb.node_ip(n),
+                "--hmac-key", f"{lib}/hmac.key", "--ssl-cert", f"{lib}/server.pem",
+                "--state-dir", os.path.join(self.work, f"agent{n}"),
+                "--hostname", sb.node_name(n), "--diagnose-interval", "2",
+                "--repair-dir", self.whitelist(f"repair{n}")]
+        if report is not None:
+            wl = self.whitelist(f"diag{n}")
+            script = os.path.join(wl, "diag")
+            with open(script, "w") as f:
+                f.write("#!/bin/sh\necho '" + json.dumps(report) + "'\n")
+            os.chmod(script, 0o755)
+            argv += ["--diagnose-dir", wl, "--diagnose-command", "diag"]
+        sb.spawn(n, argv, os.path.join(self.work, f"agent{n}.out"))
+
+    def start_daemon(self, n: int) -> tuple[subprocess.Popen[bytes], str]:
+        sb = self.sandbox
+        lib = sb.node_lib(n)
+        state_dir = os.path.join(self.work, f"state{n}")
+        argv = [TWISTD,
+                "-n", "--pidfile=", "-l", os.path.join(self.work, f"daemon{n}.log"),
+                "ganeti-maintd", "--rapi", RAPI_URL, "--rapi-user", RAPI_USER,
+                "--rapi-password-file", self.password, "--rapi-cert", RAPI_CERT,
+                "--state-dir", state_dir, "--hostname", sb.node_name(n),
+                "--ssconf-dir", lib, "--noded-cert", f"{lib}/server.pem",
+                "--master-check-interval", "5", "--round-delay", "3", "--job-wait", "20",
+                "--agent-cert", f"{lib}/server.pem", "--hmac-key", f"{lib}/hmac.key",
+                "-p", "1816", "-b", sb.node_ip(n)]
+        return sb.spawn(n, argv, os.path.join(self.work, f"daemon{n}.out")), state_dir
+
+    def our_operations(self) -> tuple[list[tuple[str, str]], set[str]]:
+        jobs = self.sandbox.rapi("GET", "/2/jobs?bulk=1")
+        ops, uuids = [], set()
+        for job in jobs:
+            reason = job_reason(job["ops"])
+            if reason is None:
+                continue
+            if reason.kind == INCIDENT:
+                uuids.add(reason.id)
+            for op in job["ops"]:
+                what = (op.get("instance_name") or op.get("node_name")
+                        or ",".join(op.get("tags", [])))
+                ops.append((op["OP_ID"], str(what)))
+        return ops, uuids
+
+    def test_failover_mid_evacuation_continues_same_incident(self) -> None:
+        sb = self.sandbox
+        for n in (1, 2, 3):
+            self.start_agent(n, EVACUATE if n == 3 else None)
+        a, state_a = self.start_daemon(1)
+
+        def incident() -> Any:
+            incs = [i for i in read_state(state_a).get("incidents", [])
+                    if i["node-name"] == sb.node_name(3)]
+            return incs[0] if incs and len(incs[0]["jobs"]) >= 2 else None
+
+        inc = self.until("node1's daemon drains node3 and moves an instance", incident)
+        uuid = inc["uuid"]
+        self.assertNotEqual(inc["repair-status"], "completed", "failover mid-evacuation")
+
+        sb.node(2, "gnt-cluster", "master-failover", timeout=300)
+        try:
+            code = a.wait(120)
+        except subprocess.TimeoutExpired:
+            self.fail(f"node1's daemon still runs 120 s after the failover ({self.work})")
+        self.assertEqual(code, EXIT_NOTMASTER)
+
+        b, state_b = self.start_daemon(2)
+        done = self.until("node2's daemon completes the incident", lambda: [
+            i for i in read_state(state_b).get("incidents", [])
+            if i["uuid"] == uuid and i["repair-status"] == "completed"], timeout=600)
+        self.assertEqual(done[0]["node-name"], sb.node_name(3))
+        self.assertEqual([i["uuid"] for i in read_state(state_b)["incidents"]], [uuid])
+        sb.stop(b)
+
+        ops, uuids = self.our_operations()
+        self.assertEqual(uuids, {uuid})
+        twice = [o for o, k in collections.Counter(ops).items() if k > 1]
+        self.assertEqual(twice, [], ops)
+        self.assertIn(("OP_NODE_SET_PARAMS", sb.node_name(3)), ops)
+        self.assertIn(("OP_TAGS_SET", f"maintd:repairready:{uuid}"), ops)
+        nodes = {n["name"]: n for n in sb.rapi("GET", "/2/nodes?bulk=1")}
+        self.assertTrue(nodes[sb.node_name(3)]["drained"])
+        self.assertEqual(nodes[sb.node_name(3)]["pinst_cnt"], 0)
+        self.assertEqual(nodes[sb.node_name(2)]["role"], "M")
