@@ -15,13 +15,13 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 
 ## Run the daemon in the foreground against the built-in simulated cluster.
 demo: $(STAMP)
-	$(BIN)/twistd -n --pidfile= ganeti-maintd --simulate
+	$(BIN)/ganeti-maintd -f --simulate
 
 ## Lint, type-check and run the whole trial suite.
 test: lint unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check maintd tests bench twisted
+	$(BIN)/ruff check maintd tests bench twisted build_backend
 	$(BIN)/mypy
 
 unit: $(STAMP)

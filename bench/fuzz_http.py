@@ -312,7 +312,8 @@ def spawned(args: argparse.Namespace) -> int:
             proc = subprocess.Popen(
                 [*TWISTD, "-n", "--pidfile=", "ganeti-maintd", "-p", str(port), "-b",
                  "127.0.0.1", "--state-dir", os.path.join(tmp, "state"), "--no-voting",
-                 "--yes-do-it", "--rapi", "http://127.0.0.1:1", "--round-delay", "5"],
+                 "--yes-do-it", "--rapi", "http://127.0.0.1:1", "--round-delay", "5",
+                 "--allow-unsigned-reports", "--agent-plain-http"],  # no cluster: no key
                 stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp,
             )
         try:

@@ -210,6 +210,9 @@ async def main() -> int:
                     "http://127.0.0.1:1",
                     "--round-delay",
                     args.round_delay,
+                    # no cluster, no agents: no HMAC key needed
+                    "--allow-unsigned-reports",
+                    "--agent-plain-http",
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

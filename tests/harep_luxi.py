@@ -5,7 +5,10 @@ harep reads the cluster only over Luxi (``harep -L SOCKET``): four queries
 ``QueryJobs``.  Messages are JSON objects ending in ``\\x03``
 (``{"method", "args"}`` in, ``{"success", "result"}`` out).  This fake
 serves a :class:`maintd.cluster.model.Cluster` so the interoperability tests can run
-harep (``--dry-run``, so it submits nothing) on tags written by maintd.
+harep on tags written by maintd.  Run without ``--dry-run``, harep submits
+its jobs with ``SubmitManyJobs`` (a list of jobs, each a list of opcodes):
+the fake records them (:attr:`FakeLuxi.submitted`), answers fake job ids
+counting from 1000 and reports every job it does not know as a success.
 """
 
 from __future__ import annotations
@@ -136,6 +139,9 @@ class FakeLuxi(Factory):
         self.cluster = cluster
         self.job_status = dict(job_status)
         self.methods: list[str] = []
+        #: (job id, opcodes) of every job harep submitted, in order
+        self.submitted: list[tuple[int, list[dict[str, Any]]]] = []
+        self.next_job = 1000
 
     def answer(self, message: bytes) -> dict[str, Any]:
         try:
@@ -154,6 +160,14 @@ class FakeLuxi(Factory):
                         "default_hypervisor": "kvm",
                     },
                 }
+            if method == "SubmitManyJobs":
+                (jobs,) = args
+                ids = []
+                for ops in jobs:
+                    self.next_job += 1
+                    self.submitted.append((self.next_job, list(ops)))
+                    ids.append([True, self.next_job])
+                return {"success": True, "result": ids}
             if method == "QueryJobs":
                 jobs, _fields = args
                 return {

@@ -115,6 +115,7 @@ class AgentClientTests(TestCase):
 
             class Ctx:
                 state = MaintState()
+                config = None
                 cluster = rapi_cluster
                 now = 1000.0
                 free_nodes: set[str] = set()

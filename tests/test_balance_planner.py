@@ -145,10 +145,11 @@ class Jobsets(SynchronousTestCase):
                 for mv in js:
                     self.assertFalse(used & set(mv.nodes), js)
                     used |= set(mv.nodes)
-            # a new jobset starts only because of a conflict with the previous one
+            # hbal groups from the last move back: a jobset ends only because its
+            # last move conflicts with the jobset after it
             for prev, nxt in zip(jobsets, jobsets[1:], strict=False):
-                prev_nodes = {n for mv in prev for n in mv.nodes}
-                self.assertTrue(prev_nodes & set(nxt[0].nodes))
+                nxt_nodes = {n for mv in nxt for n in mv.nodes}
+                self.assertTrue(set(prev[-1].nodes) & nxt_nodes)
 
     def test_codes_and_commands(self) -> None:
         mv = PlannedMove("i1", Move.REPLACE_PRIMARY, "a", "b", "c", "b", 1.0)

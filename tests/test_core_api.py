@@ -105,7 +105,7 @@ class APITests(SynchronousTestCase):
         self.assertEqual(headers.getRawHeaders("content-type"), ["application/json"])
 
     def test_unknown_path_is_404_json(self) -> None:
-        for path in ("/2", "/1/statuses", "/1/status/uuid-1", "/favicon.ico", "/1//status"):
+        for path in ("/2", "/1/statuses", "/1/status/uuid-1/jobs", "/favicon.ico", "/1//status"):
             code, headers, body = self.request("GET", path)
             self.assertEqual(code, 404, path)
             self.assertEqual(headers.getRawHeaders("content-type"), ["application/json"])

@@ -115,6 +115,10 @@ class EndToEndTests(TestCase):
                 state_dir,
                 "--no-voting",
                 "--yes-do-it",
+                # no cluster HMAC key (/var/lib/ganeti/hmac.key) nor node
+                # agent certificate here
+                "--allow-unsigned-reports",
+                "--agent-plain-http",
                 "--rapi",
                 "http://127.0.0.1:1",
                 "--round-delay",
@@ -198,8 +202,10 @@ class EndToEndTests(TestCase):
             os.makedirs(cwd)
             proto = self.spawn(["-n", "--pidfile=", "ganeti-maintd", "--no-voting"], cwd)
             reason = await proto.ended.addTimeout(TIMEOUT, reactor)
-            self.assertEqual(getattr(reason, "exitCode", None), 1)
+            # a usage error: one line (not twistd's page of usage) and exit 2
+            self.assertEqual(getattr(reason, "exitCode", None), 2)
             self.assertIn(b"--yes-do-it", proto.output)
+            self.assertEqual(proto.output.count(b"\n"), 1, proto.output)
 
         return defer.Deferred.fromCoroutine(check())
 

@@ -99,6 +99,14 @@ class ParsingTests(SynchronousTestCase):
         self.assertIs(c.balance, False)
         self.assertEqual(c.balance_threshold, 0.25)
 
+    def test_iallocator(self) -> None:
+        self.assertIsNone(parse().daemon_config.iallocator)
+        self.assertEqual(parse("--iallocator", "hail").daemon_config.iallocator, "hail")
+        for bad in ("/usr/lib/ganeti/iallocators/hail", "a b"):
+            e = self.assertRaises(usage.UsageError, parse, "--iallocator", bad)
+            self.assertIn(f"bad iallocator name {bad!r}", str(e))
+        self.assertRaises(usage.UsageError, parse, "--iallocator", "")
+
     def test_balance_flag(self) -> None:
         self.assertIs(parse("--balance").daemon_config.balance, True)
 

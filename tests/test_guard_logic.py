@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import attrs
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
@@ -95,6 +95,7 @@ class BreakerTests(SynchronousTestCase):
         self.assertFalse(rearmed.released)
         self.assertTrue(G.breaker_after(rearmed, 5, 4).tripped, "re-armed after falling under")
 
+    @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a loaded machine
     @given(st.lists(st.integers(0, 50), max_size=30), st.integers(2, 20))
     def test_tripped_only_above(self, counts: list[int], threshold: int) -> None:
         b = G.Breaker()

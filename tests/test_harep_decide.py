@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 from twisted.trial.unittest import SynchronousTestCase
 
 from maintd.decide.harep.decide import (
+    Plan,
     Repair,
     Status,
     Verdict,
     decide_without_jobs,
     detect,
+    iallocator_for,
     is_own,
     plan_pending,
     plan_step,
@@ -135,13 +138,15 @@ class DetectTests(SynchronousTestCase):
 
 
 class PlanStepTests(SynchronousTestCase):
-    def test_failover_offline_primary(self) -> None:
+    def test_failover_offline_primary_keeps_the_consistency_check(self) -> None:
         inst = drbd()
         cl = make_cluster(offline=["n2"], instances=[inst])
         plan = plan_step(cl, inst, Repair.FAILOVER, 0, ALL)
+        # harep's opcode: ignore_consistency false (Ganeti itself tolerates
+        # degraded disks on the target when the primary is offline).
         self.assertEqual(
             [(o.method, dict(o.kwargs)) for o in plan.ops],
-            [("failover_instance", {"ignore_consistency": True})],
+            [("failover_instance", {"ignore_consistency": False})],
         )
         self.assertEqual(plan.touched, {"n3"})
 
@@ -153,33 +158,44 @@ class PlanStepTests(SynchronousTestCase):
         self.assertEqual(plan.ops[0].kwargs["mode"], "live")
         self.assertEqual(plan.touched, {"n2", "n3"})
 
-    def test_replace_secondary_picks_free_node_with_most_room(self) -> None:
+    def test_replace_secondary_leaves_the_node_to_the_iallocator(self) -> None:
         inst = drbd()
-        cl = make_cluster(
-            offline=["n3"], instances=[inst], dfree={"n1": 10000, "n4": 20000, "n5": 50000}
-        )
+        cl = make_cluster(offline=["n3"], instances=[inst])
         plan = plan_step(cl, inst, Repair.REPLACE_SECONDARY, 0, ALL)
         self.assertEqual(
-            dict(plan.ops[0].kwargs), {"mode": "replace_new_secondary", "remote_node": "n5"}
+            dict(plan.ops[0].kwargs), {"mode": "replace_new_secondary", "iallocator": "hail"}
         )
-        self.assertEqual(plan.touched, {"n2", "n5"})
-        # n5 not free: the next best free node instead.
-        plan = plan_step(cl, inst, Repair.REPLACE_SECONDARY, 0, ALL - {"n5"})
-        self.assertEqual(plan.ops[0].kwargs["remote_node"], "n4")
+        # The iallocator relocates within the group: all of it is claimed.
+        self.assertEqual(plan.touched, ALL)
+        named = plan_step(cl, inst, Repair.REPLACE_SECONDARY, 0, ALL, iallocator="x")
+        self.assertEqual(named.ops[0].kwargs["iallocator"], "x")
 
-    def test_replace_secondary_counts_drbd_metadata(self) -> None:
-        inst = drbd()  # one 10240 MiB disk: 10368 MiB with its DRBD metadata
-        cl = make_cluster(
-            offline=["n3"], instances=[inst], dfree={"n1": 5, "n4": 10367, "n5": 10368}
-        )
-        plan = plan_step(cl, inst, Repair.REPLACE_SECONDARY, 0, ALL)
-        self.assertEqual(plan.ops[0].kwargs["remote_node"], "n5")
-
-    def test_replace_secondary_needs_room(self) -> None:
+    def test_cluster_default_iallocator(self) -> None:
         inst = drbd()
-        cl = make_cluster(offline=["n3"], instances=[inst], dfree={"n1": 5, "n4": 5, "n5": 10239})
+        cl = attrs.evolve(
+            make_cluster(offline=["n3"], instances=[inst]), default_iallocator="my-alloc"
+        )
+        self.assertEqual(iallocator_for(cl), "my-alloc")
+        self.assertEqual(iallocator_for(cl, "other"), "other")
+        self.assertEqual(iallocator_for(attrs.evolve(cl, default_iallocator="")), "hail")
+        plan = plan_step(cl, inst, Repair.REPLACE_SECONDARY, 0, ALL)
+        self.assertEqual(plan.ops[0].kwargs["iallocator"], "my-alloc")
+
+    def test_replace_secondary_needs_a_node_to_pick(self) -> None:
+        inst = drbd()
+        cl = make_cluster(offline=["n3"], drained=["n1", "n4", "n5"], instances=[inst])
         blocked = plan_step(cl, inst, Repair.REPLACE_SECONDARY, 0, ALL)
-        self.assertIn("room", blocked.why)
+        self.assertIn("no usable node", blocked.why)
+
+    def test_claimed_usable_node_in_the_iallocators_reach_blocks(self) -> None:
+        inst = drbd()
+        cl = make_cluster(offline=["n3"], instances=[inst])
+        blocked = plan_step(cl, inst, Repair.REPLACE_SECONDARY, 0, ALL - {"n4"})
+        self.assertIn("n4", blocked.why)
+        # An offline node that is not free (its incident) does not block.
+        cl = make_cluster(offline=["n3", "n4"], instances=[inst])
+        plan = plan_step(cl, inst, Repair.REPLACE_SECONDARY, 0, ALL - {"n4"})
+        self.assertIsInstance(plan, Plan)
 
     def test_failover_to_drained_secondary_waits(self) -> None:
         inst = drbd()
@@ -193,31 +209,29 @@ class PlanStepTests(SynchronousTestCase):
         blocked = plan_step(cl, inst, Repair.FAILOVER, 0, ALL - {"n3"})
         self.assertIn("n3", blocked.why)
 
-    def test_reinstall_drbd_recreates_on_two_new_nodes_shuts_down_reinstalls(self) -> None:
-        inst = drbd()
-        cl = make_cluster(offline=["n2", "n3"], instances=[inst], dfree={"n4": 200000})
-        plan = plan_step(cl, inst, Repair.REINSTALL, 0, ALL)
-        nodes = plan.ops[0].kwargs["nodes"]
-        self.assertEqual(plan.ops[0].method, "recreate_disks")
-        self.assertEqual(nodes[0], "n4")
-        self.assertEqual(len(set(nodes)), 2)
-        self.assertFalse({"n2", "n3"} & set(nodes))
-        moved = drbd(primary=nodes[0], secondary=nodes[1])
-        cl2 = make_cluster(offline=["n2", "n3"], instances=[moved])
-        step2 = plan_step(cl2, moved, Repair.REINSTALL, 1, ALL)
-        self.assertEqual([o.method for o in step2.ops], ["shutdown_instance"])
-        step3 = plan_step(cl2, moved, Repair.REINSTALL, 2, ALL)
-        self.assertEqual(
-            [(o.method, dict(o.kwargs)) for o in step3.ops],
-            [("reinstall_instance", {"start": True})],
-        )
-
-    def test_reinstall_plain_one_node(self) -> None:
-        inst = plain()
-        cl = make_cluster(offline=["n2"], instances=[inst])
-        plan = plan_step(cl, inst, Repair.REINSTALL, 0, frozenset({"n5"}))
-        self.assertEqual(plan.ops[0].kwargs["nodes"], ["n5"])
-        self.assertEqual(plan.touched, {"n5"})
+    def test_reinstall_is_recreate_disks_by_the_iallocator_then_reinstall(self) -> None:
+        for inst, offline in ((drbd(), ["n2", "n3"]), (plain(), ["n2"])):
+            cl = make_cluster(offline=offline, instances=[inst])
+            plan = plan_step(cl, inst, Repair.REINSTALL, 0, ALL)
+            self.assertEqual(
+                [(o.method, dict(o.kwargs)) for o in plan.ops],
+                [
+                    ("recreate_disks", {"iallocator": "hail"}),
+                    ("reinstall_instance", {"start": True}),
+                ],
+            )
+            # Ganeti asks the iallocator with no group: any node may be picked.
+            self.assertEqual(plan.touched, ALL)
+            # A stopped instance stays stopped.
+            stopped = attrs.evolve(inst, admin_state="down")
+            plan = plan_step(cl, stopped, Repair.REINSTALL, 0, ALL)
+            self.assertEqual(dict(plan.ops[1].kwargs), {"start": False})
+            # The second job alone (its first was submitted in an earlier round).
+            rest = plan_step(cl, inst, Repair.REINSTALL, 1, ALL, start=False)
+            self.assertEqual(
+                [(o.method, dict(o.kwargs)) for o in rest.ops],
+                [("reinstall_instance", {"start": False})],
+            )
 
 
 class NewRepairTests(SynchronousTestCase):
@@ -344,31 +358,24 @@ class PendingTests(SynchronousTestCase):
         d = self.decide(lowered, (), {}, offline=["n2"])
         self.assertEqual(d.add_tag.result, RepairResult.ENOPERM)
 
-    def test_own_reinstall_continues_step_by_step(self) -> None:
+    def test_own_reinstall_missing_its_reinstall_job_gets_it(self) -> None:
+        # The reinstall job could not be submitted with the recreate-disks job.
         rid = repair_id("inst1", RepairType.REINSTALL, 10)
-        moved = drbd(primary="n4", secondary="n5")
+        moved = drbd(primary="n4", secondary="n5", admin_state="down")
         inst = with_tags(moved, pending("reinstall", rid, 10, "7"))
-        d = self.decide(inst, (7,), {7: "success"}, offline=["n2", "n3"])
-        self.assertEqual(d.verdict, Verdict.CONTINUE)
-        self.assertEqual(d.ops[0].method, "shutdown_instance")
-        self.assertEqual(d.touched, {"n4", "n5"})
-        # After the shutdown the instance is marked down; the recorded start wins.
-        inst = with_tags(
-            drbd(primary="n4", secondary="n5", admin_state="down"),
-            pending("reinstall", rid, 10, "7+8"),
-        )
-        cl = make_cluster(instances=[inst])
+        cl = make_cluster(offline=["n2", "n3"], instances=[inst])
         st = tag_state(inst.name, inst.tags)
-        d = plan_pending(cl, inst, st, (7, 8), {7: "success", 8: "success"}, NOW, ALL, True)
+        d = plan_pending(cl, inst, st, (7,), {7: "success"}, NOW, ALL, True)
+        self.assertEqual(d.verdict, Verdict.CONTINUE)
+        # The instance was up when the repair began (recorded): started again.
         self.assertEqual(
             [(o.method, dict(o.kwargs)) for o in d.ops], [("reinstall_instance", {"start": True})]
         )
-        d = plan_pending(cl, inst, st, (7, 8), {7: "success", 8: "success"}, NOW, ALL)
-        self.assertEqual(d.ops[0].kwargs, {"start": False})
-        # All three steps done: success with all jobs.
-        inst3 = with_tags(moved, pending("reinstall", rid, 10, "7+8+9"))
-        d3 = self.decide(inst3, (7, 8, 9), {7: "success", 8: "success", 9: "success"})
-        self.assertEqual((d3.verdict, d3.add_tag.jobs), (Verdict.FINISHED, (7, 8, 9)))
+        self.assertEqual(d.touched, {"n4", "n5"})
+        # Both jobs done: success with both.
+        inst2 = with_tags(moved, pending("reinstall", rid, 10, "7+8"))
+        d2 = self.decide(inst2, (7, 8), {7: "success", 8: "success"})
+        self.assertEqual((d2.verdict, d2.add_tag.jobs), (Verdict.FINISHED, (7, 8)))
 
     def test_second_step_waits_while_suspended(self) -> None:
         rid = repair_id("inst1", RepairType.REINSTALL, 10)
@@ -435,8 +442,18 @@ class DecisionProperties(SynchronousTestCase):
         if d.add_tag is not None:
             self.assertEqual(parse(d.add_tag.format()), d.add_tag)
         self.assertLessEqual(set(d.remove_tags), set(inst.tags))
-        # Operations only touch free nodes, and only when a repair is started or continued.
-        self.assertLessEqual(d.touched, free)
+        # Operations only touch free nodes (nodes that are not free may be
+        # claimed only when the iallocator cannot pick them: offline or
+        # drained), and only when a repair is started or continued.
+        self.assertLessEqual({n for n in d.touched if cl.nodes[n].usable}, free)
+        self.assertLessEqual(
+            {
+                n
+                for n in d.touched
+                if n in (inst.primary, inst.secondary) and not cl.nodes[n].offline
+            },
+            free,
+        )
         if d.ops:
             self.assertIn(d.verdict, (Verdict.REPAIR, Verdict.CONTINUE))
         # A repair is only ever started within the instance's own permission.

@@ -125,11 +125,11 @@ class DetectionRulesTests(TestCase):
         self.assertEqual(await h.repair_tags(name), [])
         ctx = await h.round()
         (note,) = [n for n in harep_notes(ctx, name) if n["harep"] == "repair"]
-        tag_job, repair_job = note["jobs"][0], note["jobs"][1]
-        # The pending tag's job finished before the repair job was submitted.
-        self.assertLess(tag_job, repair_job)
-        self.assertTrue((await h.rapi.get_job(tag_job)).ok)
+        # harep's order: the repair job, then the pending tag naming it.
+        repair_job, tag_job = note["jobs"]
+        self.assertLess(repair_job, tag_job)
         await h.settle()
+        self.assertTrue((await h.rapi.get_job(tag_job)).ok)
         (pending,) = await h.repair_tags(name)
         self.assertEqual((pending.type, pending.result, pending.jobs), (rtype, None, (repair_job,)))
         self.assertEqual(pending.id, repair_id(name, rtype, pending.ts))
@@ -142,6 +142,14 @@ class DetectionRulesTests(TestCase):
             (rtype, pending.id, RepairResult.SUCCESS, (repair_job,)),
         )
         self.assertEqual(h.state.harep, {})
+        # Three tag jobs for the whole repair, in harep's order: pending
+        # (after the repair job), result, removal of the pending tag.
+        tag_jobs = [
+            j.ops[0].op_id
+            for j in await h.rapi.jobs_bulk()
+            if j.ops and j.ops[0].op_id.startswith("OP_TAGS_")
+        ]
+        self.assertEqual(tag_jobs, ["OP_TAGS_SET", "OP_TAGS_SET", "OP_TAGS_DEL"])
         return h, pending, before
 
     @defer.inlineCallbacks
@@ -184,17 +192,17 @@ class DetectionRulesTests(TestCase):
         self, scen: scenario_mod.Scenario, name: str
     ) -> tuple[SimHarness, dict[str, Any]]:
         h = SimHarness(self, scen)
-        jobs: list[int] = []
-        methods: list[str] = []
-        for _ in range(3):
-            ctx = await h.round()
-            (note,) = [n for n in harep_notes(ctx, name) if n["harep"] in ("repair", "continue")]
-            methods.append(note["ops"][0].split("(")[0])
-            await h.settle()
-            (pending,) = await h.repair_tags(name)
-            self.assertIsNone(pending.result)
-            jobs = list(pending.jobs)
-        self.assertEqual(methods, ["recreate_disks", "shutdown_instance", "reinstall_instance"])
+        ctx = await h.round()
+        (note,) = [n for n in harep_notes(ctx, name) if n["harep"] == "repair"]
+        methods = [op.split("(")[0] for op in note["ops"]]
+        # harep's recreate+reinstall job as two consecutive RAPI jobs, then one tag.
+        self.assertEqual(methods, ["recreate_disks", "reinstall_instance"])
+        self.assertIn("iallocator='hail'", note["ops"][0])
+        await h.settle()
+        (pending,) = await h.repair_tags(name)
+        self.assertIsNone(pending.result)
+        jobs = list(pending.jobs)
+        self.assertEqual(jobs, note["jobs"][:2])
         await h.round()
         await h.settle()
         (result,) = await h.repair_tags(name)
@@ -202,7 +210,7 @@ class DetectionRulesTests(TestCase):
             (result.type, result.result, list(result.jobs)),
             (RepairType.REINSTALL, RepairResult.SUCCESS, jobs),
         )
-        self.assertEqual(len(jobs), 3)
+        self.assertEqual(len(jobs), 2)
         return h, await h.instance(name)
 
     @defer.inlineCallbacks
@@ -365,7 +373,7 @@ class RealHarepTakesOverTests(TestCase):
         ctx = yield defer.ensureDeferred(h.round())
         yield defer.ensureDeferred(h.settle())
         (note,) = harep_notes(ctx, "web")
-        repair_job = note["jobs"][1]
+        repair_job = note["jobs"][0]
         (pending,) = yield defer.ensureDeferred(h.repair_tags("web"))
         # While the job runs harep leaves the repair alone ...
         out = yield defer.ensureDeferred(self.harep_on(h, {repair_job: "running"}))
@@ -429,7 +437,8 @@ class WithIncidentHandlingTests(TestCase):
         busy_tags: list[str] = []
         mine_repairs: list[str] = []
         busy_verdicts: list[str] = []
-        for number in range(1, 5):
+        mine_blocked: list[str] = []
+        for number in range(1, 6):
             ctx = RoundContext(
                 number=number,
                 now=time.time(),
@@ -448,6 +457,9 @@ class WithIncidentHandlingTests(TestCase):
             for note in harep_notes(ctx, "busy"):
                 busy_verdicts.append(note["harep"])
                 self.assertNotIn(note["harep"], ("repair", "continue", "enoperm"), note)
+            mine_blocked += [
+                n["message"] for n in harep_notes(ctx, "mine") if n["harep"] == "blocked"
+            ]
             mine_repairs += [
                 n["repair"] for n in harep_notes(ctx, "mine") if n["harep"] == "repair"
             ]
@@ -458,6 +470,9 @@ class WithIncidentHandlingTests(TestCase):
         # The admin-drained primary: live migration, then a new secondary
         # for the (now drained) secondary.
         self.assertEqual(mine_repairs, ["migrate", "replace-secondary"])
+        # The new secondary is the iallocator's choice in the group: the repair
+        # waited while incident handling moved instances to nodes of that group.
+        self.assertTrue(any("the iallocator may pick" in m for m in mine_blocked), mine_blocked)
         mine = yield defer.ensureDeferred(rapi.tags("instance", "mine"))
         (result,) = [parse(t) for t in mine if t.startswith(P + "result:")]
         self.assertEqual(

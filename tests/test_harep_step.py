@@ -11,9 +11,13 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from maintd.cluster.model import Cluster
+from maintd.cluster.rapi.jobs import JobResult, OpInfo
 from maintd.daemon.state import MaintState
-from maintd.daemon.steps.harep import RapiError, harep_step
-from maintd.decide.harep.tags import RepairResult, RepairType, parse
+from maintd.daemon.steps.harep import RapiError, harep_step, reason
+from maintd.decide.harep.decide import is_own, repair_id
+from maintd.decide.harep.opcodes import RAPI_WRITES
+from maintd.decide.harep.tags import RepairResult, RepairTag, RepairType, parse
+from maintd.decide.reason import parse_reason
 from tests.harep_fixtures import P, drbd, make_cluster, plain, with_tags
 
 
@@ -32,7 +36,11 @@ class Job:
 
 
 class FakeRapi:
-    """Records calls; tag jobs apply at once, repair jobs stay 'running'."""
+    """Records calls; tag jobs apply at once, repair jobs stay 'running'.
+
+    ``jobs_bulk`` answers the queue as Ganeti would: each job's opcodes with
+    the reason trail RAPI gives them (none for the reinstall job).
+    """
 
     def __init__(self, cluster: Cluster) -> None:
         self.tags_of = {name: set(i.tags) for name, i in cluster.instances.items()}
@@ -41,12 +49,21 @@ class FakeRapi:
         self.next_id = 100
         self.tag_job_status = "success"
         self.fail_for: set[str] = set()
+        #: methods that fail (RapiError) when called
+        self.fail_methods: set[str] = set()
         #: tags of each instance at the moment each repair job was submitted
         self.tags_at_submit: dict[int, set[str]] = {}
+        #: the queue as /2/jobs?bulk=1 shows it
+        self.queue: dict[int, JobResult] = {}
+        #: job ids in the order of the writes that made them
+        self.job_order: list[int] = []
+        self.clock = 1_700_000_000.0
 
-    def _job(self, status: str) -> int:
+    def _job(self, status: str, ops: tuple[OpInfo, ...] = ()) -> int:
         self.next_id += 1
         self.status[self.next_id] = status
+        self.queue[self.next_id] = JobResult(self.next_id, status, ops=ops, received=self.clock)
+        self.job_order.append(self.next_id)
         return self.next_id
 
     def _check(self, name: str) -> None:
@@ -59,13 +76,13 @@ class FakeRapi:
         self.calls.append(("add_tags", name, {"tags": list(tags)}))
         if self.tag_job_status == "success":
             self.tags_of[name].update(tags)
-        return self._job(self.tag_job_status)
+        return self._job(self.tag_job_status, (OpInfo("OP_TAGS_SET", "", (reason,)),))
 
     async def remove_tags(self, kind: str, name: str, tags: list[str], reason: str) -> int:
         assert kind == "instance" and reason == f"maintd:1:harep:{name}:-"
         self.calls.append(("remove_tags", name, {"tags": list(tags)}))
         self.tags_of[name].difference_update(tags)
-        return self._job("success")
+        return self._job("success", (OpInfo("OP_TAGS_DEL", "", (reason,)),))
 
     async def tags(self, kind: str, name: str) -> list[str]:
         return sorted(self.tags_of[name])
@@ -74,11 +91,23 @@ class FakeRapi:
         self.calls.append(("wait_jobs", "", {"jobs": list(job_ids)}))
         return {j: Job(j, self.status.get(j, "lost")) for j in job_ids}
 
+    async def jobs_bulk(self) -> list[JobResult]:
+        self.calls.append(("jobs_bulk", "", {}))
+        return [attrs.evolve(j, status=self.status[i]) for i, j in sorted(self.queue.items())]
+
     def _repair(self, method: str, name: str, kwargs: dict[str, Any]) -> int:
-        assert kwargs.pop("reason") == f"maintd:1:harep:{name}:-"
+        reason = kwargs.pop("reason")
+        parsed = parse_reason(reason)
+        assert parsed is not None and parsed.kind == "harep", reason
         self._check(name)
+        if method in self.fail_methods:
+            raise RapiError(f"RAPI refused {method} for {name}")
         self.calls.append((method, name, kwargs))
-        job = self._job("running")
+        if method == "reinstall_instance":
+            ops = (OpInfo("OP_INSTANCE_SHUTDOWN", name), OpInfo("OP_INSTANCE_REINSTALL", name))
+        else:
+            ops = (OpInfo(OPCODE_OF[method], name, (reason,)),)
+        job = self._job("running", ops)
         self.tags_at_submit[job] = set(self.tags_of[name])
         return job
 
@@ -101,7 +130,13 @@ class FakeRapi:
         return self._repair("reinstall_instance", name, kw)
 
     def writes(self) -> list[tuple[str, str, dict[str, Any]]]:
-        return [c for c in self.calls if c[0] != "wait_jobs"]
+        return [c for c in self.calls if c[0] not in ("wait_jobs", "jobs_bulk")]
+
+    def tag_jobs(self) -> int:
+        return sum(1 for c in self.calls if c[0] in ("add_tags", "remove_tags"))
+
+
+OPCODE_OF = {m: v[2] for m, v in RAPI_WRITES.items()}
 
 
 @attrs.define
@@ -110,15 +145,25 @@ class Ctx:
     rapi: FakeRapi
     now: float = 1_700_000_000.0
     state: MaintState = attrs.field(factory=MaintState)
-    config: Any = attrs.field(factory=lambda: SimpleNamespace(dry_run=False, job_wait=60.0))
+    config: Any = attrs.field(
+        factory=lambda: SimpleNamespace(dry_run=False, job_wait=60.0, iallocator=None)
+    )
     free_nodes: set[str] = attrs.field(factory=set)
     notes: list[dict[str, Any]] = attrs.field(factory=list)
     submitting: bool = True
     commits: int = 0
+    #: the daemon dies at this commit (the state file keeps the one before)
+    crash_at: int | None = None
 
     async def commit(self, new: MaintState) -> None:
         self.commits += 1
+        if self.commits == self.crash_at:
+            raise Crash(f"daemon stopped at commit {self.commits}")
         self.state = new
+
+
+class Crash(Exception):
+    pass
 
 
 def run(ctx: Ctx) -> None:
@@ -137,8 +182,17 @@ class World:
         self.rapi = FakeRapi(cluster)
         self.state = MaintState()
         self.now = 1_700_000_000.0
+        self.iallocator: str | None = None
 
-    def round(self, *, dry_run: bool = False, submitting: bool = True, free=None, **changes) -> Ctx:
+    def round(
+        self,
+        *,
+        dry_run: bool = False,
+        submitting: bool = True,
+        free=None,
+        crash_at: int | None = None,
+        **changes,
+    ) -> Ctx:
         insts = {
             n: attrs.evolve(i, tags=frozenset(self.rapi.tags_of[n]))
             for n, i in self.cluster.instances.items()
@@ -151,11 +205,16 @@ class World:
             state=self.state,
             free_nodes=set(self.cluster.nodes) if free is None else set(free),
             submitting=submitting,
+            crash_at=crash_at,
         )
         ctx.config.dry_run = dry_run
-        run(ctx)
-        self.state = ctx.state
-        self.now += 300
+        ctx.config.iallocator = self.iallocator
+        self.rapi.clock = self.now
+        try:
+            run(ctx)
+        finally:
+            self.state = ctx.state
+            self.now += 300
         return ctx
 
     def move(self, name: str, **changes: Any) -> None:
@@ -171,28 +230,24 @@ class World:
 
 
 class RepairFlowTests(SynchronousTestCase):
-    def test_failover_pending_tag_before_job_then_result(self) -> None:
+    def test_failover_job_first_then_one_pending_tag_then_result(self) -> None:
         w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))
         ctx = w.round()
-        methods = [c[0] for c in w.rapi.writes()]
-        self.assertEqual(
-            methods, ["add_tags", "failover_instance", "add_tags", "remove_tags"], w.rapi.calls
-        )
-        # The pending tag was on the instance (its job waited for) before the repair job.
-        self.assertEqual(w.rapi.calls[1], ("wait_jobs", "", {"jobs": [101]}))
-        failover_job = 102
-        at_submit = [parse(t) for t in w.rapi.tags_at_submit[failover_job]]
-        self.assertTrue(any(getattr(t, "result", 0) is None for t in at_submit if t))
-        self.assertEqual(w.rapi.calls[2][2], {"ignore_consistency": True})
+        self.assertEqual([c[0] for c in w.rapi.writes()], ["failover_instance", "add_tags"])
+        # harep's parameters: the consistency check is not skipped.
+        self.assertEqual(w.rapi.writes()[0][2], {"ignore_consistency": False})
+        # No tag of this repair before its job (harep's order).
+        self.assertFalse(any("pending" in t for t in w.rapi.tags_at_submit[101]))
         (pending,) = w.repair_tags("inst1")
         self.assertEqual(
-            (pending.type, pending.result, pending.jobs), (RepairType.FAILOVER, None, (102,))
+            (pending.type, pending.result, pending.jobs), (RepairType.FAILOVER, None, (101,))
         )
         # Every job is recorded, and the touched node is no longer free.
-        self.assertEqual(set(ctx.state.jobs), {101, 102, 103, 104})
+        self.assertEqual(set(ctx.state.jobs), {101, 102})
+        self.assertEqual(ctx.state.harep[pending.id]["tag_jobs"], [102])
         self.assertNotIn("n3", ctx.free_nodes)
-        self.assertIn(pending.id, ctx.state.harep)
         self.assertEqual(ctx.notes[0]["harep"], "repair")
+        self.assertEqual(ctx.notes[0]["jobs"], [101, 102])
 
         # Next round: still running -> nothing written.
         before = len(w.rapi.writes())
@@ -200,41 +255,56 @@ class RepairFlowTests(SynchronousTestCase):
         self.assertEqual(len(w.rapi.writes()), before)
         self.assertEqual(ctx.notes[0]["harep"], "waiting")
 
-        # Job done: the result tag replaces the pending tag; record dropped.
-        w.rapi.status[failover_job] = "success"
+        # Job done: the result tag, then the pending tag removed; record dropped.
+        w.rapi.status[101] = "success"
         w.move("inst1", primary="n3", secondaries=("n2",))
         ctx = w.round()
+        self.assertEqual([c[0] for c in w.rapi.writes()][-2:], ["add_tags", "remove_tags"])
         (result,) = w.repair_tags("inst1")
         self.assertEqual(
-            (result.result, result.jobs, result.id), (RepairResult.SUCCESS, (102,), pending.id)
+            (result.result, result.jobs, result.id), (RepairResult.SUCCESS, (101,), pending.id)
         )
         self.assertEqual(result.ts, int(ctx.now))
         self.assertEqual(ctx.state.harep, {})
+        # Three tag jobs for the whole repair (was five: placeholder, job ids, removal...).
+        self.assertEqual(w.rapi.tag_jobs(), 3)
 
-    def test_one_wait_for_all_pending_tags_then_the_repairs(self) -> None:
-        insts = [drbd("a", "n2", "n3"), drbd("b", "n2", "n4"), drbd("c", "n5", "n2")]
-        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=insts))
+    def test_new_repair_removes_the_previous_result_in_the_pending_step(self) -> None:
+        old = RepairTag(RepairType.FAILOVER, "old", 1_600_000_000, (5,), RepairResult.SUCCESS)
+        inst = with_tags(drbd(), old.format())
+        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[inst]))
         w.round()
-        kinds = [c[0] for c in w.rapi.calls]
-        waits = [c for c in w.rapi.calls if c[0] == "wait_jobs"]
-        self.assertEqual(len(waits), 1)
-        self.assertEqual(len(waits[0][2]["jobs"]), 3)
-        first_repair = min(
-            kinds.index(m) for m in ("failover_instance", "replace_disks") if m in kinds
+        self.assertEqual(
+            [c[0] for c in w.rapi.writes()], ["failover_instance", "add_tags", "remove_tags"]
         )
-        self.assertLess(kinds.index("wait_jobs"), first_repair)
-        # Every repair job found its instance's pending tag already set.
-        for job, tags in w.rapi.tags_at_submit.items():
-            self.assertTrue(any("pending" in t for t in tags), job)
-        self.assertEqual(len(w.rapi.tags_at_submit), 3)
+        self.assertEqual(w.rapi.writes()[2][2], {"tags": [old.format()]})
+        (pending,) = w.repair_tags("inst1")
+        self.assertEqual(pending.jobs, (101,))
+
+    def test_replace_disks_names_the_clusters_default_iallocator(self) -> None:
+        cluster = make_cluster(offline=["n3"], group_tags=[P + "fix-storage"], instances=[drbd()])
+        w = World(attrs.evolve(cluster, default_iallocator="my-alloc"))
+        ctx = w.round()
+        (call,) = [c for c in w.rapi.calls if c[0] == "replace_disks"]
+        self.assertEqual(call[2], {"mode": "replace_new_secondary", "iallocator": "my-alloc"})
+        # Every node of the group may be picked: none is left to balancing.
+        self.assertEqual(ctx.free_nodes, set())
+
+    def test_iallocator_option_overrides_and_hail_is_the_fallback(self) -> None:
+        for default, option, expected in (("", None, "hail"), ("my-alloc", "other", "other")):
+            cluster = make_cluster(
+                offline=["n3"], group_tags=[P + "fix-storage"], instances=[drbd()]
+            )
+            w = World(attrs.evolve(cluster, default_iallocator=default))
+            w.iallocator = option
+            w.round()
+            (call,) = [c for c in w.rapi.calls if c[0] == "replace_disks"]
+            self.assertEqual(call[2]["iallocator"], expected)
 
     def test_failed_job_gives_failure_and_hands_off(self) -> None:
         w = World(make_cluster(offline=["n3"], group_tags=[P + "fix-storage"], instances=[drbd()]))
         w.round()
-        call = [c for c in w.rapi.calls if c[0] == "replace_disks"][0]
-        self.assertEqual(call[2]["mode"], "replace_new_secondary")
-        self.assertIn(call[2]["remote_node"], {"n1", "n4", "n5"})
-        w.rapi.status[102] = "error"
+        w.rapi.status[101] = "error"
         w.round()
         (result,) = w.repair_tags("inst1")
         self.assertEqual(result.result, RepairResult.FAILURE)
@@ -263,61 +333,200 @@ class RepairFlowTests(SynchronousTestCase):
         self.assertEqual(call[2], {"mode": "live"})
         self.assertFalse({"n2", "n3"} & ctx.free_nodes)
 
-    def test_three_step_reinstall(self) -> None:
+    def test_reinstall_is_two_jobs_in_harep_order_and_one_pending_tag(self) -> None:
         w = World(make_cluster(offline=["n2"], cluster_tags=[P + "reinstall"], instances=[plain()]))
-        w.round()
-        (rec,) = [c for c in w.rapi.calls if c[0] == "recreate_disks"]
-        (target,) = rec[2]["nodes"]
-        w.rapi.status[102] = "success"
-        w.move("inst1", primary=target)
-        w.round()
+        ctx = w.round()
         self.assertEqual(
-            [c[0] for c in w.rapi.calls if c[1] == "inst1"][-3:],
-            ["shutdown_instance", "add_tags", "remove_tags"],
+            w.rapi.writes(),
+            [
+                ("recreate_disks", "inst1", {"iallocator": "hail"}),
+                # The instance was up: RAPI's reinstall job starts it again.
+                ("reinstall_instance", "inst1", {"start": True}),
+                ("add_tags", "inst1", {"tags": [w.repair_tags("inst1")[0].format()]}),
+            ],
         )
         (pending,) = w.repair_tags("inst1")
-        self.assertEqual((pending.result, len(pending.jobs)), (None, 2))
-        w.rapi.status[pending.jobs[1]] = "success"
-        w.move("inst1", admin_state="down")
-        w.round()
-        # The instance was up when the repair began: the reinstall starts it.
-        self.assertEqual(
-            [c[2] for c in w.rapi.calls if c[0] == "reinstall_instance"], [{"start": True}]
-        )
-        (pending,) = w.repair_tags("inst1")
-        self.assertEqual(len(pending.jobs), 3)
-        w.rapi.status[pending.jobs[2]] = "success"
+        self.assertEqual((pending.type, pending.jobs), (RepairType.REINSTALL, (101, 102)))
+        # recreate-disks lets the iallocator place the instance on any node.
+        self.assertEqual(ctx.free_nodes, set())
+        w.rapi.status.update({101: "success", 102: "success"})
         w.round()
         (result,) = w.repair_tags("inst1")
-        self.assertEqual((result.result, result.jobs), (RepairResult.SUCCESS, pending.jobs))
+        self.assertEqual((result.result, result.jobs), (RepairResult.SUCCESS, (101, 102)))
+        self.assertEqual(w.rapi.tag_jobs(), 3)
 
-    def test_slow_pending_tag_repair_starts_next_round(self) -> None:
-        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))
-        w.rapi.tag_job_status = "running"
-        ctx = w.round()
-        self.assertEqual([c[0] for c in w.rapi.writes()], ["add_tags"])
-        self.assertEqual(ctx.notes[-1]["harep"], "error")
-        # The tag job lands after the round; the next round starts that repair.
-        placeholder = w.rapi.calls[0][2]["tags"][0]
-        w.rapi.tags_of["inst1"].add(placeholder)
-        w.rapi.tag_job_status = "success"
+    def test_reinstall_job_refused_is_submitted_next_round(self) -> None:
+        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "reinstall"], instances=[plain()]))
+        w.rapi.fail_methods.add("reinstall_instance")
+        w.round()
+        (pending,) = w.repair_tags("inst1")
+        self.assertEqual(pending.jobs, (101,))
+        w.rapi.fail_methods.clear()
+        w.rapi.status[101] = "success"
+        w.move("inst1", primary="n4")
         ctx = w.round()
         self.assertEqual(ctx.notes[0]["harep"], "continue")
         self.assertEqual(
-            [c[0] for c in w.rapi.writes()][1:], ["failover_instance", "add_tags", "remove_tags"]
+            [c[0] for c in w.rapi.writes()][-3:], ["reinstall_instance", "add_tags", "remove_tags"]
         )
         (pending,) = w.repair_tags("inst1")
-        self.assertEqual(pending.format().rsplit(":", 1)[0], placeholder.rsplit(":", 1)[0])
-        self.assertEqual(len(pending.jobs), 1)
+        self.assertEqual(pending.jobs, (101, 103))
+
+    def test_iallocator_nodes_claimed_by_another_step_block_the_repair(self) -> None:
+        w = World(make_cluster(offline=["n3"], group_tags=[P + "fix-storage"], instances=[drbd()]))
+        # Incident handling moved something to n5 this round.
+        ctx = w.round(free={"n1", "n2", "n3", "n4"})
+        self.assertEqual(w.rapi.writes(), [])
+        self.assertEqual(ctx.notes[0]["harep"], "blocked")
+        self.assertIn("n5", ctx.notes[0]["message"])
+        # An offline or drained node is never picked: it does not block.
+        w.cluster = attrs.evolve(
+            w.cluster,
+            nodes={**w.cluster.nodes, "n5": attrs.evolve(w.cluster.nodes["n5"], drained=True)},
+        )
+        w.round(free={"n1", "n2", "n3", "n4"})
+        self.assertEqual([c[0] for c in w.rapi.writes()], ["replace_disks", "add_tags"])
+
+    def test_repairs_in_one_group_do_not_block_each_other(self) -> None:
+        insts = [drbd("a", "n2", "n3"), drbd("b", "n4", "n3"), drbd("c", "n5", "n3")]
+        w = World(make_cluster(offline=["n3"], group_tags=[P + "fix-storage"], instances=insts))
+        w.round()
+        self.assertEqual([c[1] for c in w.rapi.calls if c[0] == "replace_disks"], ["a", "b", "c"])
+
+
+class RecoveryTests(SynchronousTestCase):
+    def crash_after_submit(self, w: World, at: int = 1) -> None:
+        """A round in which the daemon stops at commit ``at`` (1: the first
+        repair job's id never reaches the store)."""
+        with self.assertRaises(Crash):
+            w.round(crash_at=at)
+
+    def test_job_found_by_its_reason_is_tagged_not_submitted_again(self) -> None:
+        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))
+        self.crash_after_submit(w)
+        ctx = w.round()
+        self.assertEqual([c[0] for c in w.rapi.writes()], ["failover_instance", "add_tags"])
+        (pending,) = w.repair_tags("inst1")
+        # The very tag the lost round would have written (same id and time).
+        self.assertEqual((pending.jobs, pending.ts), ((101,), int(w.now) - 600))
+        self.assertTrue(is_own("inst1", pending))
+        self.assertIn("already submitted", ctx.notes[0]["message"])
         self.assertIn(pending.id, ctx.state.harep)
 
-    def test_placeholder_with_record_waits_for_recorded_job(self) -> None:
+    def test_jobs_of_finished_repairs_are_not_adopted(self) -> None:
         w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))
+        self.crash_after_submit(w)
+        # Meanwhile (say) harep finished that job and later recorded an enoperm.
+        w.rapi.status[101] = "success"
+        later = RepairTag(RepairType.FAILOVER, "x", int(w.now) - 10, (), RepairResult.ENOPERM)
+        w.rapi.tags_of["inst1"].add(later.format())
         w.round()
-        # Simulate the queued tag update not having run yet: only the placeholder is there.
+        self.assertEqual(
+            [c[0] for c in w.rapi.writes()],
+            ["failover_instance", "failover_instance", "add_tags", "remove_tags"],
+        )
+
+    def test_reinstall_crash_after_both_jobs_tags_both_from_record_and_queue(self) -> None:
+        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "reinstall"], instances=[plain()]))
+        # The recreate job's id is committed, the reinstall job's is not.
+        self.crash_after_submit(w, 2)
+        self.assertEqual([c[0] for c in w.rapi.writes()], ["recreate_disks", "reinstall_instance"])
+        ctx = w.round()
+        self.assertEqual(
+            [c[0] for c in w.rapi.writes()], ["recreate_disks", "reinstall_instance", "add_tags"]
+        )
         (pending,) = w.repair_tags("inst1")
-        placeholder = attrs.evolve(pending, jobs=()).format()
-        w.rapi.tags_of["inst1"] = {placeholder, P + "failover"}
+        self.assertEqual((pending.type, pending.jobs), (RepairType.REINSTALL, (101, 102)))
+        self.assertTrue(is_own("inst1", pending))
+        self.assertEqual(ctx.notes[0]["harep"], "retag")
+
+    def test_reinstall_crash_after_the_first_job_finishes_the_repair_once(self) -> None:
+        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "reinstall"], instances=[plain()]))
+        self.crash_after_submit(w, 1)
+        self.assertEqual([c[0] for c in w.rapi.writes()], ["recreate_disks"])
+        w.round()  # found by its reason: tagged, not submitted again
+        (pending,) = w.repair_tags("inst1")
+        self.assertEqual(pending.jobs, (101,))
+        self.assertTrue(is_own("inst1", pending))
+        w.rapi.status[101] = "success"
+        w.move("inst1", primary="n4")
+        w.round()  # the missing reinstall job, once
+        (pending,) = w.repair_tags("inst1")
+        self.assertEqual(pending.jobs, (101, 103))
+        self.assertEqual(
+            [c[0] for c in w.rapi.writes()].count("reinstall_instance"), 1, w.rapi.writes()
+        )
+
+    def test_continued_reinstall_found_in_the_queue_is_not_submitted_again(self) -> None:
+        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "reinstall"], instances=[plain()]))
+        w.rapi.fail_methods.add("reinstall_instance")
+        w.round()
+        w.rapi.fail_methods.clear()
+        w.rapi.status[101] = "success"
+        w.move("inst1", primary="n4")
+        self.crash_after_submit(w, 1)  # the continued reinstall job, never committed
+        w.round()
+        self.assertEqual([c[0] for c in w.rapi.writes()].count("reinstall_instance"), 1)
+        (pending,) = w.repair_tags("inst1")
+        self.assertEqual(pending.jobs, (101, 103))
+
+    def test_older_versions_reinstall_stopped_after_its_shutdown_gets_its_reinstall(self) -> None:
+        rid = repair_id("inst1", RepairType.REINSTALL, 1_600_000_000)
+        legacy = RepairTag(RepairType.REINSTALL, rid, 1_600_000_000, (7, 8)).format()
+        inst = with_tags(plain(primary="n4", admin_state="down"), legacy)
+        w = World(make_cluster(cluster_tags=[P + "reinstall"], instances=[inst]))
+        w.rapi.queue[7] = JobResult(
+            7, "success", ops=(OpInfo("OP_INSTANCE_RECREATE_DISKS", "inst1"),)
+        )
+        w.rapi.queue[8] = JobResult(8, "success", ops=(OpInfo("OP_INSTANCE_SHUTDOWN", "inst1"),))
+        w.rapi.status.update({7: "success", 8: "success"})
+        w.state = MaintState(harep={rid: {"instance": "inst1", "jobs": [7, 8], "start": True}})
+        w.round()
+        self.assertEqual(
+            [c[:3] for c in w.rapi.writes()][0], ("reinstall_instance", "inst1", {"start": True})
+        )
+        (pending,) = w.repair_tags("inst1")
+        self.assertEqual(pending.jobs, (7, 8, 101))
+        # A two-job reinstall of this version (recreate, reinstall) just finishes.
+        w.rapi.status[101] = "success"
+        w.round()
+        (result,) = w.repair_tags("inst1")
+        self.assertEqual((result.result, result.jobs), (RepairResult.SUCCESS, (7, 8, 101)))
+
+    def test_other_jobs_in_the_queue_are_not_adopted(self) -> None:
+        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))
+        # Someone's failover of inst1 (not maintd's reason), and maintd's own
+        # tag job of another instance.
+        w.rapi.queue[50] = JobResult(
+            50, "running", ops=(OpInfo("OP_INSTANCE_FAILOVER", "inst1", ("operator",)),)
+        )
+        w.rapi.queue[51] = JobResult(
+            51, "running", ops=(OpInfo("OP_INSTANCE_FAILOVER", "other", (reason("other"),)),)
+        )
+        w.rapi.status.update({50: "running", 51: "running"})
+        w.round()
+        self.assertEqual([c[0] for c in w.rapi.writes()], ["failover_instance", "add_tags"])
+
+    def test_record_without_tag_job_is_tagged_from_the_store(self) -> None:
+        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))
+        w.rapi.tag_job_status = "error"
+        w.round()
+        self.assertEqual([c[0] for c in w.rapi.writes()], ["failover_instance", "add_tags"])
+        self.assertEqual(w.repair_tags("inst1"), [])
+        # The tag job failed: the next round writes the tag again, no new repair.
+        w.rapi.tag_job_status = "success"
+        ctx = w.round()
+        self.assertEqual(
+            [c[0] for c in w.rapi.writes()], ["failover_instance", "add_tags", "add_tags"]
+        )
+        self.assertEqual(ctx.notes[0]["harep"], "retag")
+        (pending,) = w.repair_tags("inst1")
+        self.assertEqual(pending.jobs, (101,))
+
+    def test_queued_pending_tag_job_waits(self) -> None:
+        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))
+        w.rapi.tag_job_status = "running"  # queued behind the repair
+        w.round()
         before = len(w.rapi.writes())
         ctx = w.round()
         self.assertEqual(len(w.rapi.writes()), before)
@@ -372,14 +581,6 @@ class GuardTests(SynchronousTestCase):
         }
         self.assertEqual(levels["not-enabled"], LogLevel.debug)
         self.assertEqual(levels["repair"], LogLevel.info)
-
-    def test_failed_pending_tag_job_stops_the_repair(self) -> None:
-        w = World(make_cluster(offline=["n2"], cluster_tags=[P + "failover"], instances=[drbd()]))
-        w.rapi.tag_job_status = "error"
-        ctx = w.round()
-        self.assertEqual([c[0] for c in w.rapi.writes()], ["add_tags"])
-        self.assertEqual(ctx.notes[-1]["harep"], "error")
-        self.assertEqual(ctx.state.jobs, (101,))
 
     def test_rapi_error_on_one_instance_does_not_stop_the_others(self) -> None:
         insts = [drbd("a", "n2", "n3"), drbd("b", "n2", "n4")]

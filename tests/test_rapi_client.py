@@ -117,7 +117,7 @@ class ReadTests(ClientTestBase):
 
     def test_jobs(self) -> None:
         c = self.make()
-        self.assertEqual(self.result(c.get_job(20)), JobResult(20, "success", ""))
+        self.assertEqual(self.result(c.get_job(20)), JobResult(20, "success", "", summary=("TAGS_SET",)))
         failed = self.result(c.get_job(27))
         self.assertEqual(failed.status, "error")
         self.assertIn("master-failover", failed.error)

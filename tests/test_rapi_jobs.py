@@ -11,8 +11,22 @@ from tests.test_rapi_helpers import sample
 class ParseJobTests(SynchronousTestCase):
     def test_success(self) -> None:
         r = parse_job(20, sample("job-success.json"))
-        self.assertEqual(r, JobResult(20, "success", ""))
+        self.assertEqual(r, JobResult(20, "success", "", summary=("TAGS_SET",)))
         self.assertTrue(r.final and r.ok)
+
+    def test_opcodes_and_reasons_from_a_real_job(self) -> None:
+        r = parse_job(20, sample("job-success.json"))
+        (op,) = r.ops
+        self.assertEqual(op.op_id, "OP_TAGS_SET")
+        # The request's reason=, as Ganeti 3.0 put it in the reason trail.
+        self.assertEqual(op.reasons, ("maintd test",))
+        self.assertEqual(r.received, 1795575763.688294)
+        r = parse_job(24, sample("job-migrate-file.json"))
+        self.assertEqual(
+            (r.ops[0].op_id, r.ops[0].instance, r.ops[0].reasons),
+            ("OP_INSTANCE_MIGRATE", "inst5.sandbox.test", ()),
+        )
+        self.assertEqual(parse_job(1, {"status": "success", "ops": "junk"}).ops, ())
 
     def test_error_texts(self) -> None:
         r = parse_job(27, sample("job-node-drain-master.json"))

@@ -31,6 +31,8 @@ class RealSampleTests(SynchronousTestCase):
         self.assertEqual(c.name, "cluster.sandbox.test")
         self.assertEqual(c.master, "node1.sandbox.test")
         self.assertEqual(c.default_hypervisor, "fake")
+        # What harep's repairs name unless --iallocator says otherwise.
+        self.assertEqual(c.default_iallocator, "hail")
         self.assertEqual(c.enabled_hypervisors, ("fake",))
         self.assertEqual(c.ipolicy["vcpu-ratio"], 4)
         # Ganeti 3.0 has no maintenance settings

@@ -156,7 +156,7 @@ class ControlTests(TestCase):
         # The daemon's --state-dir puts the socket there; the tool takes the same option.
         err = io.StringIO()
         code = ctl.main(["--state-dir", "/nonexistent/maintd", "list"], io.StringIO(), err)
-        self.assertEqual(code, 2)
+        self.assertEqual(code, ctl.EXIT_UNREACHABLE)
         self.assertIn("/nonexistent/maintd/ctl.sock", err.getvalue())
 
     def test_cancel_forget(self) -> defer.Deferred[None]:
@@ -195,7 +195,7 @@ class CtlNoDaemonTests(SynchronousTestCase):
     def test_no_daemon(self) -> None:
         err = io.StringIO()
         code = ctl.main(["--socket", "/nonexistent/ctl.sock", "list"], io.StringIO(), err)
-        self.assertEqual(code, 2)
+        self.assertEqual(code, ctl.EXIT_UNREACHABLE)
         self.assertIn("cannot connect to /nonexistent/ctl.sock", err.getvalue())
 
 

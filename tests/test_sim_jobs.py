@@ -305,6 +305,47 @@ class InstanceTests(SynchronousTestCase):
         self.assertEqual(job.status, "success", job.opresult)
         self.assertEqual(sim.cluster.instances["p1"].primary, "n1")
 
+    def test_recreate_disks_by_iallocator_places_drbd_on_two_new_nodes(self) -> None:
+        sim = make_sim()
+        sim.set_offline("n2", True)
+        sim.set_offline("n3", True)
+        job = run(
+            sim,
+            {"OP_ID": "OP_INSTANCE_RECREATE_DISKS", "instance_name": "d1", "iallocator": "hail"},
+        )
+        # Allowed although d1 is marked up: its old primary is offline (Ganeti's rule).
+        self.assertEqual(job.status, "success", job.opresult)
+        inst = sim.cluster.instances["d1"]
+        nodes = {inst.primary, *inst.secondaries}
+        self.assertEqual(len(nodes), 2)
+        self.assertLessEqual(nodes, {"n1", "n4"})
+
+    def test_recreate_disks_by_iallocator_needs_the_old_primary_offline_when_up(self) -> None:
+        sim = make_sim()
+        job = run(
+            sim,
+            {"OP_ID": "OP_INSTANCE_RECREATE_DISKS", "instance_name": "d1", "iallocator": "hail"},
+        )
+        self.assertEqual(job.status, "error")
+        self.assertIn("marked to be up", str(job.opresult))
+
+    def test_reinstall_job_on_an_offline_primary_changes_nothing(self) -> None:
+        # What makes maintd's recreate-disks + reinstall jobs safe in either order.
+        sim = make_sim()
+        sim.set_offline("n2", True)
+        before = snapshot(sim)
+        job = run(
+            sim,
+            [
+                {"OP_ID": "OP_INSTANCE_SHUTDOWN", "instance_name": "p1"},
+                {"OP_ID": "OP_INSTANCE_REINSTALL", "instance_name": "p1"},
+                {"OP_ID": "OP_INSTANCE_STARTUP", "instance_name": "p1"},
+            ],
+        )
+        self.assertEqual(job.opstatus, ["error"] * 3)
+        self.assertIn("offline node n2", str(job.opresult[0]))
+        self.assertEqual(snapshot(sim), before)
+
     def test_startup_stopped_instance(self) -> None:
         sim = make_sim()
         run(sim, {"OP_ID": "OP_INSTANCE_STARTUP", "instance_name": "x1"})

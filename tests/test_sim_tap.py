@@ -14,7 +14,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from maintd.sim.embed import free_port
-from maintd.sim.tap import Options
+from maintd.sim.tap import SimOptions as Options
 
 from .test_sim_fidelity import ONE_GROUP
 from .tools import find_tool
@@ -79,7 +79,7 @@ class AgentOptionsTests(SynchronousTestCase):
         self.assertIn(f"ganeti-sim HMAC key: {key_file}", out.getvalue())
         self.assertIn(f"ganeti-sim agent certificate: {work}/server.pem", out.getvalue())
         self.assertEqual(os.stat(key_file).st_mode & 0o077, 0, "the key is private")
-        self.assertEqual(sim.agents.key, signing.read_key(key_file))  # type: ignore[attr-defined]
+        self.assertEqual(sim.simulator.agents.key, signing.read_key(key_file))  # type: ignore[attr-defined]
         # a given key is used, not replaced, and not printed as generated
         opts = Options()
         opts.parseOptions(["--workdir", work + "2", "--hmac-key", key_file,
@@ -88,8 +88,8 @@ class AgentOptionsTests(SynchronousTestCase):
         with redirect_stdout(out):
             sim = makeService(opts, reactor=reactor)
         self.assertNotIn("HMAC key", out.getvalue())
-        self.assertEqual(sim.agents.key, signing.read_key(key_file))  # type: ignore[attr-defined]
-        self.assertIsNone(sim.agents.tls, "--plain-http: plain agents too")  # type: ignore[attr-defined]
+        self.assertEqual(sim.simulator.agents.key, signing.read_key(key_file))  # type: ignore[attr-defined]
+        self.assertIsNone(sim.simulator.agents.tls, "--plain-http: plain agents too")  # type: ignore[attr-defined]
         with self.assertRaises(usage.UsageError):
             Options().parseOptions(["--hmac-key", "/nonexistent/hmac.key"])
 

@@ -14,6 +14,7 @@ from twisted.scripts._twistd_unix import ServerOptions
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from maintd.cluster.voting import EXIT_NODESETUP_ERROR, EXIT_NOTMASTER
+from maintd.common.cli import EXIT_USAGE
 from maintd.daemon.config import read_config_file
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -50,14 +51,21 @@ class ExampleConfigTests(SynchronousTestCase):
 
 
 class UnitTests(SynchronousTestCase):
-    def test_exec_start_is_a_valid_twistd_command_line(self) -> None:
+    def test_exec_start_is_a_valid_foreground_command_line(self) -> None:
+        from maintd.admin.launcher import MAINTD, launcher_options, twistd_argv
+        from maintd.daemon.tap import Options
+
         argv = shlex.split(unit()["Service"]["ExecStart"])
-        self.assertTrue(argv[0].endswith("twistd"))
+        self.assertEqual(os.path.basename(argv[0]), "ganeti-maintd")
         args = [a for a in argv[1:] if a != "$MAINTD_ARGS"]
         args[args.index("/etc/ganeti/maintd.conf")] = EXAMPLE
+        launcher = launcher_options(MAINTD, Options)()
+        launcher.parseOptions(args)
+        self.assertTrue(launcher["foreground"])
+        # what the command hands to twistd
         opts = ServerOptions()
-        opts.parseOptions(args)
-        self.assertTrue(opts["nodaemon"], "systemd supervises a foreground twistd")
+        opts.parseOptions(twistd_argv(MAINTD, launcher, args))
+        self.assertTrue(opts["nodaemon"], "systemd supervises a foreground daemon")
         self.assertEqual(opts["pidfile"], "")
         self.assertEqual(opts.subCommand, "ganeti-maintd")
         self.assertEqual(opts.subOptions.daemon_config.rapi_user, "maintd")
@@ -69,6 +77,7 @@ class UnitTests(SynchronousTestCase):
         prevent = service["RestartPreventExitStatus"].split()
         self.assertIn(str(EXIT_NOTMASTER), prevent)
         self.assertIn(str(EXIT_NODESETUP_ERROR), prevent)
+        self.assertIn(str(EXIT_USAGE), prevent)
         self.assertEqual(service["Restart"], "on-failure")
 
     def test_follows_the_master_role(self) -> None:
@@ -80,9 +89,9 @@ class UnitTests(SynchronousTestCase):
         tool = shutil.which("systemd-analyze")
         if tool is None:
             raise SkipTest("systemd-analyze not installed")
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        command = os.path.join(os.path.dirname(sys.executable), "ganeti-maintd")
         with open(UNIT) as f:
-            text = f.read().replace("/usr/bin/twistd", twistd)
+            text = f.read().replace("/usr/bin/ganeti-maintd", command)
         d = self.mktemp()
         os.makedirs(d)
         path = os.path.join(d, "ganeti-maintd.service")

@@ -28,6 +28,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from maintd.cluster.voting import EXIT_NOTMASTER
 
+from .commands import pid_alive
 from .test_voting_fakes import Certs, free_closed_port, start_nodes, write_ssconf
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -52,14 +53,6 @@ class Proc(protocol.ProcessProtocol):
 
 def sleep(seconds: float) -> defer.Deferred[None]:
     return task.deferLater(reactor, seconds, lambda: None)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
-    except FileNotFoundError:
-        return False
 
 
 class DaemonLifeCycleTests(TestCase):

@@ -9,6 +9,7 @@ hbal's.  Exit status: 0 success, 1 bad input or options, 2 RAPI failure.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import sys
 import time
@@ -16,10 +17,22 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from maintd.cluster.model import Cluster
-from maintd.decide.balance.jobsets import commands, common_suffix, hbal_line, move_json, split_jobs
+from maintd.common.cli import ArgumentParser
+from maintd.decide.balance.jobsets import (
+    aliased,
+    commands,
+    common_suffix,
+    hbal_line,
+    move_json,
+    split_jobs,
+)
 from maintd.decide.balance.planner import Options, Plan, final_cluster, plan
 from maintd.decide.balance.score import Util
 from maintd.decide.balance.text import TextFormatError, format_text, parse_text
+
+#: glibc ``mallopt`` parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 
 
 class PlanError(Exception):
@@ -31,7 +44,7 @@ class PlanError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="ganeti-maintd-plan",
         description="Compute the cluster balancing hbal would do (faster), without executing it.",
     )
@@ -186,6 +199,8 @@ def plan_json(result: Plan, cluster: Cluster, seconds: float) -> dict[str, Any]:
             for js in split_jobs(result.moves)
         ],
         "seconds": round(seconds, 3),
+        # CPU seconds of each search step (the last found nothing to take).
+        "step_seconds": [round(x, 4) for x in result.step_seconds],
     }
 
 
@@ -255,14 +270,33 @@ def run(argv: Sequence[str], out: TextIO) -> int:
             out.write(f"  \n  echo jobset {jsn}, {len(js)} jobs\n")
             for sn, mv in enumerate(js, 1):
                 out.write(f"    echo job {jsn}/{sn}\n")
-                for cmd in commands(mv, running.get(mv.instance, True)):
+                # hbal's commands name instances and nodes by their aliases.
+                for cmd in commands(aliased(mv, suffix), running.get(mv.instance, True)):
                     out.write(f"    gnt-instance {cmd}\n")
     if args.save:
         out.write(f"The cluster state after balancing has been written to file '{args.save}'\n")
     return 0
 
 
+def keep_freed_memory() -> None:
+    """Let glibc's malloc reuse freed memory instead of unmapping it.
+
+    The search allocates and frees many NumPy temporaries of a few hundred
+    KiB per step; above glibc's mmap threshold each one is a fresh mapping
+    whose pages the kernel zeroes again, which cost up to a third of the
+    planner's CPU time (system time).  A one-shot command can keep the
+    memory; elsewhere (not glibc) this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    keep_freed_memory()
     try:
         status = run(sys.argv[1:] if argv is None else argv, sys.stdout)
     except PlanError as e:

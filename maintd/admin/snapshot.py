@@ -32,10 +32,11 @@ from twisted.logger import (
 from maintd.cluster import model
 from maintd.cluster.rapi.client import RapiClient
 from maintd.cluster.rapi.errors import RapiError
+from maintd.common.cli import ArgumentParser
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="ganeti-maintd-snapshot",
         description="Write the Ganeti cluster model maintd sees (over RAPI) as JSON.",
     )

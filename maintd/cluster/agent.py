@@ -26,6 +26,7 @@ from typing import Any
 
 from OpenSSL import SSL
 from OpenSSL._util import lib as _lib
+from twisted.internet import defer
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -37,6 +38,13 @@ from maintd.common import signing, strictjson
 log = Logger()
 
 DEFAULT_PORT = 1817
+#: TLS handshakes in progress at most.  Handshakes cost CPU on both sides;
+#: a thousand started at once all finish late together (each node's timeout
+#: runs out before any answer on a busy host).  Queued requests wait before
+#: their timeout starts; a node that completed its handshake and is slow to
+#: answer holds no handshake slot, one that cannot complete it holds its
+#: slot for half its timeout at most.
+HANDSHAKES = 64
 DIAGNOSE_PATH = "/1/report/node/diagnose"
 OUTCOMES = ("ok", "unreachable", "invalid", "bad_signature", "collector_failed")
 
@@ -131,6 +139,8 @@ class AgentClient(MondClient):
         self._sessions: dict[str, Any] = {}
         #: Connections whose TLS session was resumed (bench figures).
         self.resumed = 0
+        self._handshakes = defer.DeferredSemaphore(HANDSHAKES)
+        self._release: dict[str, Callable[[], None]] = {}
         self._ctx = getattr(tls, "_ctx", None)
         #: Seconds spent verifying signatures (bench figures).
         self.verify_seconds = 0.0
@@ -153,9 +163,34 @@ class AgentClient(MondClient):
             tls = policy.creatorForNetloc(b"", kwargs.get("port", DEFAULT_PORT))
         return cls(reactor, key=key, tls=tls, **kwargs)
 
-    def _tls_for(self, node: Node) -> tuple[Any, Any]:
+    async def _get_json(self, node: Node, path: str) -> Any:
+        if self._tls is None:
+            return await super()._get_json(node, path)
+        await self._handshakes.acquire()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._handshakes.release()
+
+        self._release[node.pip] = release
+        # a node that does not even complete its handshake (powered off,
+        # black-holed) holds the slot for half its timeout at most
+        call = self._reactor.callLater(self.timeout / 2, release)
+        try:
+            return await super()._get_json(node, path)
+        finally:
+            if call.active():
+                call.cancel()
+            release()
+            self._release.pop(node.pip, None)
+
+    def _tls_for(self, node: Node) -> tuple[Any, Any, Any]:
+        on_handshake = self._release.get(node.pip)
         if self._tls is None or self._ctx is None:
-            return self._tls, None
+            return self._tls, None, on_handshake
         pip = node.pip
 
         def keep(transport: Any) -> None:
@@ -168,9 +203,9 @@ class AgentClient(MondClient):
             if session is not None:
                 self._sessions[pip] = session
 
-        return _Resuming(self._ctx, self._sessions.get(pip)), keep
+        return _Resuming(self._ctx, self._sessions.get(pip)), keep, on_handshake
 
-    def _decode(self, node: Node, url: str, code: int, body: bytes) -> Any:
+    def _parse(self, node: Node, url: str, code: int, body: bytes) -> Any:
         if code != 200:
             text = body[:200].decode("utf-8", "replace").strip()
             raise AgentError(node.name, f"{url} answered HTTP {code}: {text}")

@@ -149,6 +149,8 @@ class Cluster:
     tags: frozenset[str] = attrs.field(default=frozenset(), converter=_frozenset)
     ipolicy: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
     default_hypervisor: str = ""
+    #: /2/info ``default_iallocator`` ("" when the cluster has none).
+    default_iallocator: str = ""
     enabled_hypervisors: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     #: Ganeti 2.17 maintenance settings; None where /2/info lacks them (3.x).
     maint_round_delay: int | None = None

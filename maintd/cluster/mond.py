@@ -24,8 +24,10 @@ from typing import Any, TypeVar
 import attrs
 import treq
 from twisted.internet import defer, error, protocol
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from twisted.web.http import HTTPClient as HTTPClient11
+from zope.interface import implementer
 
 from maintd.cluster.model import Node
 from maintd.common import strictjson
@@ -121,6 +123,7 @@ def validate_diagnose(node: str, document: Any) -> DiagnoseReport:
     )
 
 
+@implementer(IHandshakeListener)
 class _Get(HTTPClient11):
     """One ``GET`` over a fresh connection (``Connection: close``).
 
@@ -158,6 +161,14 @@ class _Get(HTTPClient11):
             return
         super().handleResponsePart(data)
 
+    #: Called once the TLS handshake is done (HTTPS only; Twisted calls
+    #: ``handshakeCompleted`` on protocols wrapped by TLS).
+    on_handshake: Callable[[], None] | None = None
+
+    def handshakeCompleted(self) -> None:  # noqa: N802
+        if self.on_handshake is not None:
+            self.on_handshake()
+
     def handleResponse(self, response: bytes) -> None:
         if not self.done.called:
             self.done.callback((self.code, response))
@@ -189,8 +200,8 @@ class _GetFactory(protocol.ClientFactory):
 
 
 async def _raw_get(reactor: Any, host: str, port: int, path: str,
-                   tls: Any = None, after: Callable[[Any], None] | None = None
-                   ) -> tuple[int, bytes]:
+                   tls: Any = None, after: Callable[[Any], None] | None = None,
+                   on_handshake: Callable[[], None] | None = None) -> tuple[int, bytes]:
     """``GET path`` from ``host:port``: (status, body).  ``tls``: an
     ``IOpenSSLClientConnectionCreator`` for HTTPS (None: plain HTTP).
 
@@ -211,6 +222,7 @@ async def _raw_get(reactor: Any, host: str, port: int, path: str,
 
     done: defer.Deferred[tuple[int, bytes]] = defer.Deferred(abort)
     proto = _Get(host.encode("ascii"), path.encode("ascii"), done)
+    proto.on_handshake = on_handshake
     if tls is None:
         connector = reactor.connectTCP(host, port, _GetFactory(proto))
     else:
@@ -269,10 +281,13 @@ class MondClient:
             http=http,
         )
 
-    def _tls_for(self, node: Node) -> tuple[Any, Callable[[Any], None] | None]:
-        """TLS connection creator for ``node`` and what to do with the
-        transport after the answer (plain HTTP here: nothing)."""
-        return self._tls, None
+    def _tls_for(
+        self, node: Node
+    ) -> tuple[Any, Callable[[Any], None] | None, Callable[[], None] | None]:
+        """TLS connection creator for ``node``, what to do with the transport
+        after the answer, and what to do once the handshake is done (plain
+        HTTP here: nothing)."""
+        return self._tls, None, None
 
     async def close(self) -> None:
         """Nothing to release: every request uses its own connection."""
@@ -327,7 +342,7 @@ class MondClient:
             raise self.Error(node.name, f"answer from {url} is larger than {MAX_BODY} bytes") from None
         except Exception as e:
             raise self.Error(node.name, f"reading answer from {url} failed: {e}") from None
-        return self._decode(node, url, response.code, b"".join(chunks))
+        return self._parse(node, url, response.code, b"".join(chunks))
 
     async def _fetch_raw(self, node: Node, url: str) -> Any:
         path = url.split(str(self.port), 1)[1]
@@ -341,9 +356,14 @@ class MondClient:
         except Exception as e:  # refused, reset, closed early
             text = getattr(e, "value", e)
             raise self.Error(node.name, f"cannot reach {url}: {text}") from None
+        return self._parse(node, url, code, body)
+
+    def _parse(self, node: Node, url: str, code: int, body: bytes) -> Any:
+        """The document of an answer (the agent client verifies its signature)."""
         return self._decode(node, url, code, body)
 
     def _decode(self, node: Node, url: str, code: int, body: bytes) -> Any:
+        """The JSON of a mond answer (the agent client verifies signatures instead)."""
         if code != 200:
             text = body[:200].decode("utf-8", "replace").strip()
             raise self.Error(node.name, f"{url} answered HTTP {code}: {text}")

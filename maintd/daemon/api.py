@@ -4,6 +4,9 @@
 ``GET /``               ``[1]``: the supported protocol versions
 ``GET /1``              ``null``
 ``GET /1/status``       the incidents (``Incident.to_json`` objects)
+``GET /1/status/UUID``  one incident with ``job-details`` (status and
+                        summary of each job, from RAPI on demand; see
+                        maintd.daemon.details); 404 for an unknown uuid
 ``GET /1/jobs``         ids of the Ganeti jobs the daemon waits for
 ``GET /1/evacuated``    names of recently evacuated instances
 ``GET /1/last-round``   summary of the last round (and the dry-run plan)
@@ -33,6 +36,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, datetimeToString
@@ -42,6 +46,7 @@ from twisted.web.server import Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from maintd import __version__
+from maintd.daemon.details import incident_details
 from maintd.daemon.httpguard import ConnectionGuard, HttpLimits
 from maintd.daemon.state import MaintState
 from maintd.daemon.store import IncidentCodec
@@ -157,11 +162,18 @@ class StateAPI:
     app.url_map.merge_slashes = False
 
     def __init__(
-        self, state: MaintState | None = None, overview: OverviewFn | None = None
+        self,
+        state: MaintState | None = None,
+        overview: OverviewFn | None = None,
+        *,
+        jobs: Any = None,
     ) -> None:
         #: The overview is built at request time (a pause may end, the next
         #: round moves): ``overview(state)``, by default without round facts.
         self.overview_fn: OverviewFn = overview or default_overview
+        #: A maintd.cluster.jobinfo.JobInfo for /1/status/UUID (None: job
+        #: status "unknown").
+        self.jobs = jobs
         self._state = state if state is not None else MaintState()
         self._codec = IncidentCodec()
         self._fixed = {"root": _Body(None, _encode(API_VERSIONS)), "1": _Body(None, _encode(None))}
@@ -243,6 +255,19 @@ class StateAPI:
     @app.route("/1/overview", methods=_METHODS, strict_slashes=False)
     def overview_route(self, request: IRequest) -> bytes:
         return _send(request, self._overview_body())
+
+    @app.route("/1/status/<string:uuid>", methods=_METHODS, strict_slashes=False)
+    def one_incident(self, request: IRequest, uuid: str) -> Any:
+        inc = self._state.incident(uuid)
+        if inc is None:
+            body = {"error": "no such incident", "uuid": uuid}
+            return _send(request, _Body(None, _encode(body)), 404)
+
+        async def answer() -> bytes:
+            details = await incident_details(inc, self.jobs)
+            return _send(request, _Body(None, _encode(details)))
+
+        return Deferred.fromCoroutine(answer())
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:

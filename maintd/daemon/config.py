@@ -16,6 +16,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -126,6 +127,24 @@ def parse_str(text: Any) -> str:
     return text
 
 
+LOG_FORMATS = ("text", "json")
+
+
+def parse_log_format(text: Any) -> str:
+    value = str(text).strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"not a log format (text or json): {text!r}")
+    return value
+
+
+def parse_iallocator(text: Any) -> str:
+    """An iallocator name as Ganeti looks it up (a program name, no path)."""
+    name = parse_str(text)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+        raise ValueError(f"bad iallocator name {name!r} (a program name such as hail)")
+    return name
+
+
 def parse_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -155,6 +174,7 @@ PARAMETERS: dict[str, Callable[[Any], Any]] = {
     "mond_parallel": parse_positive_int,
     "job_wait": parse_seconds,
     "balance_threshold": parse_fraction,
+    "iallocator": parse_iallocator,
     "ctl_socket": parse_str,
     "ssconf_dir": parse_str,
     "noded_cert": parse_str,
@@ -163,6 +183,7 @@ PARAMETERS: dict[str, Callable[[Any], Any]] = {
     "master_check_interval": parse_seconds,
     "repair_command": parse_str,
     "repair_timeout": parse_seconds,
+    "log_format": parse_log_format,
     "http_max_connections": parse_positive_int,
     "http_header_timeout": parse_seconds,
     "http_idle_timeout": parse_seconds,
@@ -217,6 +238,8 @@ class DaemonConfig:
     balance: bool | None = None
     #: None: the cluster's maint_balance_threshold, else 0.1.
     balance_threshold: float | None = None
+    #: iallocator of harep's repairs; None: the cluster's default, else hail.
+    iallocator: str | None = None
     #: Always a path; defaults to ``<state_dir>/ctl.sock``.
     ctl_socket: str = os.path.join(DEFAULT_STATE_DIR, CTL_SOCKET_NAME)
     ssconf_dir: str = "/var/lib/ganeti"
@@ -227,6 +250,9 @@ class DaemonConfig:
     #: Absolute path of the live-repair program (None: live repairs fail).
     repair_command: str | None = None
     repair_timeout: float = 600.0
+    #: ``text`` (twistd's log) or ``json`` (one object per line; set up by the
+    #: ``ganeti-maintd`` command, see maintd.common.jsonlog).
+    log_format: str = "text"
     #: HTTP API limits (maintd.daemon.httpguard; a timeout of 0 means none).
     http_max_connections: int = 256
     http_header_timeout: float = 5.0

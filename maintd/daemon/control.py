@@ -1,13 +1,20 @@
-"""Admin control socket: list, cancel and forget incidents (root only).
+"""Admin control socket: the operator's requests (root only).
 
 A UNIX stream socket (``--ctl-socket``, default ``<state-dir>/ctl.sock``,
 mode 0600) takes one JSON request line per connection and answers one JSON
 line::
 
     {"op": "list"}                      -> {"ok": true, "state": {...}}
-    {"op": "cancel", "uuid": "..."}     -> {"ok": true, "incident": {...}}
-    {"op": "forget", "uuid": "..."}     -> {"ok": true}
+    {"op": "show", "uuid": "..."}       -> {"ok": true, "incident": {..., "job-details": [...]}}
+    {"op": "cancel", "uuid": "..."}     -> {"ok": true, "uuid": "...", "incident": {...}}
+    {"op": "forget", "uuid": "..."}     -> {"ok": true, "uuid": "..."}
+    {"op": "round-now"}                 -> {"ok": true, "round": "started" | "queued"}
     errors                              -> {"ok": false, "error": "..."}
+
+``uuid`` is an incident's uuid or a prefix of exactly one
+(:func:`maintd.decide.incidents.resolve_incident`); the answer names the
+full uuid.  Each op is one function registered in :data:`OPS` with
+:func:`op` (add new ones the same way, each in its own block).
 
 Only root (or the daemon's own user) may connect: the socket file is 0600
 and the peer's credentials are checked.  The TCP HTTP API stays read-only.
@@ -26,16 +33,17 @@ import socket
 import stat
 import struct
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
 from maintd.common import strictjson
 from maintd.daemon import control_guard
+from maintd.daemon.details import incident_details
 from maintd.daemon.state import MaintState
 from maintd.decide import incidents as I
 
@@ -58,11 +66,18 @@ def live_context(store: Any) -> Any:
 
 
 class StateAccess:
-    """Reads and changes the daemon's state on behalf of the operator."""
+    """Reads and changes the daemon's state on behalf of the operator.
+
+    ``rounds`` (the RoundService) and ``jobs`` (a JobInfo) are set by the
+    daemon after construction; without them ``round-now`` and the job
+    details of ``show`` say they are not available.
+    """
 
     def __init__(self, store: Any, clock: Any) -> None:
         self.store = store
         self.clock = clock
+        self.rounds: Any = None
+        self.jobs: Any = None
         #: Builds the overview from a state (set by the daemon: the HTTP API's).
         self.overview: Callable[[MaintState], dict[str, Any]] | None = None
 
@@ -96,6 +111,8 @@ class ControlProtocol(LineOnlyReceiver):
     def __init__(self, access: StateAccess) -> None:
         self.access = access
         self.done = False
+        #: One request per connection: further lines are ignored.
+        self.handling = False
 
     def connectionMade(self) -> None:
         uid = peer_uid(self.transport)
@@ -115,44 +132,120 @@ class ControlProtocol(LineOnlyReceiver):
         self.transport.loseConnection()
 
     def lineReceived(self, line: bytes) -> None:
-        if self.done:
+        if self.done or self.handling:
             return
+        self.handling = True
         try:
             request = strictjson.loads(line, "request", max_bytes=MAX_REQUEST, max_depth=8)
         except strictjson.StrictJSONError as e:
             self.reply({"ok": False, "error": f"malformed request: {e.problem}"})
             return
-        try:
-            self.reply(self.handle(request))
-        except I.IncidentError as e:
-            self.reply({"ok": False, "error": str(e)})
-        except Exception as e:
-            log.failure("control request {request!r} failed", request=request)
-            self.reply({"ok": False, "error": f"internal error: {e}"})
+        d = defer.Deferred.fromCoroutine(self._handled(request))
+        d.addErrback(self._failed, request)
+        d.addCallback(self.reply)
 
-    def handle(self, request: Any) -> dict[str, Any]:
+    async def _handled(self, request: Any) -> dict[str, Any]:
+        result = self.handle(request)
+        if isinstance(result, dict):
+            return result
+        return await result
+
+    def _failed(self, failure: Any, request: Any) -> dict[str, Any]:
+        if failure.check(I.IncidentError):
+            return {"ok": False, "error": str(failure.value)}
+        log.failure("control request {request!r} failed", failure, request=request)
+        return {"ok": False, "error": f"internal error: {failure.value}"}
+
+    def handle(self, request: Any) -> dict[str, Any] | defer.Deferred[dict[str, Any]]:
         if not isinstance(request, dict) or not isinstance(request.get("op"), str):
             return {"ok": False, "error": "request must be a JSON object with an 'op'"}
-        op = request["op"]
-        if op == "list":
-            return {"ok": True, "state": self.access.current().to_json()}
-        if op in ("cancel", "forget"):
-            uuid = request.get("uuid")
-            if not isinstance(uuid, str) or not uuid:
-                return {"ok": False, "error": f"{op} needs an incident 'uuid'"}
-            if op == "cancel":
-                now = self.access.clock.seconds()
-                new = self.access.update(lambda s: I.cancel_incident(s, uuid, now))
-                log.info("operator canceled incident {uuid}", uuid=uuid)
-                inc = new.incident(uuid)
-                return {"ok": True, "incident": inc.to_json() if inc else None}
-            self.access.update(lambda s: I.forget_incident(s, uuid))
-            log.info("operator forgot incident {uuid}", uuid=uuid)
-            return {"ok": True}
-        answer = control_guard.handle(self.access, op, request)
-        if answer is not None:
-            return answer
-        return {"ok": False, "error": f"unknown op {op!r}"}
+        handler = OPS.get(request["op"])
+        if handler is None:
+            return {"ok": False, "error": f"unknown op {request['op']!r}"}
+        result = handler(self.access, request)
+        if isinstance(result, dict):
+            return result
+        return defer.Deferred.fromCoroutine(_awaited(result))
+
+
+async def _awaited(result: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    return await result
+
+
+# --- the ops: one function each, registered by name --------------------------
+
+Handler = Callable[[StateAccess, dict[str, Any]], "dict[str, Any] | Awaitable[dict[str, Any]]"]
+#: op name -> handler(access, request) -> answer (or an awaitable of it).
+OPS: dict[str, Handler] = {}
+
+
+def op(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        OPS[name] = fn
+        return fn
+
+    return register
+
+
+def _uuid_arg(name: str, request: dict[str, Any]) -> str:
+    uuid = request.get("uuid")
+    if not isinstance(uuid, str) or not uuid:
+        raise I.IncidentError(f"{name} needs an incident 'uuid'")
+    return uuid
+
+
+@op("list")
+def _list(access: StateAccess, request: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": True, "state": access.current().to_json()}
+
+
+@op("show")
+async def _show(access: StateAccess, request: dict[str, Any]) -> dict[str, Any]:
+    inc = I.resolve_incident(access.current(), _uuid_arg("show", request))
+    return {"ok": True, "incident": await incident_details(inc, access.jobs)}
+
+
+@op("cancel")
+def _cancel(access: StateAccess, request: dict[str, Any]) -> dict[str, Any]:
+    uuid = I.resolve_incident(access.current(), _uuid_arg("cancel", request)).uuid
+    now = access.clock.seconds()
+    new = access.update(lambda s: I.cancel_incident(s, uuid, now))
+    log.info("operator canceled incident {uuid}", uuid=uuid)
+    inc = new.incident(uuid)
+    return {"ok": True, "uuid": uuid, "incident": inc.to_json() if inc else None}
+
+
+@op("forget")
+def _forget(access: StateAccess, request: dict[str, Any]) -> dict[str, Any]:
+    uuid = I.resolve_incident(access.current(), _uuid_arg("forget", request)).uuid
+    access.update(lambda s: I.forget_incident(s, uuid))
+    log.info("operator forgot incident {uuid}", uuid=uuid)
+    return {"ok": True, "uuid": uuid}
+
+
+@op("round-now")
+def _round_now(access: StateAccess, request: dict[str, Any]) -> dict[str, Any]:
+    if access.rounds is None:
+        return {"ok": False, "error": "this daemon has no round service"}
+    outcome = access.rounds.run_now()
+    if outcome == "stopping":
+        return {"ok": False, "error": "the daemon is stopping; no round starts"}
+    return {"ok": True, "round": outcome, "number": access.rounds.rounds + (outcome == "queued")}
+
+
+def _guard_op(name: str) -> Handler:
+    """The guardrails' ops (maintd.daemon.control_guard) in this table."""
+
+    def handler(access: StateAccess, request: dict[str, Any]) -> dict[str, Any]:
+        answer = control_guard.handle(access, name, request)
+        assert answer is not None  # name is one of control_guard.OPS
+        return answer
+
+    return handler
+
+
+for _name in control_guard.OPS:
+    OPS[_name] = _guard_op(_name)
 
 
 class ControlFactory(protocol.Factory):

@@ -193,6 +193,14 @@ class Options(usage.Options):
             cfg.parse_fraction,
         ],
         [
+            "iallocator",
+            None,
+            None,
+            "iallocator of harep's replace-disks and recreate-disks repairs "
+            "[default: the cluster's default iallocator, else hail].",
+            cfg.parse_iallocator,
+        ],
+        [
             "ctl-socket",
             None,
             None,
@@ -275,6 +283,14 @@ class Options(usage.Options):
             cfg.parse_seconds,
         ],
         [
+            "log-format",
+            None,
+            None,
+            "Log as text (twistd's format) or json (one JSON object per line, for "
+            "log shippers; needs the ganeti-maintd command)." + _default(_D.log_format),
+            cfg.parse_log_format,
+        ],
+        [
             "http-max-connections",
             None,
             None,
@@ -341,13 +357,22 @@ class Options(usage.Options):
     #: the config file; the rest are defaults.
     given: frozenset[str]
 
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        from maintd import __version__
+
+        print(f"ganeti-maintd {__version__}")
+        raise SystemExit(0)
+
     def command_line(self) -> dict[str, Any]:
         """Parsed values of the options given on the command line only."""
         out: dict[str, Any] = {}
-        for long, *_ in self.optParameters:
+        # Options.*, not self.*: subclasses (the ganeti-maintd command) add
+        # options of their own that are not daemon settings.
+        for long, *_ in Options.optParameters:
             if self[long] is not None:
                 out[long.replace("-", "_")] = self[long]
-        for long, *_ in self.optFlags:
+        for long, *_ in Options.optFlags:
             if self[long] and long not in ("balance", "no-balance"):
                 out[long.replace("-", "_")] = True
         if self["balance"] and self["no-balance"]:

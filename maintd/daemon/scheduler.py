@@ -73,6 +73,9 @@ class RoundService(service.Service):
         self.stopping = False
         self._call: IDelayedCall | None = None
         self._running: defer.Deferred[None] | None = None
+        #: The operator asked for a round while one was running: start the
+        #: next one right after it.
+        self._again = False
 
     @property
     def running_round(self) -> bool:
@@ -82,6 +85,31 @@ class RoundService(service.Service):
         super().startService()
         self.stopping = False
         self._schedule(self.first_delay)
+
+    def run_now(self) -> str:
+        """Start the next round now (``ganeti-maintd-ctl round-now``).
+
+        ``"started"``: it is running; ``"queued"``: a round is running, the
+        next one starts as soon as it ends (no overlap, no delay);
+        ``"stopping"``: the service is stopping, no round starts.
+        """
+        if self.stopping or not self.running:
+            return "stopping"
+        if self._running is not None:
+            self._again = True
+            return "queued"
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        log.info("round {number} started by the operator", number=self.rounds + 1)
+        self._start_round()
+        return "started"
+
+    def _next_delay(self, delay: float) -> float:
+        if self._again:
+            self._again = False
+            return 0.0
+        return delay
 
     def _schedule(self, delay: float) -> None:
         if self.stopping or not self.running:
@@ -130,7 +158,7 @@ class RoundService(service.Service):
                 number=number,
                 took=took,
                 error=describe_error(result.value or Exception("unknown")),
-                delay=self.failure_delay,
+                delay=0 if self._again else self.failure_delay,
             )
             # Text, not log.failure: a failed round is handled, not an
             # unhandled error (trial and error-log watchers count those).
@@ -139,16 +167,16 @@ class RoundService(service.Service):
                 number=number,
                 traceback=result.getTraceback(),
             )
-            self._schedule(self.failure_delay)
+            self._schedule(self._next_delay(self.failure_delay))
         else:
             delay = self._idle_or_busy_delay()
             log.info(
                 "round {number} done in {took:.1f}s; next round in {delay:g}s",
                 number=number,
                 took=took,
-                delay=delay,
+                delay=0 if self._again else delay,
             )
-            self._schedule(delay)
+            self._schedule(self._next_delay(delay))
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()

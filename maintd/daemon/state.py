@@ -77,6 +77,10 @@ class RepairStatus(enum.IntEnum):
             raise ValueError(f"unknown repair status {text!r}") from None
 
 
+#: Statuses whose incidents put a tag on the node (``tag-job``, ``tag-set``).
+TAGGED = frozenset({RepairStatus.FAILED, RepairStatus.COMPLETED})
+
+
 def _ints(value: Iterable[int]) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
@@ -134,7 +138,7 @@ class Incident:
     digest: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "uuid": self.uuid,
             "node": self.node,
             "node-name": self.node_name,
@@ -147,10 +151,14 @@ class Incident:
             "mtime": self.mtime,
             "serial_no": self.serial_no,
             "reason": self.reason,
-            "tag-job": self.tag_job,
-            "tag-set": self.tag_set,
             "digest": self.digest,
         }
+        if self.status in TAGGED:
+            # Only incidents that get a tag say which job sets it and whether
+            # it is set: a pending incident's node has no tag yet.
+            out["tag-job"] = self.tag_job
+            out["tag-set"] = self.tag_set
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Incident:

@@ -18,10 +18,7 @@ still starts, with a debug line saying what is missing.
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import attrs
@@ -39,6 +36,11 @@ from maintd.cluster.executor import (
     IRepairExecutor,
     check_program,
 )
+from maintd.cluster.jobinfo import JobInfo
+from maintd.common import jsonlog
+from maintd.common.cli import one_line_usage
+from maintd.common.tempdir import TempDirService, temporary_dir
+from maintd.daemon import options as _options
 from maintd.daemon.api import StateAPI
 from maintd.daemon.config import DaemonConfig
 from maintd.daemon.fdlimit import ensure_fd_limit, fds_needed
@@ -51,13 +53,22 @@ from maintd.daemon.mastership import (
     exit_after_shutdown,
     mastership_service,
 )
-from maintd.daemon.options import Options
 from maintd.daemon.round import RoundRunner, Step
 from maintd.daemon.scheduler import RoundService
 from maintd.daemon.store import StateStore, StoreError
 from maintd.decide import guardrails
 
 log = Logger()
+
+#: twistd's option class for the plugin: a usage error is one line on stderr
+#: and exit 2 (see maintd.common.cli).
+Options = one_line_usage(_options.Options, "twistd ganeti-maintd")
+
+#: ``--simulate`` without ``--round-delay``: rounds this far apart, and the
+#: simulated jobs this long, so that ``make demo`` shows a whole evacuation
+#: (node4 reports ``evacuate`` 20 s after the start) within two minutes.
+SIMULATE_ROUND_DELAY = 5.0
+SIMULATE_JOB_SECONDS = 1.0
 
 __all__ = ["Options", "makeService", "endpoint_description"]
 
@@ -211,17 +222,6 @@ def repair_executor(config: DaemonConfig, reactor: Any,
     return CommandExecutor(reactor, [config.repair_command], timeout=config.repair_timeout)
 
 
-class _TempDirService(service.Service):
-    """Removes a temporary state dir when the daemon stops."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def stopService(self) -> None:
-        super().stopService()
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
 class _StoreService(service.Service):
     """Releases the state dir lock when the daemon has stopped."""
 
@@ -307,7 +307,8 @@ class MaintDaemon(service.MultiService):
 def _simulator(reactor: Any, config: DaemonConfig) -> tuple[Any, DaemonConfig]:
     from maintd.sim.embed import EmbeddedSimulator  # type: ignore[import-not-found,unused-ignore]
 
-    sim = EmbeddedSimulator(reactor, workdir=os.path.join(config.state_dir, "sim"))
+    sim = EmbeddedSimulator(reactor, workdir=os.path.join(config.state_dir, "sim"),
+                            job_seconds=SIMULATE_JOB_SECONDS)
     config = attrs.evolve(
         config,
         rapi=sim.rapi_url,
@@ -344,31 +345,38 @@ def overview_for(config: DaemonConfig, clock: Any, rounds: RoundService) -> Any:
     return build
 
 
-def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDaemon:
+def makeService(options: _options.Options | DaemonConfig, reactor: Any = None) -> MaintDaemon:
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    temp_dir = None
+    temp_dir: TempDirService | None = None
     if isinstance(options, DaemonConfig):
         config = options
     else:
         config = options.daemon_config
         if config.simulate and "state_dir" not in options.given:
-            temp_dir = tempfile.mkdtemp(prefix="ganeti-maintd-sim.")
-            config = config.with_state_dir(temp_dir)
+            temp_dir = temporary_dir("ganeti-maintd-sim.")
+            config = config.with_state_dir(temp_dir.path)
         if config.simulate and "bind" not in options.given:
             config = attrs.evolve(config, bind="127.0.0.1")  # a demo stays local
+        if config.simulate and "round_delay" not in options.given:
+            config = attrs.evolve(config, round_delay=SIMULATE_ROUND_DELAY)
+    if config.log_format == "json" and not jsonlog.INSTALLED:
+        # twistd has already chosen its (text) log; only the ganeti-maintd
+        # command (maintd.admin.launcher) can hand it a JSON one.
+        raise SystemExit(
+            "ganeti-maintd: --log-format json needs the ganeti-maintd command "
+            "(plain twistd writes its own text log); not starting"
+        )
 
     # a bad --repair-command is an error before anything else starts
     executor = repair_executor(config, reactor) if config.repair_command else None
     top = MaintDaemon()
     top.log_level = LogLevelService(config.debug)
     if temp_dir is not None:
-        # Added early so it stops (and removes the dir) last; atexit covers
-        # a failed start (twistd's daemonising parents leave by os._exit).
-        _TempDirService(temp_dir).setServiceParent(top)
-        atexit.register(shutil.rmtree, temp_dir, True)
+        # Added early so it stops (and removes the dir) last.
+        temp_dir.setServiceParent(top)
 
     if config.simulate:
         # The store first: a state dir that cannot be used is the same
@@ -402,7 +410,9 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         store.close()
         raise
 
-    api = StateAPI(store.state)
+    # job status and summary for /1/status/UUID and ganeti-maintd-ctl show
+    job_info = JobInfo(rapi, reactor)
+    api = StateAPI(store.state, jobs=job_info)
     store.add_listener(api.update)
     site = api.site(debug=config.debug, limits=HttpLimits.from_config(config), reactor=reactor)
     http = _HTTPService(
@@ -449,6 +459,8 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
     from maintd.daemon.control import ControlService
 
     control = ControlService(config.ctl_socket, store, reactor)
+    control.access.rounds = rounds
+    control.access.jobs = job_info
     control.access.overview = api.overview_fn
     control.setServiceParent(top)
     top.control = control
@@ -465,4 +477,21 @@ def makeService(options: Options | DaemonConfig, reactor: Any = None) -> MaintDa
         state_dir=config.state_dir,
         rapi=config.rapi,
     )
+    if top.simulator is not None:
+        _where_to_look(config, top.simulator)
     return top
+
+
+def _where_to_look(config: DaemonConfig, sim: Any) -> None:
+    """With ``--simulate``: the URLs and credentials a newcomer needs."""
+    host = "127.0.0.1" if config.bind in ("0.0.0.0", "::") else config.bind
+    base = f"http://{host}:{config.port}" if ":" not in host else f"http://[{host}]:{config.port}"
+    for line in (
+        f"status page {base}/ui ; incidents {base}/1/status (one: {base}/1/status/UUID)",
+        f"simulated cluster: RAPI {sim.rapi_url} user {sim.rapi_user} password "
+        f"{getattr(sim, 'generated_password', None)} (certificate {sim.rapi_cert}, "
+        f"password file {sim.rapi_password_file})",
+        f"admin: ganeti-maintd-ctl --socket {config.ctl_socket} list ; "
+        f"rounds every {config.round_delay:g}s (--round-delay)",
+    ):
+        log.info("where to look: {line}", line=line)

@@ -270,6 +270,35 @@ class IncidentError(Exception):
     """An operator request that cannot be applied; the message names the incident."""
 
 
+#: An ambiguous prefix names at most this many of the incidents it matches.
+AMBIGUOUS_SHOWN = 10
+
+
+def resolve_incident(state: MaintState, key: str) -> Incident:
+    """The incident whose uuid is ``key``, or else the only one whose uuid
+    starts with ``key`` (the operator's abbreviation).  IncidentError when
+    none matches, or several do (naming them)."""
+    exact = state.incident(key)
+    if exact is not None:
+        return exact
+    if not key:
+        raise IncidentError("no incident uuid given")
+    matches = sorted(i.uuid for i in state.incidents if i.uuid.startswith(key))
+    if not matches:
+        raise IncidentError(f"no incident {key}")
+    if len(matches) > 1:
+        shown = ", ".join(matches[:AMBIGUOUS_SHOWN])
+        more = len(matches) - AMBIGUOUS_SHOWN
+        raise IncidentError(
+            f"{key} is ambiguous: it starts the uuids of {len(matches)} incidents ({shown}"
+            + (f" and {more} more" if more > 0 else "")
+            + "); give more of the uuid"
+        )
+    found = state.incident(matches[0])
+    assert found is not None
+    return found
+
+
 def cancel_incident(state: MaintState, uuid: str, now: float) -> MaintState:
     inc = state.incident(uuid)
     if inc is None:

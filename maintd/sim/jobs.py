@@ -49,6 +49,15 @@ def prereq(message: str, code: str = "wrong_state") -> OpFailure:
     return OpFailure("OpPrereqError", message, code)
 
 
+def _no_good_node(ialloc: Any) -> OpFailure:
+    """Ganeti's answer when the iallocator finds no node (real cluster sample)."""
+    return prereq(
+        f"Can't compute nodes using iallocator '{ialloc}': Request failed:"
+        " Can't find any good node: ",
+        "insufficient_resources",
+    )
+
+
 def _ts(seconds: float) -> list[int]:
     whole = int(seconds)
     return [whole, int(round((seconds - whole) * 1_000_000))]
@@ -687,11 +696,7 @@ class JobQueue:
                 need_disk=True,
             )
             if found is None:
-                raise prereq(
-                    f"Can't compute nodes using iallocator '{ialloc}': Request failed:"
-                    " Can't find any good node: ",
-                    "insufficient_resources",
-                )
+                raise _no_good_node(ialloc)
             target = found
         if target.name == inst.primary:
             raise prereq("The specified node is the primary node of the instance", "invalid")
@@ -716,7 +721,12 @@ class JobQueue:
         if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
             raise prereq("Parameter 'nodes' must be a list of node names", "invalid")
         old_primary = self.cluster.nodes[inst.primary]
-        if not (nodes and old_primary.offline) and inst.admin_state == "up":
+        ialloc = op.get("iallocator")
+        if nodes and ialloc:
+            raise prereq(
+                "Give either the iallocator or the new node(s), not both", "invalid"
+            )
+        if not ((nodes or ialloc) and old_primary.offline) and inst.admin_state == "up":
             raise prereq(
                 f"Instance {inst.name} is marked to be up, cannot recreate disks", "wrong_state"
             )
@@ -732,11 +742,19 @@ class JobQueue:
             new_nodes = [self._node(n) for n in nodes]
             for n in new_nodes:
                 self._check_target(n)
-        elif op.get("iallocator"):
-            found = self.allocate(inst, exclude=set(), need_memory=False, need_disk=True)
-            if found is None:
-                raise prereq("Can't find any good node: ", "insufficient_resources")
-            new_nodes = [found]
+        elif ialloc:
+            # Ganeti asks the iallocator to allocate the instance anew: as
+            # many usable nodes as it has now (DRBD: primary and secondary).
+            for _ in range(1 + len(inst.secondaries)):
+                found = self.allocate(
+                    inst,
+                    exclude={n.name for n in new_nodes},
+                    need_memory=not new_nodes,
+                    need_disk=True,
+                )
+                if found is None:
+                    raise _no_good_node(ialloc)
+                new_nodes.append(found)
         else:
             for name in [inst.primary, *inst.secondaries]:
                 if self.cluster.nodes[name].offline:
@@ -784,6 +802,12 @@ class JobQueue:
 
     def _op_instance_shutdown(self, job: Job, op: dict[str, Any]) -> Callable[[], Any]:
         inst = self._instance(op.get("instance_name"))
+        primary = self.cluster.nodes[inst.primary]
+        if primary.offline and not op.get("ignore_offline_nodes"):
+            # Ganeti's CheckNodeOnline (the reinstall job's first opcode).
+            raise prereq(
+                f"Can't use offline node {primary.name}", "wrong_state"
+            )
 
         def apply() -> None:
             inst.admin_state = "down"

@@ -1,16 +1,25 @@
-"""``twistd -n ganeti-sim``: the simulated cluster as a standalone service."""
+"""``twistd -n ganeti-sim``: the simulated cluster as a standalone service.
+
+In the foreground (``-n``) no pid file is written unless ``--pidfile`` is
+given (twistd would write ``twistd.pid`` into the working directory, and a
+second simulator there would refuse to start).  Without ``--workdir`` the
+certificate and password files go into a temporary directory that is
+removed when the simulator stops.  A usage error is one line on stderr and
+exit 2.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from typing import Any
 
 from twisted.application import service
 from twisted.python import usage
 
+from maintd.common.cli import one_line_usage
 from maintd.common.signing import KeyFileError
+from maintd.common.tempdir import temporary_dir
 from maintd.sim.scenario import ScenarioError
 
 
@@ -28,7 +37,7 @@ def _seconds(text: str) -> float:
         raise ValueError(f"not a number of seconds: {text!r}") from None
 
 
-class Options(usage.Options):
+class SimOptions(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Simulated Ganeti 3.0 cluster: RAPI on 127.0.0.1 (HTTPS with a generated"
@@ -62,16 +71,53 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{key} must be a port number")
         if self["scenario"] and not os.path.exists(self["scenario"]):
             raise usage.UsageError(f"scenario file {self['scenario']} does not exist")
+        _no_default_pidfile(self.parent)
 
 
-def makeService(config: Options, reactor: Any = None) -> service.IService:  # noqa: N802
+#: twistd's default pid file name (``--pidfile``'s default).
+TWISTD_PIDFILE = "twistd.pid"
+
+
+def _no_default_pidfile(twistd_options: Any, argv: list[str] | None = None) -> None:
+    """In the foreground, drop twistd's default pid file unless asked for.
+
+    Runs while twistd parses its command line, before it checks or writes
+    the pid file.  "Asked for": any ``--pid...`` option on the command line.
+    """
+    if twistd_options is None or not twistd_options.get("nodaemon"):
+        return
+    args = sys.argv[1:] if argv is None else argv
+    if any(a.startswith("--pid") for a in args):
+        return
+    if twistd_options.get("pidfile") == TWISTD_PIDFILE:
+        twistd_options["pidfile"] = ""
+
+
+#: twistd's option class for the plugin (one-line usage errors, exit 2).
+Options = one_line_usage(SimOptions, "twistd ganeti-sim")
+
+
+class SimulatorService(service.MultiService):
+    """The standalone simulator: its temporary directory (removed last, when
+    there is one) and the :class:`~maintd.sim.embed.EmbeddedSimulator`."""
+
+    simulator: Any = None
+
+
+def makeService(config: SimOptions, reactor: Any = None) -> service.IService:  # noqa: N802
     from maintd.sim.embed import EmbeddedSimulator
 
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    workdir = config["workdir"] or tempfile.mkdtemp(prefix="ganeti-sim-")
+    top = SimulatorService()
+    if config["workdir"]:
+        workdir = config["workdir"]
+    else:
+        temp = temporary_dir("ganeti-sim-")
+        temp.setServiceParent(top)  # first child: stops (removes the dir) last
+        workdir = temp.path
     try:
         sim = EmbeddedSimulator(
             reactor,
@@ -101,4 +147,6 @@ def makeService(config: Options, reactor: Any = None) -> service.IService:  # no
         out.write(f"ganeti-sim agent certificate: {sim.agent_cert}\n")
     out.write(f"ganeti-sim agents: port {sim.agent_port} of each node's address\n")
     out.flush()
-    return sim
+    sim.setServiceParent(top)
+    top.simulator = sim
+    return top

@@ -22,9 +22,23 @@ SUCCESS = "success"
 ERROR = "error"
 LOST = "lost"
 
+#: Source of the reason trail entry Ganeti makes of a RAPI write's ``?reason=``.
+USER_REASON = "gnt:user"
+
 PENDING_STATUSES = frozenset({QUEUED, WAITING, RUNNING, CANCELING})
 FINAL_STATUSES = frozenset({CANCELED, SUCCESS, ERROR, LOST})
 KNOWN_STATUSES = PENDING_STATUSES | FINAL_STATUSES
+
+
+@attrs.frozen
+class OpInfo:
+    """What maintd reads of one opcode of a job: its id, object, reasons."""
+
+    op_id: str
+    #: ``instance_name`` of the opcode ("" when it has none).
+    instance: str = ""
+    #: The ``gnt:user`` texts of the opcode's reason trail (a RAPI write's ``?reason=``).
+    reasons: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -33,6 +47,16 @@ class JobResult:
     status: str
     #: Error text for failed jobs (from ``opresult``), else "".
     error: str = ""
+    #: Ganeti's one-line summary of each opcode (``summary``), e.g.
+    #: ``NODE_EVACUATE(node4)``; empty when RAPI gave none (bulk answers).
+    summary: tuple[str, ...] = attrs.field(
+        default=(), converter=lambda v: tuple(str(s) for s in v), eq=False
+    )
+    #: The job's opcodes (from ``ops``, where the answer has them); not part
+    #: of a result's equality (a job is its id, status and error).
+    ops: tuple[OpInfo, ...] = attrs.field(default=(), eq=False)
+    #: When Ganeti received the job (seconds since the epoch), if known.
+    received: float | None = attrs.field(default=None, eq=False)
 
     @property
     def final(self) -> bool:
@@ -90,4 +114,47 @@ def parse_job(job_id: int, job: Any) -> JobResult:
     if status not in KNOWN_STATUSES:
         raise ValueError(f"job {job_id}: unknown status {status!r}")
     error = job_error_text(job) if status in (ERROR, CANCELED) else ""
-    return JobResult(id=job_id, status=status, error=error)
+    raw = job.get("summary")
+    summary = tuple(str(s) for s in raw) if isinstance(raw, list) else ()
+    return JobResult(
+        id=job_id,
+        status=status,
+        error=error,
+        ops=_ops(job.get("ops")),
+        received=_timestamp(job.get("received_ts")),
+        summary=summary,
+    )
+
+
+def _timestamp(value: Any) -> float | None:
+    """Ganeti's ``[seconds, microseconds]`` timestamp; None when absent or malformed."""
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        return value[0] + value[1] / 1e6
+    return None
+
+
+def _ops(ops: Any) -> tuple[OpInfo, ...]:
+    """The opcodes of a job object; anything malformed is left out."""
+    if not isinstance(ops, list):
+        return ()
+    out = []
+    for op in ops:
+        if not isinstance(op, Mapping) or not isinstance(op.get("OP_ID"), str):
+            continue
+        name = op.get("instance_name")
+        trail = op.get("reason")
+        reasons = tuple(
+            r[1]
+            for r in (trail if isinstance(trail, list) else [])
+            if isinstance(r, list)
+            and len(r) >= 2
+            and r[0] == USER_REASON
+            and isinstance(r[1], str)
+            and r[1]
+        )
+        out.append(OpInfo(op["OP_ID"], name if isinstance(name, str) else "", reasons))
+    return tuple(out)

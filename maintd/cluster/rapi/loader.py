@@ -288,6 +288,7 @@ def _cluster_fields(info: Any) -> dict[str, Any]:
             "tags": _strs(info, "tags"),
             "ipolicy": _dict(info, "ipolicy"),
             "default_hypervisor": _opt_str(info, "default_hypervisor"),
+            "default_iallocator": _opt_str(info, "default_iallocator"),
             "enabled_hypervisors": _strs(info, "enabled_hypervisors"),
         }
         # Ganeti 2.17 only; 3.x lacks them (then they stay None).

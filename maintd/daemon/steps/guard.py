@@ -92,7 +92,8 @@ async def storm_step(ctx: Any) -> None:
     guard = dict(ctx.state.guard)
     guard["max-evacuating"] = getattr(ctx.config, "max_evacuating",
                                       G.DEFAULT_MAX_EVACUATING).resolve(nodes)
-    if ctx.mond is not None:
+    # reports come from the node agents or from mond (the collect step's source)
+    if getattr(ctx, "agent", None) is not None or ctx.mond is not None:
         names = reporting_nodes(ctx.reports)
         threshold = G.storm_threshold(getattr(ctx.config, "storm_threshold",
                                               G.DEFAULT_STORM_THRESHOLD), nodes)

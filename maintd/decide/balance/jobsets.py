@@ -1,9 +1,11 @@
 """Split a balancing solution into jobsets (hbal's ``Cluster.splitJobs``).
 
-Consecutive moves go into the same jobset as long as none of them touches a
-node another move of the set touches; the first move that does starts a new
-jobset.  Moves of one jobset can therefore run in parallel, and jobsets run
-one after the other.
+hbal folds over its move list from the LAST move back to the first: a
+move joins the jobset built so far (the one after it) when it touches none
+of that jobset's nodes, otherwise it starts a new, earlier jobset.  Moves
+of one jobset can therefore run in parallel, and jobsets run one after the
+other.  (The daemon's round takes the moves up to the first conflict, going
+forward: see ``maintd.daemon.steps.balance.first_jobset_plan``.)
 """
 
 from __future__ import annotations
@@ -19,17 +21,17 @@ from maintd.decide.balance.planner import PlannedMove
 
 def split_jobs(moves: Sequence[PlannedMove]) -> list[list[PlannedMove]]:
     """Jobsets in execution order, each keeping the solution's move order."""
-    jobsets: list[list[PlannedMove]] = []
+    backwards: list[list[PlannedMove]] = []
     used: set[str] = set()
-    for mv in moves:
+    for mv in reversed(moves):
         nodes = set(mv.nodes)
-        if jobsets and not (nodes & used):
-            jobsets[-1].append(mv)
+        if backwards and not (nodes & used):
+            backwards[-1].append(mv)
             used |= nodes
         else:
-            jobsets.append([mv])
+            backwards.append([mv])
             used = nodes
-    return jobsets
+    return [list(reversed(js)) for js in reversed(backwards)]
 
 
 def common_suffix(names: Sequence[str]) -> str:
@@ -59,7 +61,15 @@ def hbal_line(pos: int, mv: PlannedMove, imlen: int, nmlen: int, suffix: str = "
     """The solution line hbal prints for a move (``printSolutionLine``), names shortened
     by the cluster's common domain suffix like hbal's aliases."""
     pmlen = 2 * nmlen + 1
-    a = attrs.evolve(
+    a = aliased(mv, suffix)
+    old = a.old_primary + (f":{a.old_secondary}" if a.old_secondary else "")
+    new = a.new_primary + (f":{a.new_secondary}" if a.new_secondary else "")
+    return f"  {pos:3d}. {a.instance:<{imlen}} {old:<{pmlen}} => {new:<{pmlen}} {mv.score:12.8f} a={short_code(a)}"
+
+
+def aliased(mv: PlannedMove, suffix: str) -> PlannedMove:
+    """``mv`` with every name shortened by the common domain ``suffix`` (hbal's aliases)."""
+    return attrs.evolve(
         mv,
         instance=_alias(mv.instance, suffix),
         old_primary=_alias(mv.old_primary, suffix),
@@ -67,9 +77,6 @@ def hbal_line(pos: int, mv: PlannedMove, imlen: int, nmlen: int, suffix: str = "
         new_primary=_alias(mv.new_primary, suffix),
         new_secondary=_alias_opt(mv.new_secondary, suffix),
     )
-    old = a.old_primary + (f":{a.old_secondary}" if a.old_secondary else "")
-    new = a.new_primary + (f":{a.new_secondary}" if a.new_secondary else "")
-    return f"  {pos:3d}. {a.instance:<{imlen}} {old:<{pmlen}} => {new:<{pmlen}} {mv.score:12.8f} a={short_code(a)}"
 
 
 def short_code(mv: PlannedMove) -> str:

@@ -14,7 +14,7 @@ The same code applies the chosen move to the :class:`State` (a batch of one).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 import numpy as np
@@ -28,8 +28,11 @@ from maintd.decide.balance.score import (
     STD_COLS,
     WEIGHTS,
     State,
+    fold_cv,
     map_value,
     metric_columns,
+    node_metrics,
+    weighted_cv,
 )
 
 Row = dict[str, np.ndarray]
@@ -506,14 +509,33 @@ def _map_delta(b: Batch, old_p: np.ndarray, new_p: np.ndarray) -> np.ndarray:
     return np.where(same, 0.0, dsum - (gained - lost))
 
 
-
-
 _OFF_SET = frozenset(int(c) for c in OFF_COLS)
 _STD_SET = frozenset(int(c) for c in STD_COLS)
+_STD_POS = {int(c): j for j, c in enumerate(STD_COLS)}
 
 
-def score_outcome(b: Batch, stats: Stats, out: Outcome) -> np.ndarray:
+def base_values(stats: Stats) -> np.ndarray:
+    """The twenty component values of the unmoved cluster, from ``stats``
+    (the same incremental formulas as :func:`score_outcome`)."""
+    n = stats.n
+    vals = stats.s.copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = stats.s[STD_COLS] / n
+        var = np.maximum(stats.q[STD_COLS] / n - mean * mean, 0.0)
+    vals[STD_COLS] = np.sqrt(var)
+    vals[MAP_COL] = stats.map_value
+    return vals
+
+
+def score_outcome(
+    b: Batch, stats: Stats, out: Outcome, detail: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
     """Cluster score after each simulated move (inf where infeasible).
+
+    With ``detail`` (a dict), it also receives, per candidate and standard
+    deviation component (``STD_COLS`` order), the change of the component's
+    sum (``"d"``) and the variance after the move (``"u"``): what the
+    incremental search bounds its score drift with.
 
     Works one metric column at a time on contiguous 1-D arrays (the per-node
     metrics transposed once per step in :class:`Stats`), which avoids the
@@ -556,14 +578,10 @@ def score_outcome(b: Batch, stats: Stats, out: Outcome) -> np.ndarray:
         # keeps its old value: its delta is exactly zero, skip it.
         base = out.bases.get(id(row["idx"]))
         changed = (
-            {k for k, v in row.items() if base.get(k) is not v}
-            if base is not None
-            else set(row)
+            {k for k, v in row.items() if base.get(k) is not v} if base is not None else set(row)
         )
         wanted = [
-            deps is not None
-            and not (all_on and c in _OFF_SET)
-            and not changed.isdisjoint(deps)
+            deps is not None and not (all_on and c in _OFF_SET) and not changed.isdisjoint(deps)
             for c, deps in enumerate(METRIC_DEPS)
         ]
         newc = metric_columns(row, wanted)
@@ -599,6 +617,9 @@ def score_outcome(b: Batch, stats: Stats, out: Outcome) -> np.ndarray:
     flush()
     n = stats.n
     vals = np.empty((k, NMETRICS))
+    if detail is not None:
+        detail["d"] = np.zeros((k, len(STD_COLS)))
+        detail["u"] = np.zeros((k, len(STD_COLS)))
     with np.errstate(divide="ignore", invalid="ignore"):
         for c in range(NMETRICS):
             if c == MAP_COL:
@@ -611,6 +632,11 @@ def score_outcome(b: Batch, stats: Stats, out: Outcome) -> np.ndarray:
                 qc = dqc + stats.q[c] if dqc is not None else np.full(k, stats.q[c])
                 var = qc / n - mean * mean
                 np.maximum(var, 0.0, out=var)
+                if detail is not None:
+                    j = _STD_POS[c]
+                    detail["u"][:, j] = var
+                    if d is not None:
+                        detail["d"][:, j] = d
                 vals[:, c] = np.sqrt(var, out=var)
             else:
                 vals[:, c] = sc
@@ -623,25 +649,74 @@ def score_outcome(b: Batch, stats: Stats, out: Outcome) -> np.ndarray:
     return np.where(out.fail | np.isnan(score), np.inf, score)
 
 
+def _simulate_one(state: State, tops: PeerTops, inst: int, move: Move, target: int) -> Outcome:
+    """One move as a batch of one (soft errors ignored, like ``Moves.move``)."""
+    b = Batch(state=state, tops=tops, ii=np.array([inst]), force=False)
+    return simulate(b, move, np.array([target if target >= 0 else 0]))
+
+
+def _gmap_delta(state: State, inst: int, p_old: int, new_p: int) -> np.ndarray | None:
+    """Change of the (location, exclusion) pair counts when ``inst``'s primary moves."""
+    st = state
+    if not (st.has_tags and st.has_locations) or new_p == p_old or st.inst["forth"][inst]:
+        return None
+    on = st.in_group & (st.node["offline"] == 0)
+    x = st.excl[inst].astype(np.int64)
+    delta = np.zeros_like(st.gmap)
+    if on[p_old]:
+        delta -= np.outer(st.loc[p_old], x)
+    if on[new_p]:
+        delta += np.outer(st.loc[new_p], x)
+    return delta
+
+
+def exact_scores(
+    state: State, tops: PeerTops, cands: Sequence[tuple[int, Move, int]]
+) -> np.ndarray:
+    """hbal's own score (``compCV`` of the moved cluster, bit for bit) of each move.
+
+    The batch scores are incremental sums, exact only up to rounding; hbal
+    compares the scores it folds from scratch, so equal-looking candidates
+    are decided here, on the same floating-point values hbal compares.
+    """
+    online = state.in_group & (state.node["offline"] == 0)
+    offline = state.in_group & (state.node["offline"] != 0)
+    pos_on = np.cumsum(online) - 1
+    pos_off = np.cumsum(offline) - 1
+    base_on, base_off = state.metrics[online], state.metrics[offline]
+    out = np.empty(len(cands))
+    for start in range(0, len(cands), 32):
+        chunk = cands[start : start + 32]
+        m_on = np.repeat(base_on[None], len(chunk), axis=0)
+        m_off = np.repeat(base_off[None], len(chunk), axis=0)
+        maps = np.empty(len(chunk))
+        for k, (inst, move, target) in enumerate(chunk):
+            res = _simulate_one(state, tops, inst, move, target)
+            for nodes, row, _expand in res.slots:
+                n = int(nodes[0])
+                metrics = node_metrics({c: row[c] for c in NODE_COLS})[0]
+                if online[n]:
+                    m_on[k, pos_on[n]] = metrics
+                elif offline[n]:
+                    m_off[k, pos_off[n]] = metrics
+            gd = _gmap_delta(state, inst, int(state.inst["pnode"][inst]), int(res.new_p[0]))
+            maps[k] = map_value(state.gmap if gd is None else state.gmap + gd)
+        out[start : start + len(chunk)] = weighted_cv(fold_cv(m_on, m_off, maps))
+    return out
+
+
 def apply_move(state: State, tops: PeerTops, inst: int, move: Move, target: int) -> None:
     """Apply one move to ``state`` in place (ignoring soft errors, like ``Moves.move``)."""
     state.node_stack = None  # the node columns change below
-    b = Batch(state=state, tops=tops, ii=np.array([inst]), force=False)
-    tt = np.array([target if target >= 0 else 0])
-    out = simulate(b, move, tt)
+    out = _simulate_one(state, tops, inst, move, target)
     st = state
     p_old = int(st.inst["pnode"][inst])
     s_old = int(st.inst["snode"][inst])
     new_p, new_s = int(out.new_p[0]), int(out.new_s[0])
     forth = bool(st.inst["forth"][inst])
-    # gmap before the primary changes
-    if st.has_tags and st.has_locations and new_p != p_old and not forth:
-        on = st.in_group & (st.node["offline"] == 0)
-        x = st.excl[inst].astype(np.int64)
-        if on[p_old]:
-            st.gmap -= np.outer(st.loc[p_old], x)
-        if on[new_p]:
-            st.gmap += np.outer(st.loc[new_p], x)
+    gd = _gmap_delta(st, inst, p_old, new_p)
+    if gd is not None:
+        st.gmap += gd
     if st.has_tags and new_p != p_old:
         st.ptags[p_old] -= st.excl[inst]
         st.ptags[new_p] += st.excl[inst]

@@ -538,19 +538,45 @@ def map_value(gmap: np.ndarray) -> float:
     return float(gmap.sum() - np.count_nonzero(gmap))
 
 
-def _std(values: np.ndarray) -> float:
-    n = len(values)
+def _fold(values: np.ndarray) -> np.ndarray:
+    """Left-fold sums along the node axis (``foldl' (+) 0``, bit for bit).
+
+    ``np.cumsum`` adds strictly left to right (unlike ``np.sum``, which sums
+    pairwise), so its last entry is exactly Haskell's left fold.
+    """
+    if values.shape[-2] == 0:
+        return np.zeros(values.shape[:-2] + values.shape[-1:])
+    return np.cumsum(values, axis=-2)[..., -1, :]
+
+
+def fold_cv(m_on: np.ndarray, m_off: np.ndarray, map_val: Any) -> np.ndarray:
+    """The twenty component values (``compDetailedCV``) from the per-node metrics.
+
+    ``m_on``/``m_off``: (..., nodes, 20) metrics of the online/offline group
+    nodes in node order (a leading batch axis scores several states at
+    once); ``map_val``: the location-exclusion statistic (scalar or per
+    batch entry).  Every value is computed in hbal's fold order, so the
+    result is bit for bit hbal's.
+    """
+    n = m_on.shape[-2]
+    out = np.zeros(m_on.shape[:-2] + (NMETRICS,))
     if n == 0:
-        return float("nan")
-    total = 0.0
-    for v in values:  # left fold, like foldl'
-        total += float(v)
+        # compClusterStatistics zips with the (empty) online columns.
+        return out
+    total = _fold(m_on)
     mean = total / n
-    acc = 0.0
-    for v in values:
-        d = float(v) - mean
-        acc += d * d
-    return float(np.sqrt(acc / n))
+    d = m_on - mean[..., None, :]
+    std = np.sqrt(_fold(d * d) / n)
+    out[..., STD_COLS] = std[..., STD_COLS]
+    out[..., SUM_COLS] = total[..., SUM_COLS]
+    out[..., OFF_COLS] = _fold(m_off)[..., OFF_COLS]
+    out[..., MAP_COL] = map_val
+    return out
+
+
+def weighted_cv(values: np.ndarray) -> np.ndarray:
+    """``sum . zipWith (*) weights`` over the last axis (a left fold)."""
+    return np.cumsum(values * WEIGHTS, axis=-1)[..., -1]
 
 
 def detailed_cv(state: State) -> list[float]:
@@ -558,30 +584,13 @@ def detailed_cv(state: State) -> list[float]:
     mask = state.in_group
     online = mask & (state.node["offline"] == 0)
     offline = mask & (state.node["offline"] != 0)
-    m_on = state.metrics[online]
-    m_off = state.metrics[offline]
-    vals: list[float] = []
-    if not online.any():
-        # compClusterStatistics zips with the (empty) online columns.
-        return [0.0] * NMETRICS
-    for c, (_w, _name, kind) in enumerate(METRICS):
-        if kind == "std":
-            vals.append(_std(m_on[:, c]))
-        elif kind == "sum":
-            vals.append(float(sum(float(v) for v in m_on[:, c])))
-        elif kind == "off":
-            vals.append(float(sum(float(v) for v in m_off[:, c])))
-        else:
-            vals.append(map_value(state.gmap))
-    return vals
+    vals = fold_cv(state.metrics[online], state.metrics[offline], map_value(state.gmap))
+    return [float(v) for v in vals]
 
 
 def compute_cv(state: State) -> float:
     """The cluster score (``compCV``) of the selected group."""
-    total = 0.0
-    for w, v in zip(WEIGHTS, detailed_cv(state), strict=True):
-        total += float(w) * v
-    return total
+    return float(weighted_cv(np.array(detailed_cv(state))))
 
 
 def optimal_cv(state: State) -> float:

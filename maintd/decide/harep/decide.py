@@ -13,24 +13,27 @@ for: harep's data model cannot tell a drained node from an offline one, so
 it fails over (or even reinstalls) where a live migration is enough.  Here:
 
 =============================  ==================  ===============================
-instance                       repair type         operations
+instance                       repair type         operations (harep's opcodes)
 =============================  ==================  ===============================
-DRBD, both nodes offline       reinstall           recreate disks on two free
-                                                   nodes, shutdown, reinstall
-DRBD, primary offline          failover            failover (ignore consistency)
-DRBD, secondary offline or     fix-storage         replace disks, new secondary =
-drained                                            a free node of the group
+DRBD, both nodes offline       reinstall           recreate disks (iallocator),
+                                                   then reinstall
+DRBD, primary offline          failover            failover (consistency checked)
+DRBD, secondary offline or     fix-storage         replace disks, new secondary
+drained                                            chosen by the iallocator
 DRBD, primary drained          migrate (running)   live migration
                                failover (stopped)  failover
-plain, primary offline         reinstall           recreate disks on a free node,
-                                                   shutdown, reinstall
+plain, primary offline         reinstall           recreate disks (iallocator),
+                                                   then reinstall
 =============================  ==================  ===============================
 
-RAPI runs one operation per job, so a reinstall takes three jobs, one a
-round: recreate the disks on new nodes (allowed while the instance is marked
-up because its old primary is offline), shut it down (Ganeti reinstalls only
+The iallocator is ``--iallocator``, else the cluster's default, else
+``hail`` (the one harep names).  RAPI runs one operation per job, so a
+reinstall is two jobs submitted together, in harep's order: recreate the
+disks where the iallocator puts them (allowed while the instance is marked
+up because its old primary is offline), then RAPI's reinstall job
+(shutdown, reinstall, startup if it was up: Ganeti reinstalls only
 instances marked down; harep's own recreate+reinstall job fails there for
-instances marked up), then reinstall, starting it again if it was up.
+instances marked up).
 
 A DRBD instance whose primary is offline and whose secondary is drained
 waits (Ganeti fails over only to undrained nodes), where harep, seeing two
@@ -258,13 +261,24 @@ class Op:
         return {"method": self.method, "args": dict(self.kwargs)}
 
 
-#: Number of jobs (steps) each repair takes when maintd runs it over RAPI.
+#: Number of jobs each repair takes when maintd runs it over RAPI (all
+#: submitted together, in this order): RAPI cannot put harep's recreate-disks
+#: and reinstall opcodes into one job.
 STEPS = {
     RepairType.FIX_STORAGE: 1,
     RepairType.MIGRATE: 1,
     RepairType.FAILOVER: 1,
-    RepairType.REINSTALL: 3,
+    RepairType.REINSTALL: 2,
 }
+
+#: The iallocator harep names in its opcodes; maintd uses the cluster's
+#: default iallocator and falls back to this one.
+DEFAULT_IALLOCATOR = "hail"
+
+
+def iallocator_for(cluster: Cluster, override: str | None = None) -> str:
+    """``--iallocator`` if given, else the cluster's default, else ``hail``."""
+    return override or cluster.default_iallocator or DEFAULT_IALLOCATOR
 
 
 def repair_id(instance: str, rtype: RepairType, ts: int) -> str:
@@ -290,38 +304,26 @@ def _needs_memory(inst: Instance) -> int:
     return inst.minmem or inst.memory
 
 
-#: DRBD metadata volume per disk (MiB), as Ganeti allocates it.
-DRBD_META_MIB = 128
+def iallocator_scope(cluster: Cluster, inst: Instance, repair: Repair) -> frozenset[str]:
+    """Every node the iallocator may pick for ``repair`` of ``inst``.
 
-
-def _disk_need(inst: Instance) -> int:
-    meta = DRBD_META_MIB * len(inst.disk_sizes) if inst.is_drbd else 0
-    return inst.disk + meta
-
-
-def _candidates(
-    cluster: Cluster,
-    inst: Instance,
-    free: frozenset[str],
-    exclude: Iterable[str],
-    memory: int,
-) -> list[Node]:
-    skip = set(exclude)
-    found = [
-        n
-        for n in _group_nodes(cluster, inst)
-        if n.usable
-        and n.name in free
-        and n.name not in skip
-        and n.dfree >= _disk_need(inst)
-        and n.mfree >= memory
-    ]
-    return sorted(found, key=lambda n: (-n.dfree, -n.mfree, n.name))
+    replace-disks (new secondary) asks the iallocator to relocate the
+    secondary inside the instance's node group; recreate-disks asks it to
+    allocate the instance anew with no group given, so any node of the
+    cluster may come back.  Other repairs name no iallocator.
+    """
+    if repair is Repair.REPLACE_SECONDARY:
+        return frozenset(n.name for n in _group_nodes(cluster, inst))
+    if repair is Repair.REINSTALL:
+        return frozenset(cluster.nodes)
+    return frozenset()
 
 
 @attrs.frozen
 class Plan:
     ops: tuple[Op, ...]
+    #: Nodes the jobs touch or may touch (the instance's online nodes and
+    #: the iallocator's possible choices); taken out of the round's free set.
     touched: frozenset[str]
 
 
@@ -339,6 +341,27 @@ def _online(cluster: Cluster, names: Iterable[str | None]) -> set[str]:
     return out
 
 
+def repair_ops(
+    cluster: Cluster, inst: Instance, repair: Repair, iallocator: str, start: bool | None = None
+) -> tuple[Op, ...]:
+    """harep's opcodes for ``repair``, as RAPI calls, in harep's order.
+
+    ``start``: whether the reinstall starts the instance again (default: it
+    is marked up now).  harep's own reinstall opcode would refuse an instance
+    marked up; RAPI's reinstall job shuts it down first and starts it after.
+    """
+    if repair is Repair.REINSTALL:
+        return (
+            Op("recreate_disks", {"iallocator": iallocator}),
+            Op("reinstall_instance", {"start": inst.running if start is None else start}),
+        )
+    if repair is Repair.REPLACE_SECONDARY:
+        return (Op("replace_disks", {"mode": "replace_new_secondary", "iallocator": iallocator}),)
+    if repair is Repair.MIGRATE:
+        return (Op("migrate_instance", {"mode": "live"}),)
+    return (Op("failover_instance", {"ignore_consistency": False}),)
+
+
 def plan_step(
     cluster: Cluster,
     inst: Instance,
@@ -346,47 +369,20 @@ def plan_step(
     step: int,
     free: frozenset[str],
     start: bool | None = None,
+    iallocator: str | None = None,
 ) -> Plan | Blocked:
-    """Operation number ``step`` of ``repair`` on ``inst``, touching free nodes only.
+    """The operations of ``repair`` on ``inst`` from number ``step`` on.
 
-    Every online node of the instance and every new node must be free.
-    ``start``: whether the reinstall step starts the instance (default: it
-    is marked up now).
+    Every online node of the instance must be free, and so must every node
+    the iallocator may pick that is usable now (online, not drained, vm
+    capable): nodes another step of this round claimed (incident handling
+    drains, evacuates to or repairs them) block the repair for this round.
+    Unusable nodes are never picked by the iallocator.
     """
+    ialloc = iallocator or iallocator_for(cluster)
     current = _online(cluster, [inst.primary, *inst.secondaries])
-    if repair is Repair.REINSTALL and step >= 1:
-        # Disks were recreated on new nodes: mark down, then reinstall there.
-        if step == 1:
-            ops: tuple[Op, ...] = (Op("shutdown_instance"),)
-        else:
-            ops = (Op("reinstall_instance", {"start": inst.running if start is None else start}),)
-        touched = set(current)
-    elif repair is Repair.REINSTALL:
-        count = 2 if inst.disk_template == "drbd" else 1
-        prim = _candidates(cluster, inst, free, (), _needs_memory(inst))
-        if not prim:
-            return Blocked("no free node of the group has room for the recreated disks")
-        chosen = [prim[0]]
-        if count == 2:
-            sec = _candidates(cluster, inst, free, [prim[0].name], 0)
-            if not sec:
-                return Blocked("no second free node of the group has room for the DRBD disks")
-            chosen.append(sec[0])
-        names = [n.name for n in chosen]
-        ops = (Op("recreate_disks", {"nodes": names}),)
-        touched = set(current) | set(names)
-    elif repair is Repair.REPLACE_SECONDARY:
-        new = _candidates(cluster, inst, free, [inst.primary, *inst.secondaries], 0)
-        if not new:
-            return Blocked("no free node of the group has room for a new secondary")
-        ops = (
-            Op(
-                "replace_disks",
-                {"mode": "replace_new_secondary", "remote_node": new[0].name},
-            ),
-        )
-        touched = set(current) | {new[0].name}
-    else:
+    scope = iallocator_scope(cluster, inst, repair)
+    if step == 0 and repair in (Repair.MIGRATE, Repair.FAILOVER):
         target = cluster.nodes.get(inst.secondary or "")
         if target is None or target.offline:
             return Blocked(f"secondary {inst.secondary} is offline or unknown")
@@ -401,15 +397,28 @@ def plan_step(
                 f"secondary {target.name} has {target.mfree} MiB free, "
                 f"instance needs {_needs_memory(inst)}"
             )
-        if repair is Repair.MIGRATE:
-            ops = (Op("migrate_instance", {"mode": "live"}),)
+    if step == 0 and scope:
+        own = {inst.primary, *inst.secondaries}
+        if repair is Repair.REPLACE_SECONDARY:
+            candidates = [n for n in scope - own if cluster.nodes[n].usable]
         else:
-            offline = _node_state(cluster, inst.primary) == "offline"
-            ops = (Op("failover_instance", {"ignore_consistency": offline}),)
-        touched = set(current)
-    busy = sorted(touched - free)
+            candidates = [n for n in scope if cluster.nodes[n].usable]
+        if not candidates:
+            return Blocked(f"no usable node for the iallocator {ialloc} to pick")
+    ops = repair_ops(cluster, inst, repair, ialloc, start)[step:]
+    if not ops:
+        return Blocked(f"repair has no step {step + 1}")
+    busy = sorted(current - free)
     if busy:
         return Blocked(f"node(s) {', '.join(busy)} not free this round")
+    if step == 0:
+        claimed = sorted(n for n in scope - free if cluster.nodes[n].usable)
+        if claimed:
+            return Blocked(
+                f"the iallocator may pick node(s) {', '.join(claimed)}, "
+                "claimed by another step this round"
+            )
+    touched = current | scope if step == 0 else current
     return Plan(ops, frozenset(touched))
 
 
@@ -473,8 +482,14 @@ def plan_new(
     state: TagState,
     now: float,
     free: frozenset[str],
+    iallocator: str | None = None,
 ) -> Decision:
-    """Decision for an instance not in a pending, failed or error state."""
+    """Decision for an instance not in a pending, failed or error state.
+
+    A repair's decision carries all its operations (submitted together) and
+    its pending tag without job ids: the step fills them in once Ganeti
+    returns them, as harep does.
+    """
     name = inst.name
     problems = state.problems
     found = detect(cluster, inst)
@@ -530,7 +545,7 @@ def plan_new(
             remove_tags=remove,
             problems=problems,
         )
-    plan = plan_step(cluster, inst, found.repair, 0, free)
+    plan = plan_step(cluster, inst, found.repair, 0, free, iallocator=iallocator)
     if isinstance(plan, Blocked):
         return Decision(
             name, Verdict.BLOCKED, f"{needs}; waiting: {plan.why}", found.repair, problems=problems
@@ -561,6 +576,7 @@ def plan_pending(
     now: float,
     free: frozenset[str],
     start: bool | None = None,
+    iallocator: str | None = None,
 ) -> Decision:
     """Decision for an instance with a pending repair.
 
@@ -568,10 +584,20 @@ def plan_pending(
     while the tag update is still queued), ``statuses`` their job statuses
     ("lost" for jobs Ganeti no longer knows).  A pending tag with no jobs is
     finished as a success (harep's reading), unless it is one of maintd's
-    own: that repair is started now if it is still needed.  Runs whatever the policy says:
-    jobs submitted before a suspension are allowed to finish; a further
-    step of one of maintd's own repairs waits while suspended.  ``start``
-    is passed to the reinstall step (recorded when the repair began).
+    own (written before the job by older versions): that repair is started
+    now if it is still needed.  One of maintd's own repairs with fewer jobs
+    than it takes (its reinstall job could not be submitted with its
+    recreate-disks job) gets the rest (CONTINUE).  Runs whatever the policy
+    says: jobs submitted before a suspension are allowed to finish; the rest
+    of one of maintd's own repairs waits while suspended.  ``start`` is
+    passed to the reinstall job (recorded when the repair began).
+
+    Tags of older maintd versions: a three-job reinstall (recreate,
+    shutdown, reinstall) finishes once its jobs are done; one with only its
+    recreate job gets RAPI's reinstall job (shutdown included); one stopped
+    after its shutdown job (two jobs) looks like a finished two-job
+    reinstall here: the step tells them apart by the second job's opcodes in
+    Ganeti's queue and passes only the first job then.
     """
     name = inst.name
     cur = state.current
@@ -635,7 +661,7 @@ def plan_pending(
                 repair,
                 problems=state.problems,
             )
-        plan = plan_step(cluster, inst, repair, step, free, start)
+        plan = plan_step(cluster, inst, repair, step, free, start, iallocator)
         if isinstance(plan, Blocked):
             return Decision(
                 name,
@@ -664,7 +690,12 @@ def plan_pending(
 
 
 def decide_without_jobs(
-    cluster: Cluster, inst: Instance, state: TagState, now: float, free: frozenset[str]
+    cluster: Cluster,
+    inst: Instance,
+    state: TagState,
+    now: float,
+    free: frozenset[str],
+    iallocator: str | None = None,
 ) -> Decision:
     """Decision for any non-pending state (healthy, failed, error)."""
     if state.status is Status.ERROR:
@@ -678,4 +709,4 @@ def decide_without_jobs(
             f"remove tag {state.current_text!r} once the instance is checked",
             problems=state.problems,
         )
-    return plan_new(cluster, inst, state, now, free)
+    return plan_new(cluster, inst, state, now, free, iallocator)

@@ -1,0 +1,480 @@
+"""hbal's best-move search (``Cluster.checkMove``), made incremental.
+
+Every step hbal scores every allowed move of every movable instance and
+keeps the first best one (``compareTables`` keeps the current table unless
+the new one is strictly better, so among equal scores the first in its
+order wins: instances in index order; per instance the failover, then the
+target nodes in index order, per target the move kinds in
+``possibleMoves`` order).  :class:`Search` returns exactly that move, while
+scoring only the candidates that can still be the best:
+
+* A *record* is one (move kind, instance) pair: its candidates are the
+  instance's moves of that kind to every target node.  When a record is
+  scored in full, it keeps its K best gains (score minus the cluster's
+  score) with their targets, the K-th gain as a bound for the other
+  targets, and per standard-deviation component the largest change of the
+  component's sum, the largest change of its value and the smallest
+  variance after the move over its candidates.
+* A candidate's change of every node figure depends only on the nodes it
+  touches.  After a move, records whose instance sits on a touched node are
+  scored again in full, and every record is scored on the touched target
+  nodes.  For the other candidates only the cluster-wide sums changed: the
+  gain of a sum component is unchanged, and the gain of a standard
+  deviation drifts by at most a bound computed from the records' figures
+  and the change of the cluster's sums (second order: the product of the
+  move's change and the candidate's change).  The bounds accumulate until
+  the record is scored again.
+* A record whose lower bound (its best untouched gain, or its K-th gain
+  when all K targets were touched, or the best touched-target gain, minus
+  the accumulated drift) is above the best score found so far (plus a
+  small tolerance) cannot hold the best move: it is skipped.  Records are
+  scored in the order of their bounds until no bound is below the best.
+* The incremental scores are sums that round differently from hbal's
+  folds; every candidate within 1e-9 of the best is re-scored exactly like
+  hbal (:func:`~maintd.decide.balance.moves.exact_scores`) and the first in
+  hbal's order among the lowest wins.
+
+Clusters with both exclusion and location tags have a cluster-wide score
+component (the location-exclusion map) that any move changes: there every
+record is scored in full each step (the plain, non-incremental search).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+
+import attrs
+import numpy as np
+
+from maintd.decide.balance.moves import (
+    Batch,
+    Move,
+    PeerTops,
+    Stats,
+    base_values,
+    cluster_stats,
+    exact_scores,
+    score_outcome,
+    simulate,
+)
+from maintd.decide.balance.score import (
+    MIRROR_EXTERNAL,
+    MIRROR_INTERNAL,
+    NODE_COLS,
+    STD_COLS,
+    WEIGHTS,
+    State,
+)
+
+#: Candidate pairs scored per NumPy batch (bounds peak memory).
+BATCH_PAIRS = 8000
+#: Best gains kept per record.
+TOP_K = 4
+#: Record kinds, in hbal's per-target order (failover-to-any: external mirrors only).
+KINDS = (
+    Move.REPLACE_SECONDARY,
+    Move.REPLACE_AND_FAILOVER,
+    Move.REPLACE_PRIMARY,
+    Move.FAILOVER_AND_REPLACE,
+    Move.FAILOVER_TO_ANY,
+)
+_ORDER = {k: (int(k) if k != Move.FAILOVER_TO_ANY else 0) for k in KINDS}
+_NSTD = len(STD_COLS)
+_W_STD = WEIGHTS[STD_COLS]
+#: Relative tolerance under which two incremental scores may be an exact tie.
+TIE_TOL = 1e-9
+
+
+def _tol(x: float) -> float:
+    return TIE_TOL * max(1.0, abs(x)) if np.isfinite(x) else 0.0
+
+
+@attrs.frozen
+class SearchOptions:
+    """What the search may move (hbal's algorithm options)."""
+
+    disk_moves: bool = True
+    instance_moves: bool = True
+    restricted_migration: bool = False
+    ignore_soft_errors: bool = False
+    evac_mode: bool = False
+    restrict_nodes: bool = False
+
+
+@attrs.define
+class StepCost:
+    """Work done by one step (for the benchmark's cost curve)."""
+
+    seconds: float = 0.0
+    pairs: int = 0
+    records: int = 0
+
+
+def eligible(state: State, opts: SearchOptions, allowed: np.ndarray) -> np.ndarray:
+    """Mask of instances hbal may move this step (``tryBalance``'s ``reloc_inst``)."""
+    inst = state.inst
+    ni = len(state.inst_names)
+    if ni == 0:
+        return np.zeros(0, dtype=bool)
+    p = inst["pnode"].astype(np.int64)
+    s = inst["snode"].astype(np.int64)
+    ok = state.movable & state.inst_in_group
+    if opts.evac_mode:
+        off = state.node["offline"] != 0
+        ok &= off[p] | ((s >= 0) & off[np.maximum(s, 0)])
+    if opts.restrict_nodes:
+        ok &= allowed[p] & ((s < 0) | allowed[np.maximum(s, 0)])
+    return ok
+
+
+class Search:
+    """The best move of each step, with candidate scores kept between steps."""
+
+    def __init__(
+        self,
+        state: State,
+        tops: PeerTops,
+        opts: SearchOptions,
+        allowed: np.ndarray,
+        incremental: bool = True,
+    ) -> None:
+        self.state = state
+        self.tops = tops
+        self.opts = opts
+        self.allowed = allowed
+        nn, ni = len(state.node_names), len(state.inst_names)
+        online = (state.node["offline"] == 0) & state.in_group & allowed
+        self.targets = np.flatnonzero(online)
+        self.tpos = np.full(nn, -1, dtype=np.int64)
+        self.tpos[self.targets] = np.arange(len(self.targets))
+        self.incremental = incremental and not (state.has_tags and state.has_locations)
+        nk = len(KINDS)
+        self.step = 0
+        self.touched_at = np.full(nn, -1, dtype=np.int64)
+        self.touched: list[int] = []
+        self.top_g = np.full((nk, ni, TOP_K), np.inf)
+        self.top_t = np.zeros((nk, ni, TOP_K), dtype=np.int64)
+        self.tail = np.full((nk, ni), np.inf)
+        self.aux = np.full((nk, ni), np.inf)
+        self.drift = np.zeros((nk, ni))
+        self.evaluated = np.full((nk, ni), -1, dtype=np.int64)
+        self.dmax = np.zeros((nk, ni, _NSTD))
+        self.gmax = np.zeros((nk, ni, _NSTD))
+        self.umin = np.full((nk, ni, _NSTD), np.inf)
+        self.prev: Stats | None = None
+        self.costs: list[StepCost] = []
+
+    # -- bookkeeping -------------------------------------------------------
+
+    def moved(self, nodes: Collection[int]) -> None:
+        """The chosen move was applied; it changed ``nodes``."""
+        self.touched = sorted(set(nodes))
+
+    def _kinds(self, ok: np.ndarray) -> np.ndarray:
+        """(kinds, instances) mask of the records hbal generates this step."""
+        st, o = self.state, self.opts
+        p = st.inst["pnode"].astype(np.int64)
+        s = st.inst["snode"].astype(np.int64)
+        is_target = self.tpos >= 0
+        use_sec = (s >= 0) & is_target[np.maximum(s, 0)] & o.instance_moves
+        p_drained = st.node["offline"][p] != 0
+        internal = ok & (st.mirror == MIRROR_INTERNAL)
+        external = ok & (st.mirror == MIRROR_EXTERNAL)
+        rest = o.restricted_migration
+        full = internal & o.disk_moves & o.instance_moves & ~(rest & ~p_drained)
+        return np.stack(
+            [
+                internal & o.disk_moves,
+                full,
+                full & use_sec & ~rest,
+                full & use_sec,
+                external & o.instance_moves,
+            ]
+        )
+
+    def _drift(self, old: Stats, new: Stats, active: np.ndarray) -> None:
+        """Widen the active records' bounds by how far the new sums can move their gains."""
+        n = float(new.n)
+        if n <= 0:
+            return
+
+        def var(st: Stats) -> np.ndarray:
+            mean = st.s[STD_COLS] / n
+            return np.maximum(st.q[STD_COLS] / n - mean * mean, 0.0)
+
+        v0, v1 = var(old), var(new)
+        dv = np.abs(v1 - v0)
+        r = np.sqrt(v0) + np.sqrt(v1)
+        ds = np.abs(new.s[STD_COLS] - old.s[STD_COLS])
+        k, i = np.nonzero(active)
+        dmax, gmax, umin = self.dmax[k, i], self.gmax[k, i], self.umin[k, i]
+        h = 2.0 * ds * dmax / (n * n)
+        u1 = umin - dv - h
+        p = np.sqrt(np.maximum(umin, 0.0)) + np.sqrt(np.maximum(u1, 0.0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            term = np.where(dv > 0, 2.0 * dv * gmax / r, 0.0)
+            x = 2.0 * (term + h) / p
+            ok = (p > 0) & ((dv == 0) | (dv < 0.5 * p * r))
+        x = np.where(ok, x, np.inf)
+        # Components no candidate of the record changes stay unchanged.
+        x = np.where((dmax == 0) & (gmax == 0) & (dv == 0), 0.0, x)
+        x = x * (1.0 + 1e-6) + 1e-15
+        self.gmax[k, i] = gmax + x
+        self.umin[k, i] = u1
+        self.drift[k, i] += x @ _W_STD
+
+    # -- scoring -----------------------------------------------------------
+
+    def _score(
+        self, stats: Stats, move: Move, ii: np.ndarray, tt: np.ndarray, grouped: bool
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        st = self.state
+        b = Batch(state=st, tops=self.tops, ii=ii, force=self.opts.ignore_soft_errors)
+        detail: dict[str, np.ndarray] = {}
+        if grouped and move != Move.FAILOVER:
+            uniq, inv = np.unique(ii, return_inverse=True)
+            bu = Batch(state=st, tops=self.tops, ii=uniq, force=b.force)
+            out = simulate(b, move, tt, bu, inv)
+        else:
+            out = simulate(b, move, tt)
+        return score_outcome(b, stats, out, detail), detail
+
+    def _full(
+        self, stats: Stats, base: float, kind: int, recs: np.ndarray, pool: list[tuple]
+    ) -> float:
+        """Score records ``recs`` of ``kind`` on every target; reset their bounds.
+
+        Returns the lowest score found."""
+        st, move = self.state, KINDS[kind]
+        nt = len(self.targets)
+        p = st.inst["pnode"][recs].astype(np.int64)
+        s = st.inst["snode"][recs].astype(np.int64)
+        rows = np.repeat(np.arange(len(recs)), nt)
+        tp = np.tile(np.arange(nt), len(recs))
+        tt = self.targets[tp]
+        keep = (tt != p[rows]) & (tt != s[rows])
+        rows, tp, tt = rows[keep], tp[keep], tt[keep]
+        ii = recs[rows]
+        mat = np.full((len(recs), nt), np.inf)
+        nr = len(recs)
+        dm, gm, um = np.zeros((nr, _NSTD)), np.zeros((nr, _NSTD)), np.full((nr, _NSTD), np.inf)
+        best = np.inf
+        if len(ii):
+            sc, det = self._score(stats, move, ii, tt, True)
+            mat[rows, tp] = sc
+            feas = np.isfinite(sc)
+            if feas.any():
+                r_ids, d, g, u = self._figures(rows, sc, det, feas)
+                dm[r_ids], gm[r_ids], um[r_ids] = d, g, u
+            best = self._collect(pool, sc, ii, move, tt, tp)
+        gains = mat - base
+        k = min(TOP_K, nt)
+        if k < nt:
+            part = np.argpartition(gains, k - 1, axis=1)[:, :k]
+        else:
+            part = np.broadcast_to(np.arange(nt), (len(recs), nt))
+        pg = np.take_along_axis(gains, part, axis=1)
+        order = np.argsort(pg, axis=1, kind="stable")
+        part = np.take_along_axis(part, order, axis=1)
+        pg = np.take_along_axis(pg, order, axis=1)
+        self.top_g[kind, recs] = np.inf
+        self.top_g[kind, recs, :k] = pg
+        self.top_t[kind, recs, :k] = self.targets[part]
+        self.tail[kind, recs] = pg[:, k - 1] if k == TOP_K else np.inf
+        self.aux[kind, recs] = np.inf
+        self.drift[kind, recs] = 0.0
+        self.evaluated[kind, recs] = self.step
+        self.dmax[kind, recs] = dm
+        self.gmax[kind, recs] = gm
+        self.umin[kind, recs] = um
+        return best
+
+    def _columns(
+        self, stats: Stats, base: float, kind: int, recs: np.ndarray, cols: np.ndarray
+    ) -> None:
+        """Score records ``recs`` on the touched targets ``cols``; fold into their bounds."""
+        st, move = self.state, KINDS[kind]
+        p = st.inst["pnode"][recs].astype(np.int64)
+        s = st.inst["snode"][recs].astype(np.int64)
+        rows = np.repeat(np.arange(len(recs)), len(cols))
+        tt = np.tile(cols, len(recs))
+        keep = (tt != p[rows]) & (tt != s[rows])
+        rows, tt = rows[keep], tt[keep]
+        if len(rows) == 0:
+            return
+        ii = recs[rows]
+        sc, det = self._score(stats, move, ii, tt, True)
+        feas = np.isfinite(sc)
+        if not feas.any():
+            return
+        rr, d, g, u = self._figures(rows, sc, det, feas)
+        starts = np.flatnonzero(np.r_[True, rows[feas][1:] != rows[feas][:-1]])
+        r_ids = recs[rr]
+        lo = np.minimum.reduceat(sc[feas], starts) - base + self.drift[kind, r_ids]
+        self.aux[kind, r_ids] = np.minimum(self.aux[kind, r_ids], lo)
+        self.dmax[kind, r_ids] = np.maximum(self.dmax[kind, r_ids], d)
+        self.gmax[kind, r_ids] = np.maximum(self.gmax[kind, r_ids], g)
+        self.umin[kind, r_ids] = np.minimum(self.umin[kind, r_ids], u)
+
+    def _figures(
+        self, rows: np.ndarray, sc: np.ndarray, det: dict[str, np.ndarray], feas: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per row (``rows`` sorted) over its feasible candidates: the largest change of
+        each deviation component's sum, of its value, and the smallest variance after."""
+        fr = rows[feas]
+        starts = np.flatnonzero(np.r_[True, fr[1:] != fr[:-1]])
+        u = det["u"][feas]
+        d = np.maximum.reduceat(np.abs(det["d"][feas]), starts, axis=0)
+        g = np.maximum.reduceat(np.abs(np.sqrt(u) - self._std_now), starts, axis=0)
+        return fr[starts], d, g, np.minimum.reduceat(u, starts, axis=0)
+
+    def _collect(
+        self,
+        pool: list[tuple],
+        sc: np.ndarray,
+        ii: np.ndarray,
+        move: Move,
+        tt: np.ndarray,
+        tp: np.ndarray | None,
+    ) -> float:
+        """Keep the candidates that may tie for the best; returns their lowest score."""
+        if len(sc) == 0:
+            return np.inf
+        m = float(sc.min())
+        if not np.isfinite(m):
+            return np.inf
+        sel = np.flatnonzero(sc <= m + _tol(m))
+        for j in sel:
+            t = int(tt[j])
+            # hbal's order: instance, then failover before any target, then
+            # target node, then the move kind's position in possibleMoves.
+            sub = 0 if tp is None else 1 + int(tp[j]) * 6 + _ORDER[move]
+            pool.append((float(sc[j]), (int(ii[j]), sub), int(ii[j]), move, t))
+        return m
+
+    # -- the step ------------------------------------------------------------
+
+    def best(self, cur_cv: float) -> tuple[float, int, Move, int] | None:
+        """hbal's best move (exact score, instance, kind, target or -1), or None.
+
+        ``cur_cv``: the cluster's current exact score; hbal only takes a move
+        that scores strictly below it."""
+        t0 = time.process_time()
+        cost = StepCost()
+        st = self.state
+        self.step += 1
+        for n in self.touched:
+            self.touched_at[n] = self.step
+        st.node_stack = np.stack([st.node[k] for k in NODE_COLS])
+        try:
+            return self._best(cur_cv, cost, t0)
+        finally:
+            st.node_stack = None
+
+    def _best(
+        self, cur_cv: float, cost: StepCost, t0: float
+    ) -> tuple[float, int, Move, int] | None:
+        st = self.state
+        stats = cluster_stats(st)
+        vals = base_values(stats)
+        self._std_now = vals[STD_COLS]
+        base = float(vals @ WEIGHTS)
+        ok = eligible(st, self.opts, self.allowed)
+        kinds = self._kinds(ok)
+        p = st.inst["pnode"].astype(np.int64)
+        s = st.inst["snode"].astype(np.int64)
+        if not self.incremental or self.prev is None:
+            dirty = kinds.copy()
+        else:
+            touched = np.zeros(len(st.node_names), dtype=bool)
+            touched[self.touched] = True
+            moved = touched[p] | ((s >= 0) & touched[np.maximum(s, 0)])
+            dirty = kinds & moved[None, :]
+            self._drift(self.prev, stats, kinds & ~dirty)
+            cols = np.array([n for n in self.touched if self.tpos[n] >= 0], dtype=np.int64)
+            if len(cols):
+                for kind in range(len(KINDS)):
+                    recs = np.flatnonzero(kinds[kind] & ~dirty[kind])
+                    per = max(1, 4 * BATCH_PAIRS // len(cols))
+                    for start in range(0, len(recs), per):
+                        chunk = recs[start : start + per]
+                        self._columns(stats, base, kind, chunk, cols)
+                        cost.pairs += len(chunk) * len(cols)
+        self.prev = stats
+        self.touched = []
+        pool: list[tuple] = []
+        thr = min(cur_cv, base)
+        # Failovers (no target): few, scored every step.
+        fo = np.flatnonzero(
+            ok & (st.mirror == MIRROR_INTERNAL) & (s >= 0)
+            & (self.tpos[np.maximum(s, 0)] >= 0) & self.opts.instance_moves
+        )  # fmt: skip
+        for start in range(0, len(fo), BATCH_PAIRS):
+            ii = fo[start : start + BATCH_PAIRS]
+            tt = np.full(len(ii), -1, dtype=np.int64)
+            sc, _ = self._score(stats, Move.FAILOVER, ii, np.zeros(len(ii), np.int64), False)
+            thr = min(thr, self._collect(pool, sc, ii, Move.FAILOVER, tt, None))
+            cost.pairs += len(ii)
+        nt = len(self.targets)
+        if nt:
+            # Bounds do not change within the step (only the best score falls):
+            # visit records by increasing bound until one is above the best.
+            nrec = kinds.shape[1]
+            lb = self._bounds(base, kinds, dirty).ravel()
+            order = np.flatnonzero(np.isfinite(lb) | (lb < 0))
+            order = order[np.argsort(lb[order], kind="stable")]
+            per = max(1, BATCH_PAIRS // nt)
+            # Records that must be rescored first (full batches per kind), then
+            # the others in small blocks, so the best score falls quickly and
+            # prunes the rest.
+            pos = int(np.count_nonzero(np.isneginf(lb[order])))
+            block = order[:pos]
+            while True:
+                block = block[lb[block] <= thr + _tol(thr)]
+                last = order[min(pos, len(order)) - 1] if pos > 0 else -1
+                if len(block) == 0 and last >= 0 and not np.isneginf(lb[last]):
+                    break  # sorted: every later bound is higher still
+                for kind in range(len(KINDS)):
+                    recs = np.sort(block[block // nrec == kind] % nrec)
+                    for start in range(0, len(recs), per):
+                        chunk = recs[start : start + per]
+                        thr = min(thr, self._full(stats, base, kind, chunk, pool))
+                        cost.records += len(chunk)
+                        cost.pairs += len(chunk) * nt
+                if pos >= len(order):
+                    break
+                block, pos = order[pos : pos + per], pos + per
+        result = self._pick(pool, thr, cur_cv)
+        cost.seconds = time.process_time() - t0
+        self.costs.append(cost)
+        return result
+
+    def _bounds(self, base: float, kinds: np.ndarray, dirty: np.ndarray) -> np.ndarray:
+        """Lower bound of each record's best score (-inf: must be scored; inf: no record)."""
+        valid = self.touched_at[self.top_t] <= self.evaluated[..., None]
+        best_valid = np.where(valid, self.top_g, np.inf).min(axis=-1)
+        gain = np.minimum(np.minimum(best_valid, self.tail), self.aux)
+        with np.errstate(invalid="ignore"):
+            lb = base + gain - self.drift
+        # No feasible candidate: nothing to find; an unbounded drift: must rescore.
+        lb = np.where(np.isposinf(gain), np.inf, np.where(np.isinf(self.drift), -np.inf, lb))
+        lb = np.where(dirty, -np.inf, lb)
+        return np.where(kinds, lb, np.inf)
+
+    def _pick(
+        self, pool: list[tuple], thr: float, cur_cv: float
+    ) -> tuple[float, int, Move, int] | None:
+        if not pool or not np.isfinite(thr):
+            return None
+        lim = thr + _tol(thr)
+        near = sorted((c for c in pool if c[0] <= lim), key=lambda c: c[1])
+        if not near:
+            return None
+        exact = exact_scores(self.state, self.tops, [(c[2], c[3], c[4]) for c in near])
+        # compareTables keeps the earlier table unless the later one is strictly better.
+        j = int(np.argmin(exact))
+        if not exact[j] < cur_cv:
+            return None
+        c = near[j]
+        return float(exact[j]), c[2], c[3], c[4]
