@@ -60,6 +60,11 @@ def _finite_float(text: str) -> float:
 _SURROGATE_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u([dD][89a-fA-F][0-9a-fA-F]{2})")
 
 
+#: A surrogate code point in a str (only a str that did not come from UTF-8
+#: bytes can hold one; it cannot be encoded back).
+_SURROGATE_CHAR = re.compile("[\ud800-\udfff]")
+
+
 def _lone_surrogate(text: str) -> bool:
     """Whether the JSON ``text`` escapes a surrogate that is not half of a pair.
 
@@ -129,10 +134,10 @@ def loads(
     else:
         text = data
         if not text.isascii():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise StrictJSONError(source, f"not UTF-8 (character {e.start})") from None
+            # (a search, not text.encode(): no copy of a large document)
+            bad = _SURROGATE_CHAR.search(text)
+            if bad is not None:
+                raise StrictJSONError(source, f"not UTF-8 (character {bad.start()})")
     if text.startswith("\ufeff"):
         raise StrictJSONError(source, "starts with a byte order mark")
 
