@@ -47,16 +47,14 @@ from collections.abc import Collection
 import attrs
 import numpy as np
 
+from maintd.decide.balance.kernel import context, drift_update, score_grid
 from maintd.decide.balance.moves import (
-    Batch,
     Move,
     PeerTops,
     Stats,
     base_values,
     cluster_stats,
     exact_scores,
-    score_outcome,
-    simulate,
 )
 from maintd.decide.balance.score import (
     MIRROR_EXTERNAL,
@@ -207,38 +205,11 @@ class Search:
         dv = np.abs(v1 - v0)
         r = np.sqrt(v0) + np.sqrt(v1)
         ds = np.abs(new.s[STD_COLS] - old.s[STD_COLS])
-        k, i = np.nonzero(active)
-        dmax, gmax, umin = self.dmax[k, i], self.gmax[k, i], self.umin[k, i]
-        h = 2.0 * ds * dmax / (n * n)
-        u1 = umin - dv - h
-        p = np.sqrt(np.maximum(umin, 0.0)) + np.sqrt(np.maximum(u1, 0.0))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            term = np.where(dv > 0, 2.0 * dv * gmax / r, 0.0)
-            x = 2.0 * (term + h) / p
-            ok = (p > 0) & ((dv == 0) | (dv < 0.5 * p * r))
-        x = np.where(ok, x, np.inf)
-        # Components no candidate of the record changes stay unchanged.
-        x = np.where((dmax == 0) & (gmax == 0) & (dv == 0), 0.0, x)
-        x = x * (1.0 + 1e-6) + 1e-15
-        self.gmax[k, i] = gmax + x
-        self.umin[k, i] = u1
-        self.drift[k, i] += x @ _W_STD
+        drift_update(
+            np.ascontiguousarray(active), dv, r, ds, n, self.dmax, self.gmax, self.umin, self.drift
+        )
 
     # -- scoring -----------------------------------------------------------
-
-    def _score(
-        self, stats: Stats, move: Move, ii: np.ndarray, tt: np.ndarray, grouped: bool
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        st = self.state
-        b = Batch(state=st, tops=self.tops, ii=ii, force=self.opts.ignore_soft_errors)
-        detail: dict[str, np.ndarray] = {}
-        if grouped and move != Move.FAILOVER:
-            uniq, inv = np.unique(ii, return_inverse=True)
-            bu = Batch(state=st, tops=self.tops, ii=uniq, force=b.force)
-            out = simulate(b, move, tt, bu, inv)
-        else:
-            out = simulate(b, move, tt)
-        return score_outcome(b, stats, out, detail), detail
 
     def _full(
         self, stats: Stats, base: float, kind: int, recs: np.ndarray, pool: list[tuple]
@@ -246,28 +217,10 @@ class Search:
         """Score records ``recs`` of ``kind`` on every target; reset their bounds.
 
         Returns the lowest score found."""
-        st, move = self.state, KINDS[kind]
+        move = KINDS[kind]
         nt = len(self.targets)
-        p = st.inst["pnode"][recs].astype(np.int64)
-        s = st.inst["snode"][recs].astype(np.int64)
-        rows = np.repeat(np.arange(len(recs)), nt)
-        tp = np.tile(np.arange(nt), len(recs))
-        tt = self.targets[tp]
-        keep = (tt != p[rows]) & (tt != s[rows])
-        rows, tp, tt = rows[keep], tp[keep], tt[keep]
-        ii = recs[rows]
-        mat = np.full((len(recs), nt), np.inf)
-        nr = len(recs)
-        dm, gm, um = np.zeros((nr, _NSTD)), np.zeros((nr, _NSTD)), np.full((nr, _NSTD), np.inf)
-        best = np.inf
-        if len(ii):
-            sc, det = self._score(stats, move, ii, tt, True)
-            mat[rows, tp] = sc
-            feas = np.isfinite(sc)
-            if feas.any():
-                r_ids, d, g, u = self._figures(rows, sc, det, feas)
-                dm[r_ids], gm[r_ids], um[r_ids] = d, g, u
-            best = self._collect(pool, sc, ii, move, tt, tp)
+        mat, dm, gm, um = score_grid(self._ctx, int(move), recs, self.targets)
+        best = self._collect(pool, mat, recs, move, self.targets, True)
         gains = mat - base
         k = min(TOP_K, nt)
         if k < nt:
@@ -294,63 +247,38 @@ class Search:
         self, stats: Stats, base: float, kind: int, recs: np.ndarray, cols: np.ndarray
     ) -> None:
         """Score records ``recs`` on the touched targets ``cols``; fold into their bounds."""
-        st, move = self.state, KINDS[kind]
-        p = st.inst["pnode"][recs].astype(np.int64)
-        s = st.inst["snode"][recs].astype(np.int64)
-        rows = np.repeat(np.arange(len(recs)), len(cols))
-        tt = np.tile(cols, len(recs))
-        keep = (tt != p[rows]) & (tt != s[rows])
-        rows, tt = rows[keep], tt[keep]
-        if len(rows) == 0:
-            return
-        ii = recs[rows]
-        sc, det = self._score(stats, move, ii, tt, True)
-        feas = np.isfinite(sc)
-        if not feas.any():
-            return
-        rr, d, g, u = self._figures(rows, sc, det, feas)
-        starts = np.flatnonzero(np.r_[True, rows[feas][1:] != rows[feas][:-1]])
-        r_ids = recs[rr]
-        lo = np.minimum.reduceat(sc[feas], starts) - base + self.drift[kind, r_ids]
-        self.aux[kind, r_ids] = np.minimum(self.aux[kind, r_ids], lo)
-        self.dmax[kind, r_ids] = np.maximum(self.dmax[kind, r_ids], d)
-        self.gmax[kind, r_ids] = np.maximum(self.gmax[kind, r_ids], g)
-        self.umin[kind, r_ids] = np.minimum(self.umin[kind, r_ids], u)
-
-    def _figures(
-        self, rows: np.ndarray, sc: np.ndarray, det: dict[str, np.ndarray], feas: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per row (``rows`` sorted) over its feasible candidates: the largest change of
-        each deviation component's sum, of its value, and the smallest variance after."""
-        fr = rows[feas]
-        starts = np.flatnonzero(np.r_[True, fr[1:] != fr[:-1]])
-        u = det["u"][feas]
-        d = np.maximum.reduceat(np.abs(det["d"][feas]), starts, axis=0)
-        g = np.maximum.reduceat(np.abs(np.sqrt(u) - self._std_now), starts, axis=0)
-        return fr[starts], d, g, np.minimum.reduceat(u, starts, axis=0)
+        mat, d, g, u = score_grid(self._ctx, int(KINDS[kind]), recs, cols)
+        # Rows without a feasible candidate give inf, 0, 0, inf: no change below.
+        lo = mat.min(axis=1) - base + self.drift[kind, recs]
+        self.aux[kind, recs] = np.minimum(self.aux[kind, recs], lo)
+        self.dmax[kind, recs] = np.maximum(self.dmax[kind, recs], d)
+        self.gmax[kind, recs] = np.maximum(self.gmax[kind, recs], g)
+        self.umin[kind, recs] = np.minimum(self.umin[kind, recs], u)
 
     def _collect(
         self,
         pool: list[tuple],
-        sc: np.ndarray,
-        ii: np.ndarray,
+        mat: np.ndarray,
+        recs: np.ndarray,
         move: Move,
-        tt: np.ndarray,
-        tp: np.ndarray | None,
+        targets: np.ndarray,
+        has_target: bool,
     ) -> float:
-        """Keep the candidates that may tie for the best; returns their lowest score."""
-        if len(sc) == 0:
+        """Keep the candidates of ``mat`` (records x targets) that may tie for
+        the best; returns their lowest score."""
+        if mat.size == 0:
             return np.inf
-        m = float(sc.min())
+        m = float(mat.min())
         if not np.isfinite(m):
             return np.inf
-        sel = np.flatnonzero(sc <= m + _tol(m))
-        for j in sel:
-            t = int(tt[j])
+        rows, cols = np.nonzero(mat <= m + _tol(m))
+        for r, j in zip(rows.tolist(), cols.tolist(), strict=True):
+            i = int(recs[r])
+            t = int(targets[j]) if has_target else -1
             # hbal's order: instance, then failover before any target, then
             # target node, then the move kind's position in possibleMoves.
-            sub = 0 if tp is None else 1 + int(tp[j]) * 6 + _ORDER[move]
-            pool.append((float(sc[j]), (int(ii[j]), sub), int(ii[j]), move, t))
+            sub = 1 + j * 6 + _ORDER[move] if has_target else 0
+            pool.append((float(mat[r, j]), (i, sub), i, move, t))
         return m
 
     # -- the step ------------------------------------------------------------
@@ -377,8 +305,8 @@ class Search:
     ) -> tuple[float, int, Move, int] | None:
         st = self.state
         stats = cluster_stats(st)
+        self._ctx = context(st, self.tops, stats, self.opts.ignore_soft_errors)
         vals = base_values(stats)
-        self._std_now = vals[STD_COLS]
         base = float(vals @ WEIGHTS)
         ok = eligible(st, self.opts, self.allowed)
         kinds = self._kinds(ok)
@@ -410,12 +338,11 @@ class Search:
             ok & (st.mirror == MIRROR_INTERNAL) & (s >= 0)
             & (self.tpos[np.maximum(s, 0)] >= 0) & self.opts.instance_moves
         )  # fmt: skip
-        for start in range(0, len(fo), BATCH_PAIRS):
-            ii = fo[start : start + BATCH_PAIRS]
-            tt = np.full(len(ii), -1, dtype=np.int64)
-            sc, _ = self._score(stats, Move.FAILOVER, ii, np.zeros(len(ii), np.int64), False)
-            thr = min(thr, self._collect(pool, sc, ii, Move.FAILOVER, tt, None))
-            cost.pairs += len(ii)
+        if len(fo):
+            none = np.array([-1], dtype=np.int64)
+            sc = score_grid(self._ctx, int(Move.FAILOVER), fo, none, skip_own=False)[0]
+            thr = min(thr, self._collect(pool, sc, fo, Move.FAILOVER, none, False))
+            cost.pairs += len(fo)
         nt = len(self.targets)
         if nt:
             # Bounds do not change within the step (only the best score falls):
