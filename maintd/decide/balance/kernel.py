@@ -87,6 +87,20 @@ _jit = njit(cache=True, error_model="numpy", nogil=True)
 
 
 @_jit
+def _load(r, node, k):  # type: ignore[no-untyped-def]
+    """r[:] = node[k], without a view (no reference counting)."""
+    for c in range(NCOL):
+        r[c] = node[k, c]
+
+
+@_jit
+def _copy2(dst, src):  # type: ignore[no-untyped-def]
+    for c in range(20):
+        dst[0, c] = src[0, c]
+        dst[1, c] = src[1, c]
+
+
+@_jit
 def _unalloc(r):  # type: ignore[no-untyped-def]
     return math.trunc(r[TMEM]) - r[NMEM] - r[IMEM] - r[XPOS]
 
@@ -372,6 +386,7 @@ def _grid(  # type: ignore[no-untyped-def]
     share = nl == 0 and kind != FAILOVER
     acc0 = np.zeros((3, 20))  # the record's shared slots
     acc = np.zeros((3, 20))
+    acc_s = np.zeros((3, 20))  # the secondary's slot (REPLACE_AND_FAILOVER)
     iv = np.zeros(len(_INST))
     rp = np.zeros(NCOL)
     rs = np.zeros(NCOL)
@@ -379,6 +394,7 @@ def _grid(  # type: ignore[no-untyped-def]
     src_s = np.zeros(NCOL)
     dv = np.zeros(NSTD)
     uv = np.zeros(NSTD)
+    gv = np.zeros(NSTD)
     for r in range(recs.shape[0]):
         i = recs[r]
         iv[:] = inst[i]
@@ -406,25 +422,28 @@ def _grid(  # type: ignore[no-untyped-def]
         src_fail = False
         if share:
             if kind == FAILOVER_TO_ANY or kind == REPLACE_PRIMARY:
-                rp[:] = node[p]
+                _load(rp, node, p)
                 remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
                 _slot(rp, acc0, mt, p, on[p], off[p])
             elif kind == REPLACE_SECONDARY:
-                rp[:] = node[p]
+                _load(rp, node, p)
                 remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
                 src_fail = add_pri(rp, iv, 0.0, dsrd_p, False, _count(excl, ptags, i, p, -1, 0))
                 _slot(rp, acc0, mt, p, on[p], off[p])
-                rs[:] = node[s]
+                _load(rs, node, s)
                 remove_sec(rs, iv, pe_sp, oth_s)
                 _slot(rs, acc0, mt, s, on[s], off[s])
             elif kind == REPLACE_AND_FAILOVER:
-                src_s[:] = node[s]
+                # The secondary's slot comes second: its change is added per target.
+                _load(src_s, node, s)
                 remove_sec(src_s, iv, pe_sp, oth_s)
+                acc_s[:2] = 0.0
+                _slot(src_s, acc_s, mt, s, on[s], off[s])
             elif kind == FAILOVER_AND_REPLACE:
-                rp[:] = node[p]
+                _load(rp, node, p)
                 remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
                 _slot(rp, acc0, mt, p, on[p], off[p])
-                rs[:] = node[s]
+                _load(rs, node, s)
                 remove_sec(rs, iv, pe_sp, oth_s)
                 strict = not (p_off or force)
                 src_fail = add_pri(rs, iv, 0.0, dsrd_s, strict, _count(excl, ptags, i, s, 0, 0))
@@ -438,7 +457,7 @@ def _grid(  # type: ignore[no-untyped-def]
             if skip_own and (t == p or t == s):
                 mat[r, k] = np.inf
                 continue
-            acc[:2] = acc0[:2]
+            _copy2(acc, acc0)
             fail = src_fail
             if t >= 0:
                 dsrd_t = desired_n[i]
@@ -447,100 +466,107 @@ def _grid(  # type: ignore[no-untyped-def]
                         dsrd_t -= 1
             else:
                 dsrd_t = 0.0
+            # The node operations (and htools' checks) first; the score only
+            # for feasible candidates.
             if kind == FAILOVER:
                 strict = not (p_off or force)
                 fail = has_mig and not mig_ok[p, s]
-                rs[:] = node[s]
+                _load(rs, node, s)
                 remove_sec(rs, iv, pe_sp, oth_s)
                 fail |= add_pri(rs, iv, ls_old, dsrd_s, strict, _count(excl, ptags, i, s, 0, 0))
-                rp[:] = node[p]
+                _load(rp, node, p)
                 remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
                 fail |= add_sec(rp, iv, float(peers[p, s]), strict, p_off)
-                _slot(rp, acc, mt, p, on[p], off[p])
-                _slot(rs, acc, mt, s, on[s], off[s])
                 new_p = s
             elif kind == FAILOVER_TO_ANY:
                 strict = not (p_off or force)
                 fail |= has_mig and not mig_ok[p, t]
-                rt[:] = node[t]
+                _load(rt, node, t)
                 fail |= add_pri(rt, iv, ls_old, dsrd_t, strict, _count(excl, ptags, i, t, 0, 0))
                 if not share:
-                    rp[:] = node[p]
+                    _load(rp, node, p)
                     remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
-                    _slot(rp, acc, mt, p, on[p], off[p])
-                _slot(rt, acc, mt, t, on[t], off[t])
                 new_p = t
             elif kind == REPLACE_PRIMARY:
                 strict = not (p_off or force)
                 ls_new = _common(loc, t, s)
                 fail |= has_mig and (not mig_ok[p, s] or not mig_ok[s, t])
-                rs[:] = node[s]
+                _load(rs, node, s)
                 remove_sec(rs, iv, pe_sp, oth_s)
                 fail |= add_pri(rs, iv, ls_new, dsrd_s, strict, _count(excl, ptags, i, s, 0, 0))
                 remove_pri(rs, iv, ls_new, dsrd_s, _count(excl, ptags, i, s, 1, 1))
-                rt[:] = node[t]
+                _load(rt, node, t)
                 fail |= add_pri(rt, iv, ls_new, dsrd_t, strict, _count(excl, ptags, i, t, 0, 0))
                 fail |= add_sec(rs, iv, float(peers[s, t]), strict, False)
                 if not share:
-                    rp[:] = node[p]
+                    _load(rp, node, p)
                     remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
-                    _slot(rp, acc, mt, p, on[p], off[p])
-                _slot(rs, acc, mt, s, on[s], off[s])
-                _slot(rt, acc, mt, t, on[t], off[t])
                 new_p = t
             elif kind == REPLACE_SECONDARY:
                 strict = not (s_off or force)
-                rt[:] = node[t]
+                _load(rt, node, t)
                 fail |= add_sec(rt, iv, float(peers[t, p]), strict, False)
                 if not share:
                     ls_new = _common(loc, p, t)
-                    rp[:] = node[p]
+                    _load(rp, node, p)
                     remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
                     fail |= add_pri(rp, iv, ls_new, dsrd_p, False, _count(excl, ptags, i, p, -1, 0))
-                    _slot(rp, acc, mt, p, on[p], off[p])
-                    rs[:] = node[s]
+                    _load(rs, node, s)
                     remove_sec(rs, iv, pe_sp, oth_s)
-                    _slot(rs, acc, mt, s, on[s], off[s])
-                _slot(rt, acc, mt, t, on[t], off[t])
                 new_p = p
             elif kind == REPLACE_AND_FAILOVER:
                 strict_s = not (s_off or force)
                 ls_new = _common(loc, t, p)
                 fail |= has_mig and not mig_ok[p, t]
-                rt[:] = node[t]
+                _load(rt, node, t)
                 fail |= add_pri(rt, iv, ls_new, dsrd_t, not force, _count(excl, ptags, i, t, 0, 0))
-                rp[:] = node[p]
+                _load(rp, node, p)
                 remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
                 fail |= add_sec(rp, iv, float(peers[p, t]), strict_s, False)
-                _slot(rp, acc, mt, p, on[p], off[p])
-                if share:
-                    rs[:] = src_s
-                else:
-                    rs[:] = node[s]
+                if not share:
+                    _load(rs, node, s)
                     remove_sec(rs, iv, pe_sp, oth_s)
-                _slot(rs, acc, mt, s, on[s], off[s])
-                _slot(rt, acc, mt, t, on[t], off[t])
                 new_p = t
             else:  # FAILOVER_AND_REPLACE
                 strict = not (p_off or force)
                 fail |= has_mig and not mig_ok[p, s]
                 if not share:
                     ls_new = _common(loc, s, t)
-                    rs[:] = node[s]
+                    _load(rs, node, s)
                     remove_sec(rs, iv, pe_sp, oth_s)
                     fail |= add_pri(rs, iv, ls_new, dsrd_s, strict, _count(excl, ptags, i, s, 0, 0))
-                rt[:] = node[t]
+                _load(rt, node, t)
                 fail |= add_sec(rt, iv, float(peers[t, s]), strict, False)
                 if not share:
-                    rp[:] = node[p]
+                    _load(rp, node, p)
                     remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
-                    _slot(rp, acc, mt, p, on[p], off[p])
-                    _slot(rs, acc, mt, s, on[s], off[s])
-                _slot(rt, acc, mt, t, on[t], off[t])
                 new_p = s
             if fail:
                 mat[r, k] = np.inf
                 continue
+            # The slots' changes, in simulate's slot order (primary, secondary,
+            # target); the shared ones are already in acc.
+            if kind == FAILOVER:
+                _slot(rp, acc, mt, p, on[p], off[p])
+                _slot(rs, acc, mt, s, on[s], off[s])
+            elif kind == REPLACE_AND_FAILOVER:
+                _slot(rp, acc, mt, p, on[p], off[p])
+                if share:
+                    # x + 0.0 == x: the same sums as adding the slot here.
+                    for c in range(20):
+                        acc[0, c] += acc_s[0, c]
+                        acc[1, c] += acc_s[1, c]
+                else:
+                    _slot(rs, acc, mt, s, on[s], off[s])
+                _slot(rt, acc, mt, t, on[t], off[t])
+            else:
+                if not share:
+                    _slot(rp, acc, mt, p, on[p], off[p])
+                    if kind != FAILOVER_TO_ANY:
+                        _slot(rs, acc, mt, s, on[s], off[s])
+                elif kind == REPLACE_PRIMARY:
+                    _slot(rs, acc, mt, s, on[s], off[s])
+                _slot(rt, acc, mt, t, on[t], off[t])
             # The score (score_outcome's formulas) and the deviation figures.
             sc = 0.0
             j = 0
@@ -555,10 +581,11 @@ def _grid(  # type: ignore[no-untyped-def]
                     var = (q_sum[c] + acc[1, c]) / n - mean * mean
                     if var < 0.0:
                         var = 0.0
+                    v = math.sqrt(var)
                     uv[j] = var
                     dv[j] = acc[0, c]
+                    gv[j] = v
                     j += 1
-                    v = math.sqrt(var)
                 else:
                     v = s_sum[c] + acc[0, c]
                 sc += v * _W[c]
@@ -570,7 +597,7 @@ def _grid(  # type: ignore[no-untyped-def]
                 a = abs(dv[j])
                 if a > dm[r, j]:
                     dm[r, j] = a
-                g = abs(math.sqrt(uv[j]) - std_now[j])
+                g = abs(gv[j] - std_now[j])
                 if g > gm[r, j]:
                     gm[r, j] = g
                 if uv[j] < um[r, j]:
@@ -578,9 +605,15 @@ def _grid(  # type: ignore[no-untyped-def]
 
 
 @_jit
-def drift_update(active, dv, rr, ds, n, dmax, gmax, umin, drift):  # type: ignore[no-untyped-def]
-    """search.Search._drift's bound widening, in place, for the ``active`` records
-    ((kinds, instances) mask; dmax/gmax/umin are (kinds, instances, NSTD))."""
+def drift_update(active, v0, v1, ds, n, dmax, gmax, umin, drift):  # type: ignore[no-untyped-def]
+    """Widen the ``active`` records' bounds (search.Search._drift) in place.
+
+    ``v0``/``v1``: each deviation component's variance before/after the
+    cluster's last change, ``ds`` the change of its sum; dmax/gmax/umin/drift
+    are the records' figures ((kinds, instances, NSTD) and (kinds, instances)).
+    The bound ``x`` on the change of each component's gain is argued in
+    search.py's docstring.
+    """
     nk, ni = active.shape
     w = _W[_STD]
     for k in range(nk):
@@ -589,17 +622,30 @@ def drift_update(active, dv, rr, ds, n, dmax, gmax, umin, drift):  # type: ignor
                 continue
             tot = 0.0
             for j in range(NSTD):
+                dv = abs(v1[j] - v0[j])
+                rr = math.sqrt(v0[j]) + math.sqrt(v1[j])
+                droot = abs(math.sqrt(v1[j]) - math.sqrt(v0[j]))
                 dmx, gmx, umn = dmax[k, i, j], gmax[k, i, j], umin[k, i, j]
                 h = 2.0 * ds[j] * dmx / (n * n)
-                u1 = umn - dv[j] - h
+                u1 = umn - dv - h
                 p = math.sqrt(max(umn, 0.0)) + math.sqrt(max(u1, 0.0))
-                if dmx == 0 and gmx == 0 and dv[j] == 0:
+                if dmx == 0 and gmx == 0 and dv == 0:
                     x = 0.0
-                elif p > 0 and (dv[j] == 0 or dv[j] < 0.5 * p * rr[j]):
-                    term = 2.0 * dv[j] * gmx / rr[j] if dv[j] > 0 else 0.0
-                    x = 2.0 * (term + h) / p
                 else:
-                    x = np.inf
+                    # First order, always valid: |sqrt a - sqrt b| <= sqrt|a - b|.
+                    e = dv + h
+                    x = math.sqrt(e)
+                    if p > 0 and e / p < x:
+                        x = e / p
+                    x += droot
+                    # Second order (the changes of sqrt u and sqrt v cancel).
+                    if p > 0 and (dv == 0 or dv < p * rr):
+                        if dv == 0:
+                            x2 = h / p
+                        else:
+                            x2 = (2.0 * dv * gmx / rr + h) / (p - dv / rr)
+                        if x2 < x:
+                            x = x2
                 x = x * (1.0 + 1e-6) + 1e-15
                 gmax[k, i, j] = gmx + x
                 umin[k, i, j] = u1

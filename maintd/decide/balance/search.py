@@ -107,6 +107,10 @@ class StepCost:
     seconds: float = 0.0
     pairs: int = 0
     records: int = 0
+    #: Records that had to be rescored (their instance's nodes changed).
+    dirty: int = 0
+    #: Candidate pairs scored on the touched target nodes only.
+    column_pairs: int = 0
 
 
 def eligible(state: State, opts: SearchOptions, allowed: np.ndarray) -> np.ndarray:
@@ -201,12 +205,16 @@ class Search:
             mean = st.s[STD_COLS] / n
             return np.maximum(st.q[STD_COLS] / n - mean * mean, 0.0)
 
-        v0, v1 = var(old), var(new)
-        dv = np.abs(v1 - v0)
-        r = np.sqrt(v0) + np.sqrt(v1)
-        ds = np.abs(new.s[STD_COLS] - old.s[STD_COLS])
         drift_update(
-            np.ascontiguousarray(active), dv, r, ds, n, self.dmax, self.gmax, self.umin, self.drift
+            np.ascontiguousarray(active),
+            var(old),
+            var(new),
+            np.abs(new.s[STD_COLS] - old.s[STD_COLS]),
+            n,
+            self.dmax,
+            self.gmax,
+            self.umin,
+            self.drift,
         )
 
     # -- scoring -----------------------------------------------------------
@@ -329,6 +337,7 @@ class Search:
                         chunk = recs[start : start + per]
                         self._columns(stats, base, kind, chunk, cols)
                         cost.pairs += len(chunk) * len(cols)
+                        cost.column_pairs += len(chunk) * len(cols)
         self.prev = stats
         self.touched = []
         pool: list[tuple] = []
@@ -356,6 +365,7 @@ class Search:
             # the others in small blocks, so the best score falls quickly and
             # prunes the rest.
             pos = int(np.count_nonzero(np.isneginf(lb[order])))
+            cost.dirty = pos
             block = order[:pos]
             while True:
                 block = block[lb[block] <= thr + _tol(thr)]
