@@ -77,6 +77,9 @@ _W = np.array(WEIGHTS, dtype=np.float64)
 _KIND = np.array([1 if c in (4, 5) else (2 if c == MAP_COL else 0) for c in range(20)])
 _ISSTD = np.zeros(20, dtype=np.bool_)
 _ISSTD[_STD] = True
+#: Components the secondary operations can change (see _slot).
+_SECDEP = np.zeros(20, dtype=np.bool_)
+_SECDEP[[1, 2, 3, 4, 9, 12, 14, 16, 19]] = True
 NSTD = len(_STD)
 
 # Move kinds (moves.Move values).
@@ -284,37 +287,43 @@ def _pdsk(excl, fsp, tsp, fdsk, tdsk):  # type: ignore[no-untyped-def]
 
 
 @_jit
-def _slot(r, acc, mt, node, on, off):  # type: ignore[no-untyped-def]
+def _slot(r, acc, mt, node, on, off, sec_only):  # type: ignore[no-untyped-def]
     """Add node ``node``'s change of components (new row ``r``; its metrics
-    as score.metric_columns) to acc[0] (sums) and acc[1] (sums of squares)."""
+    as score.metric_columns) to acc[0] (sums) and acc[1] (sums of squares).
+
+    ``sec_only``: only secondary operations (removeSec/addSecExEx) changed
+    the row, so the components of the columns they leave alone are skipped
+    (their change is exactly 0 either way)."""
     if not (on or off):
         return
     m = acc[2]
     tmem = r[TMEM]
-    m[0] = (math.trunc(tmem) - r[NMEM] - r[IMEM] - r[XPOS]) / tmem
     m[1] = _pdsk(r[EXCL], r[FSP], r[TSP], r[FDSK], r[TDSK])
     m[2] = r[NSEC] + r[NPRI] if r[FAILN1] != 0 else 0.0
     prem = r[RMEM] / tmem
     m[3] = prem
     m[4] = r[NSEC] + r[NPRI]
-    m[5] = r[NPRI]
-    m[6] = r[UCPU] / r[TCPU] / r[SPEED]
-    m[7] = r[UCPU_L]
-    m[8] = r[UMEM_L] / r[POOL_M]
     m[9] = r[UDSK_L]
-    m[10] = r[UNET_L]
-    m[11] = r[CONF]
     m[12] = r[INSTSP] / r[HISP]
-    m[13] = r[FMEMF] / tmem
     m[14] = _pdsk(r[EXCL], r[FSPF], r[TSP], r[FDSKF], r[TDSK])
-    m[15] = r[UCPUF] / r[TCPU] / r[SPEED]
     m[16] = r[INSTSPF] / r[HISP]
-    m[17] = r[LOCSCORE]
-    m[18] = 0.0
     m[19] = prem
+    if not sec_only:
+        m[0] = (math.trunc(tmem) - r[NMEM] - r[IMEM] - r[XPOS]) / tmem
+        m[5] = r[NPRI]
+        m[6] = r[UCPU] / r[TCPU] / r[SPEED]
+        m[7] = r[UCPU_L]
+        m[8] = r[UMEM_L] / r[POOL_M]
+        m[10] = r[UNET_L]
+        m[11] = r[CONF]
+        m[13] = r[FMEMF] / tmem
+        m[15] = r[UCPUF] / r[TCPU] / r[SPEED]
+        m[17] = r[LOCSCORE]
     for c in range(20):
         k = _KIND[c]
         if k == 2 or (k == 1 and not off) or (k == 0 and not on):
+            continue
+        if sec_only and not _SECDEP[c]:
             continue
         old = mt[node, c]
         new = m[c]
@@ -424,30 +433,30 @@ def _grid(  # type: ignore[no-untyped-def]
             if kind == FAILOVER_TO_ANY or kind == REPLACE_PRIMARY:
                 _load(rp, node, p)
                 remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
-                _slot(rp, acc0, mt, p, on[p], off[p])
+                _slot(rp, acc0, mt, p, on[p], off[p], False)
             elif kind == REPLACE_SECONDARY:
                 _load(rp, node, p)
                 remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
                 src_fail = add_pri(rp, iv, 0.0, dsrd_p, False, _count(excl, ptags, i, p, -1, 0))
-                _slot(rp, acc0, mt, p, on[p], off[p])
+                _slot(rp, acc0, mt, p, on[p], off[p], False)
                 _load(rs, node, s)
                 remove_sec(rs, iv, pe_sp, oth_s)
-                _slot(rs, acc0, mt, s, on[s], off[s])
+                _slot(rs, acc0, mt, s, on[s], off[s], True)
             elif kind == REPLACE_AND_FAILOVER:
                 # The secondary's slot comes second: its change is added per target.
                 _load(src_s, node, s)
                 remove_sec(src_s, iv, pe_sp, oth_s)
                 acc_s[:2] = 0.0
-                _slot(src_s, acc_s, mt, s, on[s], off[s])
+                _slot(src_s, acc_s, mt, s, on[s], off[s], True)
             elif kind == FAILOVER_AND_REPLACE:
                 _load(rp, node, p)
                 remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
-                _slot(rp, acc0, mt, p, on[p], off[p])
+                _slot(rp, acc0, mt, p, on[p], off[p], False)
                 _load(rs, node, s)
                 remove_sec(rs, iv, pe_sp, oth_s)
                 strict = not (p_off or force)
                 src_fail = add_pri(rs, iv, 0.0, dsrd_s, strict, _count(excl, ptags, i, s, 0, 0))
-                _slot(rs, acc0, mt, s, on[s], off[s])
+                _slot(rs, acc0, mt, s, on[s], off[s], False)
         for j in range(NSTD):
             dm[r, j] = 0.0
             gm[r, j] = 0.0
@@ -547,26 +556,26 @@ def _grid(  # type: ignore[no-untyped-def]
             # The slots' changes, in simulate's slot order (primary, secondary,
             # target); the shared ones are already in acc.
             if kind == FAILOVER:
-                _slot(rp, acc, mt, p, on[p], off[p])
-                _slot(rs, acc, mt, s, on[s], off[s])
+                _slot(rp, acc, mt, p, on[p], off[p], False)
+                _slot(rs, acc, mt, s, on[s], off[s], False)
             elif kind == REPLACE_AND_FAILOVER:
-                _slot(rp, acc, mt, p, on[p], off[p])
+                _slot(rp, acc, mt, p, on[p], off[p], False)
                 if share:
                     # x + 0.0 == x: the same sums as adding the slot here.
                     for c in range(20):
                         acc[0, c] += acc_s[0, c]
                         acc[1, c] += acc_s[1, c]
                 else:
-                    _slot(rs, acc, mt, s, on[s], off[s])
-                _slot(rt, acc, mt, t, on[t], off[t])
+                    _slot(rs, acc, mt, s, on[s], off[s], True)
+                _slot(rt, acc, mt, t, on[t], off[t], False)
             else:
                 if not share:
-                    _slot(rp, acc, mt, p, on[p], off[p])
+                    _slot(rp, acc, mt, p, on[p], off[p], False)
                     if kind != FAILOVER_TO_ANY:
-                        _slot(rs, acc, mt, s, on[s], off[s])
+                        _slot(rs, acc, mt, s, on[s], off[s], kind == REPLACE_SECONDARY)
                 elif kind == REPLACE_PRIMARY:
-                    _slot(rs, acc, mt, s, on[s], off[s])
-                _slot(rt, acc, mt, t, on[t], off[t])
+                    _slot(rs, acc, mt, s, on[s], off[s], False)
+                _slot(rt, acc, mt, t, on[t], off[t], kind == REPLACE_SECONDARY or kind == FAILOVER_AND_REPLACE)
             # The score (score_outcome's formulas) and the deviation figures.
             sc = 0.0
             j = 0
