@@ -201,6 +201,10 @@ def main() -> None:
                 print(f"  same first {min(len(h_lines), len(mine))} moves, lengths differ")
             else:
                 print("  move lists identical")
+            print(
+                f"  scoring kernel: {doc.get('kernel_seconds', 0.0):.2f} s CPU to compile or load "
+                "from numba's cache (before step 1)"
+            )
             steps = doc.get("step_seconds", [])
             h_step = [b - a for a, b in zip([0.0, *stamps], stamps, strict=False)]
             print(f"  {'step':>6} {'ours cpu s':>11} {'hbal wall s':>12} {'ratio':>7}")

@@ -121,7 +121,9 @@ def compare(test: SynchronousTestCase, state: State, force: bool) -> int:
         for r in np.unique(rows[fw]):
             sel = fw & (rows == r)
             u = det["u"][sel]
-            np.testing.assert_allclose(dm[r], np.abs(det["d"][sel]).max(axis=0), rtol=REL, atol=1e-9)
+            np.testing.assert_allclose(
+                dm[r], np.abs(det["d"][sel]).max(axis=0), rtol=REL, atol=1e-9
+            )
             np.testing.assert_allclose(
                 gm[r], np.abs(np.sqrt(u) - std_now).max(axis=0), rtol=1e-9, atol=1e-12
             )
@@ -139,7 +141,10 @@ class KernelAgreesWithNumPy(SynchronousTestCase):
         insts=st.integers(1, 60),
         seed=st.integers(0, 10_000),
         flags=st.fixed_dictionaries(
-            {k: st.booleans() for k in ("excl", "loc", "desired", "mig", "offline", "forth", "exclusive")}
+            {
+                k: st.booleans()
+                for k in ("excl", "loc", "desired", "mig", "offline", "forth", "exclusive")
+            }
         ),
         force=st.booleans(),
     )
@@ -148,7 +153,9 @@ class KernelAgreesWithNumPy(SynchronousTestCase):
         compare(self, build_state(c), force)
 
     def test_all_features_at_once(self) -> None:
-        flags = dict.fromkeys(("excl", "loc", "desired", "mig", "offline", "forth", "exclusive"), True)
+        flags = dict.fromkeys(
+            ("excl", "loc", "desired", "mig", "offline", "forth", "exclusive"), True
+        )
         total = 0
         for seed in range(4):
             c = decorate(generate_cluster(10, 50, seed=seed), seed, flags)

@@ -21,9 +21,29 @@ scoring only the candidates that can still be the best:
   nodes.  For the other candidates only the cluster-wide sums changed: the
   gain of a sum component is unchanged, and the gain of a standard
   deviation drifts by at most a bound computed from the records' figures
-  and the change of the cluster's sums (second order: the product of the
-  move's change and the candidate's change).  The bounds accumulate until
-  the record is scored again.
+  and the change of the cluster's sums.  The bounds accumulate until the
+  record is scored again.
+* The drift bound (``kernel.drift_update``), per deviation component: a
+  candidate changes the component's sum by ``d`` (|d| <= dmax) and leaves
+  variance ``u`` (u >= umin); its gain is ``g = sqrt(u) - sqrt(v)`` (|g| <=
+  gmax) where ``v`` is the cluster's variance.  When the cluster's sums
+  move (sum by ``dS``, variance from v0 to v1, dv = |v1 - v0|) without the
+  candidate's nodes, its new variance is ``u' = u + (v1 - v0) - 2 d dS /
+  n^2``, so |u' - u| <= dv + h with h = 2 |dS| dmax / n^2, and u' >= u1 =
+  umin - dv - h.  With P = sqrt(u) + sqrt(u') >= p = sqrt(umin) +
+  sqrt(max(u1, 0)) and r = sqrt(v0) + sqrt(v1), the gain moves by
+  X = |(sqrt(u') - sqrt(u)) - (sqrt(v1) - sqrt(v0))|, bounded two ways:
+  first order, X <= min(sqrt(dv + h), (dv + h) / p) + |sqrt(v1) -
+  sqrt(v0)| (|sqrt a - sqrt b| <= sqrt|a - b|; always finite); second
+  order, writing the difference as -(v1 - v0)(g + g') / (P r) - e / P
+  (|e| <= h, |g'| <= gmax + X) gives X (P - dv / r) <= 2 gmax dv / r + h,
+  so X <= (2 gmax dv / r + h) / (p - dv / r) when dv < p r.  The smaller
+  bound is taken (both hold), widened by 1e-6 relative plus 1e-15 for
+  rounding; gmax grows by X and umin becomes u1.
+* Candidates are scored by a compiled kernel (:mod:`~maintd.decide.balance.
+  kernel`, numba): the same arithmetic as ``moves.simulate`` +
+  ``moves.score_outcome`` one candidate at a time (``tests.
+  test_balance_kernel`` ties the two to 1e-12 relative).
 * A record whose lower bound (its best untouched gain, or its K-th gain
   when all K targets were touched, or the best touched-target gain, minus
   the accumulated drift) is above the best score found so far (plus a
