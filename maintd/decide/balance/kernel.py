@@ -670,6 +670,64 @@ def drift_update(active, v0, v1, ds, n, dmax, gmax, umin, drift):  # type: ignor
             drift[k, i] += tot
 
 
+@_jit
+def fold_full(  # type: ignore[no-untyped-def]
+    mat, dm, gm, um, base, recs, targets, step, top_g, top_t, tail, aux, drift, evaluated,
+    dmax, gmax, umin,
+):  # fmt: skip
+    """search.Search._full's bookkeeping: reset the bounds of records ``recs``
+    (one kind's arrays) from their scores on every target ``mat``: the K best
+    gains (ascending) with their targets, the K-th as the tail bound."""
+    kk = top_g.shape[1]
+    for r in range(recs.shape[0]):
+        i = recs[r]
+        for q in range(kk):
+            top_g[i, q] = np.inf
+            top_t[i, q] = targets[0]
+        for j in range(targets.shape[0]):
+            g = mat[r, j] - base
+            if not g < top_g[i, kk - 1]:
+                continue
+            q = kk - 1
+            while q > 0 and g < top_g[i, q - 1]:
+                top_g[i, q] = top_g[i, q - 1]
+                top_t[i, q] = top_t[i, q - 1]
+                q -= 1
+            top_g[i, q] = g
+            top_t[i, q] = targets[j]
+        tail[i] = top_g[i, kk - 1]
+        aux[i] = np.inf
+        drift[i] = 0.0
+        evaluated[i] = step
+        for j in range(NSTD):
+            dmax[i, j] = dm[r, j]
+            gmax[i, j] = gm[r, j]
+            umin[i, j] = um[r, j]
+
+
+@_jit
+def fold_columns(mat, dm, gm, um, base, recs, aux, drift, dmax, gmax, umin):  # type: ignore[no-untyped-def]
+    """search.Search._columns' bookkeeping: fold the records' scores on the
+    touched targets (``mat``) and their figures into their bounds (one kind's
+    arrays).  Rows without a feasible candidate (inf, 0, 0, inf) change nothing."""
+    for r in range(recs.shape[0]):
+        i = recs[r]
+        lo = np.inf
+        for j in range(mat.shape[1]):
+            if mat[r, j] < lo:
+                lo = mat[r, j]
+        lo = lo - base + drift[i]
+        if lo < aux[i]:
+            aux[i] = lo
+        for j in range(NSTD):
+            if dm[r, j] > dmax[i, j]:
+                dmax[i, j] = dm[r, j]
+            if gm[r, j] > gmax[i, j]:
+                gmax[i, j] = gm[r, j]
+            if um[r, j] < umin[i, j]:
+                umin[i, j] = um[r, j]
+
+
 Ctx = namedtuple(
     "Ctx",
     "node inst peers top1 arg1 top2 mt on off s q n map_value std_now "
@@ -760,8 +818,15 @@ def warm_up() -> float:
     st = build_state(generate_cluster(3, 4, seed=1))
     stats = cluster_stats(st)
     ctx = context(st, PeerTops.of(st.peers), stats, False)
+    ni, nn = len(st.inst_names), len(st.node_names)
+    recs, targets = np.arange(ni), np.arange(nn)
     for kind in range(6):
-        score_grid(ctx, kind, np.arange(len(st.inst_names)), np.arange(3), kind != FAILOVER)
+        mat, dm, gm, um = score_grid(ctx, kind, recs, targets, kind != FAILOVER)
+    f1, fk = np.zeros(ni), np.zeros((ni, NSTD))
+    fold_full(mat, dm, gm, um, 0.0, recs, targets, 1, np.zeros((ni, 4)),
+              np.zeros((ni, 4), dtype=np.int64), f1, f1.copy(), f1.copy(),
+              np.zeros(ni, dtype=np.int64), fk, fk.copy(), fk.copy())  # fmt: skip
+    fold_columns(mat, dm, gm, um, 0.0, recs, f1, f1.copy(), fk, fk.copy(), fk.copy())
     one = np.ones((1, 1), dtype=np.bool_)
     z = np.zeros(NSTD)
     drift_update(one, z, z, z, 1.0, np.zeros((1, 1, NSTD)), np.zeros((1, 1, NSTD)),

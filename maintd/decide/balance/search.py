@@ -67,7 +67,13 @@ from collections.abc import Collection
 import attrs
 import numpy as np
 
-from maintd.decide.balance.kernel import context, drift_update, score_grid
+from maintd.decide.balance.kernel import (
+    context,
+    drift_update,
+    fold_columns,
+    fold_full,
+    score_grid,
+)
 from maintd.decide.balance.moves import (
     Move,
     PeerTops,
@@ -246,29 +252,13 @@ class Search:
 
         Returns the lowest score found."""
         move = KINDS[kind]
-        nt = len(self.targets)
         mat, dm, gm, um = score_grid(self._ctx, int(move), recs, self.targets)
         best = self._collect(pool, mat, recs, move, self.targets, True)
-        gains = mat - base
-        k = min(TOP_K, nt)
-        if k < nt:
-            part = np.argpartition(gains, k - 1, axis=1)[:, :k]
-        else:
-            part = np.broadcast_to(np.arange(nt), (len(recs), nt))
-        pg = np.take_along_axis(gains, part, axis=1)
-        order = np.argsort(pg, axis=1, kind="stable")
-        part = np.take_along_axis(part, order, axis=1)
-        pg = np.take_along_axis(pg, order, axis=1)
-        self.top_g[kind, recs] = np.inf
-        self.top_g[kind, recs, :k] = pg
-        self.top_t[kind, recs, :k] = self.targets[part]
-        self.tail[kind, recs] = pg[:, k - 1] if k == TOP_K else np.inf
-        self.aux[kind, recs] = np.inf
-        self.drift[kind, recs] = 0.0
-        self.evaluated[kind, recs] = self.step
-        self.dmax[kind, recs] = dm
-        self.gmax[kind, recs] = gm
-        self.umin[kind, recs] = um
+        fold_full(
+            mat, dm, gm, um, base, recs, self.targets, self.step, self.top_g[kind],
+            self.top_t[kind], self.tail[kind], self.aux[kind], self.drift[kind],
+            self.evaluated[kind], self.dmax[kind], self.gmax[kind], self.umin[kind],
+        )  # fmt: skip
         return best
 
     def _columns(
@@ -276,12 +266,10 @@ class Search:
     ) -> None:
         """Score records ``recs`` on the touched targets ``cols``; fold into their bounds."""
         mat, d, g, u = score_grid(self._ctx, int(KINDS[kind]), recs, cols)
-        # Rows without a feasible candidate give inf, 0, 0, inf: no change below.
-        lo = mat.min(axis=1) - base + self.drift[kind, recs]
-        self.aux[kind, recs] = np.minimum(self.aux[kind, recs], lo)
-        self.dmax[kind, recs] = np.maximum(self.dmax[kind, recs], d)
-        self.gmax[kind, recs] = np.maximum(self.gmax[kind, recs], g)
-        self.umin[kind, recs] = np.minimum(self.umin[kind, recs], u)
+        fold_columns(
+            mat, d, g, u, base, recs, self.aux[kind], self.drift[kind], self.dmax[kind],
+            self.gmax[kind], self.umin[kind],
+        )  # fmt: skip
 
     def _collect(
         self,
