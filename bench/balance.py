@@ -9,7 +9,9 @@ lists differ, the first differing move is printed (hbal's line and ours).
 A per-step cost curve follows each size: step number, our search's CPU
 seconds for that step, hbal's wall seconds for it (hbal runs on a pty, so
 its solution lines come out as it finds them and are timestamped), and the
-ratio.  Where a size gets a move cap, both tools get the same ``-l``; hbal
+ratio.  Before the curve, the CPU time our process spent compiling the
+numba scoring kernel (or loading it from numba's cache) is printed; it is
+not part of step 1.  Where a size gets a move cap, both tools get the same ``-l``; hbal
 runs under a time limit and shows ``timeout`` when it does not finish (its
 curve then stops where it stopped).
 
