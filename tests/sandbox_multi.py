@@ -55,22 +55,9 @@ from typing import IO, Any, ClassVar
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.tools import SHARED, skip_or_fail
+from tests.tools import sandbox_dir, skip_or_fail
 
-
-def _sandbox_dir() -> str:
-    """The sandbox scripts: $MAINTD_SANDBOX_DIR, else ../shared next to the
-    checkout (tests.tools.SHARED), else /work/shared (from a worktree)."""
-    env = os.environ.get("MAINTD_SANDBOX_DIR")
-    if env:
-        return env
-    for d in (os.path.join(SHARED, "ganeti-sandbox"), "/work/shared/ganeti-sandbox"):
-        if os.path.exists(os.path.join(d, "up-multi.sh")):
-            return d
-    return os.path.join(SHARED, "ganeti-sandbox")
-
-
-SANDBOX = _sandbox_dir()
+SANDBOX = sandbox_dir("up-multi.sh")
 LOCK = "/tmp/maintd-sandbox-multi.lock"
 #: How long to wait for another test run that owns the sandbox (seconds).
 LOCK_WAIT = float(os.environ.get("MAINTD_SANDBOX_MULTI_WAIT", "1200"))
