@@ -174,3 +174,108 @@ class KernelAgreesWithNumPy(SynchronousTestCase):
             for force in (False, True):
                 total += compare(self, build_state(c), force)
         self.assertGreater(total, 1000)
+
+
+class BoundBookkeeping(SynchronousTestCase):
+    """The search's per-record bookkeeping done in the kernel, against NumPy."""
+
+    @settings(max_examples=40, suppress_health_check=list(HealthCheck))
+    @given(
+        nrec=st.integers(1, 6),
+        nt=st.integers(1, 9),
+        seed=st.integers(0, 10_000),
+    )
+    def test_fold_full_and_columns(self, nrec: int, nt: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        ni, kk = 10, 4
+        recs = np.sort(rng.choice(ni, nrec, replace=False))
+        targets = np.sort(rng.choice(50, nt, replace=False))
+        mat = rng.choice([1.0, 2.0, 2.5, np.inf], size=(nrec, nt)) + rng.random((nrec, nt)) * (
+            rng.random() < 0.5
+        )
+        fig = [rng.random((nrec, kernel.NSTD)) for _ in range(3)]
+        base = 1.5
+        top_g, top_t = np.zeros((ni, kk)), np.zeros((ni, kk), dtype=np.int64)
+        tail, aux, drift = np.zeros(ni), np.zeros(ni), np.ones(ni)
+        evaluated = np.zeros(ni, dtype=np.int64)
+        dmax, gmax, umin = (np.zeros((ni, kernel.NSTD)) for _ in range(3))
+        kernel.fold_full(mat, *fig, base, recs, targets, 7, top_g, top_t, tail, aux, drift,
+                         evaluated, dmax, gmax, umin)  # fmt: skip
+        gains = mat - base
+        for r, i in enumerate(recs):
+            want = np.sort(gains[r])[:kk]
+            got = top_g[i, : len(want)]
+            np.testing.assert_array_equal(got, want)
+            self.assertTrue(np.all(np.isinf(top_g[i, len(want) :])))
+            for q in range(min(kk, nt)):
+                if np.isfinite(got[q]):  # the target holds that gain
+                    j = np.searchsorted(targets, top_t[i, q])
+                    self.assertEqual(gains[r, j], got[q])
+            self.assertEqual(tail[i], want[kk - 1] if nt >= kk else np.inf)
+            self.assertEqual((aux[i], drift[i], evaluated[i]), (np.inf, 0.0, 7))
+            np.testing.assert_array_equal(dmax[i], fig[0][r])
+        # Columns: the lowest score (minus base, plus drift) and the figures folded in.
+        aux0 = rng.random(ni)
+        aux, drift = aux0.copy(), rng.random(ni)
+        before = [a.copy() for a in (dmax, gmax, umin)]
+        new = [rng.random((nrec, kernel.NSTD)) for _ in range(3)]
+        kernel.fold_columns(mat, *new, base, recs, aux, drift, dmax, gmax, umin)
+        for r, i in enumerate(recs):
+            self.assertEqual(aux[i], min(aux0[i], mat[r].min() - base + drift[i]))
+            np.testing.assert_array_equal(dmax[i], np.maximum(before[0][i], new[0][r]))
+            np.testing.assert_array_equal(gmax[i], np.maximum(before[1][i], new[1][r]))
+            np.testing.assert_array_equal(umin[i], np.minimum(before[2][i], new[2][r]))
+
+    @settings(max_examples=200, suppress_health_check=list(HealthCheck))
+    @given(
+        n=st.integers(4, 30),
+        ncand=st.integers(1, 12),
+        seed=st.integers(0, 100_000),
+        spread=st.sampled_from([1e-4, 1e-2, 1.0, 50.0]),
+        steps=st.integers(1, 4),
+    )
+    def test_drift_bound_holds(self, n: int, ncand: int, seed: int, spread: float, steps: int) -> None:
+        """Every candidate's gain moves by at most the bound drift_update adds,
+        over several cluster changes that leave the candidate's nodes alone,
+        and its variance stays above the new minimum (search.py's argument)."""
+        rng = np.random.default_rng(seed)
+        ns = kernel.NSTD
+        m = 1.0 + spread * rng.random((n, ns))  # per node, per component
+        # Candidates change two of the first n-1 nodes; the last node moves.
+        cand = [(rng.choice(n - 1, 2, replace=False), 1.0 + spread * rng.random((2, ns)))
+                for _ in range(ncand)]  # fmt: skip
+
+        def figures(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            s, q = m.sum(axis=0), (m * m).sum(axis=0)
+            v = np.maximum(q / n - (s / n) ** 2, 0.0)
+            d = np.array([(new - m[nodes]).sum(axis=0) for nodes, new in cand])
+            dq = np.array([(new * new - m[nodes] ** 2).sum(axis=0) for nodes, new in cand])
+            u = np.maximum((q + dq) / n - ((s + d) / n) ** 2, 0.0)
+            return v, d, u
+
+        v, d, u = figures(m)
+        g = np.sqrt(u) - np.sqrt(v)
+        dmax = np.abs(d).max(axis=0)[None, None]
+        gmax = np.abs(g).max(axis=0)[None, None].copy()
+        umin = u.min(axis=0)[None, None].copy()
+        drift = np.zeros((1, 1))
+        active = np.ones((1, 1), dtype=np.bool_)
+        for _ in range(steps):
+            m2 = m.copy()
+            m2[n - 1] = 1.0 + spread * rng.random(ns)
+            v1, d1, u1 = figures(m2)
+            np.testing.assert_array_equal(d1, d)  # the candidates' own changes stay
+            ds = np.abs(m2.sum(axis=0) - m.sum(axis=0))
+            g_before = gmax.copy()
+            kernel.drift_update(active, v, v1, ds, float(n), dmax, gmax, umin, drift)
+            x = gmax[0, 0] - g_before[0, 0]
+            g1 = np.sqrt(u1) - np.sqrt(v1)
+            # The test's own variances are sums of squares minus a square
+            # (values of size (1 + spread)): their rounding, through sqrt.
+            ulp = 64 * np.finfo(float).eps * (1.0 + spread) ** 2
+            slack = ulp / np.sqrt(np.maximum(np.minimum(u, u1).min(axis=0), ulp)) + ulp
+            self.assertTrue(np.all(np.abs(g1 - g) <= x + slack), (np.abs(g1 - g).max(axis=0), x))
+            self.assertTrue(np.all(u1 >= umin[0, 0] - ulp))
+            self.assertTrue(np.all(np.abs(g1) <= gmax[0, 0] + slack))
+            m, v, u, g = m2, v1, u1, g1  # the bounds accumulate from the first figures
+            self.assertTrue(np.isfinite(drift[0, 0]))
