@@ -633,15 +633,16 @@ def drift_update(active, v0, v1, ds, n, dmax, gmax, umin, drift):  # type: ignor
     """
     nk, ni = active.shape
     w = _W[_STD]
+    dvs = np.abs(v1 - v0)
+    rrs = np.sqrt(v0) + np.sqrt(v1)
+    droots = np.abs(np.sqrt(v1) - np.sqrt(v0))
     for k in range(nk):
         for i in range(ni):
             if not active[k, i]:
                 continue
             tot = 0.0
             for j in range(NSTD):
-                dv = abs(v1[j] - v0[j])
-                rr = math.sqrt(v0[j]) + math.sqrt(v1[j])
-                droot = abs(math.sqrt(v1[j]) - math.sqrt(v0[j]))
+                dv, rr, droot = dvs[j], rrs[j], droots[j]
                 dmx, gmx, umn = dmax[k, i, j], gmax[k, i, j], umin[k, i, j]
                 h = 2.0 * ds[j] * dmx / (n * n)
                 u1 = umn - dv - h
