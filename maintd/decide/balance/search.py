@@ -91,8 +91,11 @@ from maintd.decide.balance.score import (
     State,
 )
 
-#: Candidate pairs scored per NumPy batch (bounds peak memory).
+#: Records visited per block in bound order: about this many candidate pairs
+#: (the best score found so far prunes between blocks).
 BATCH_PAIRS = 8000
+#: Candidate pairs per kernel call at most (bounds the score matrix's memory).
+CALL_PAIRS = 1 << 17
 #: Best gains kept per record.
 TOP_K = 4
 #: Record kinds, in hbal's per-target order (failover-to-any: external mirrors only).
@@ -340,7 +343,7 @@ class Search:
             if len(cols):
                 for kind in range(len(KINDS)):
                     recs = np.flatnonzero(kinds[kind] & ~dirty[kind])
-                    per = max(1, 4 * BATCH_PAIRS // len(cols))
+                    per = max(1, CALL_PAIRS // len(cols))
                     for start in range(0, len(recs), per):
                         chunk = recs[start : start + per]
                         self._columns(stats, base, kind, chunk, cols)
@@ -369,6 +372,7 @@ class Search:
             order = np.flatnonzero(np.isfinite(lb) | (lb < 0))
             order = order[np.argsort(lb[order], kind="stable")]
             per = max(1, BATCH_PAIRS // nt)
+            call = max(per, CALL_PAIRS // nt)
             # Records that must be rescored first (full batches per kind), then
             # the others in small blocks, so the best score falls quickly and
             # prunes the rest.
@@ -382,8 +386,8 @@ class Search:
                     break  # sorted: every later bound is higher still
                 for kind in range(len(KINDS)):
                     recs = np.sort(block[block // nrec == kind] % nrec)
-                    for start in range(0, len(recs), per):
-                        chunk = recs[start : start + per]
+                    for start in range(0, len(recs), call):
+                        chunk = recs[start : start + call]
                         thr = min(thr, self._full(stats, base, kind, chunk, pool))
                         cost.records += len(chunk)
                         cost.pairs += len(chunk) * nt
