@@ -97,6 +97,12 @@ def _load(r, node, k):  # type: ignore[no-untyped-def]
 
 
 @_jit
+def _copy(dst, src):  # type: ignore[no-untyped-def]
+    for c in range(NCOL):
+        dst[c] = src[c]
+
+
+@_jit
 def _copy2(dst, src):  # type: ignore[no-untyped-def]
     for c in range(20):
         dst[0, c] = src[0, c]
@@ -401,6 +407,7 @@ def _grid(  # type: ignore[no-untyped-def]
     rs = np.zeros(NCOL)
     rt = np.zeros(NCOL)
     src_s = np.zeros(NCOL)
+    pre = np.zeros(NCOL)  # a slot's target-independent operations, done once per record
     dv = np.zeros(NSTD)
     uv = np.zeros(NSTD)
     gv = np.zeros(NSTD)
@@ -434,6 +441,13 @@ def _grid(  # type: ignore[no-untyped-def]
                 _load(rp, node, p)
                 remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
                 _slot(rp, acc0, mt, p, on[p], off[p], False)
+                if kind == REPLACE_PRIMARY:
+                    # The secondary's operations before the one that names the target.
+                    strict = not (p_off or force)
+                    _load(pre, node, s)
+                    remove_sec(pre, iv, pe_sp, oth_s)
+                    src_fail = add_pri(pre, iv, 0.0, dsrd_s, strict, _count(excl, ptags, i, s, 0, 0))
+                    remove_pri(pre, iv, 0.0, dsrd_s, _count(excl, ptags, i, s, 1, 1))
             elif kind == REPLACE_SECONDARY:
                 _load(rp, node, p)
                 remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
@@ -443,6 +457,9 @@ def _grid(  # type: ignore[no-untyped-def]
                 remove_sec(rs, iv, pe_sp, oth_s)
                 _slot(rs, acc0, mt, s, on[s], off[s], True)
             elif kind == REPLACE_AND_FAILOVER:
+                # The primary's operation before the one that names the target.
+                _load(pre, node, p)
+                remove_pri(pre, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
                 # The secondary's slot comes second: its change is added per target.
                 _load(src_s, node, s)
                 remove_sec(src_s, iv, pe_sp, oth_s)
@@ -500,10 +517,13 @@ def _grid(  # type: ignore[no-untyped-def]
                 strict = not (p_off or force)
                 ls_new = _common(loc, t, s)
                 fail |= has_mig and (not mig_ok[p, s] or not mig_ok[s, t])
-                _load(rs, node, s)
-                remove_sec(rs, iv, pe_sp, oth_s)
-                fail |= add_pri(rs, iv, ls_new, dsrd_s, strict, _count(excl, ptags, i, s, 0, 0))
-                remove_pri(rs, iv, ls_new, dsrd_s, _count(excl, ptags, i, s, 1, 1))
+                if share:
+                    _copy(rs, pre)
+                else:
+                    _load(rs, node, s)
+                    remove_sec(rs, iv, pe_sp, oth_s)
+                    fail |= add_pri(rs, iv, ls_new, dsrd_s, strict, _count(excl, ptags, i, s, 0, 0))
+                    remove_pri(rs, iv, ls_new, dsrd_s, _count(excl, ptags, i, s, 1, 1))
                 _load(rt, node, t)
                 fail |= add_pri(rt, iv, ls_new, dsrd_t, strict, _count(excl, ptags, i, t, 0, 0))
                 fail |= add_sec(rs, iv, float(peers[s, t]), strict, False)
@@ -529,8 +549,11 @@ def _grid(  # type: ignore[no-untyped-def]
                 fail |= has_mig and not mig_ok[p, t]
                 _load(rt, node, t)
                 fail |= add_pri(rt, iv, ls_new, dsrd_t, not force, _count(excl, ptags, i, t, 0, 0))
-                _load(rp, node, p)
-                remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
+                if share:
+                    _copy(rp, pre)
+                else:
+                    _load(rp, node, p)
+                    remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
                 fail |= add_sec(rp, iv, float(peers[p, t]), strict_s, False)
                 if not share:
                     _load(rs, node, s)
