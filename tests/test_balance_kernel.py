@@ -102,6 +102,16 @@ def compare(test: SynchronousTestCase, state: State, force: bool) -> int:
         tg = targets if move != Move.FAILOVER else np.array([-1])
         own = move != Move.FAILOVER
         mat, dm, gm, um = kernel.score_grid(ctx, int(move), recs, tg, own)
+        # Cached sources (what the search does for untouched records) change nothing.
+        cache = kernel.SourceCache(len(Move), ni)
+        once = kernel.score_grid(ctx, int(move), recs, tg, own, cache, int(move), kernel.WRITE)
+        cols = tg[::2]
+        again = kernel.score_grid(ctx, int(move), recs, cols, own, cache, int(move), kernel.READ)
+        fresh = kernel.score_grid(ctx, int(move), recs, cols, own)
+        for a, b in zip(once, (mat, dm, gm, um), strict=True):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(again, fresh, strict=True):
+            np.testing.assert_array_equal(a, b)
         p = st_.inst["pnode"][recs].astype(np.int64)
         rows = np.repeat(np.arange(len(recs)), len(tg))
         tt = np.tile(tg, len(recs))

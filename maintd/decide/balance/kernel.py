@@ -391,7 +391,7 @@ def _map_delta(excl, loc, gmap, on, i, old_p, new_p):  # type: ignore[no-untyped
 def _grid(  # type: ignore[no-untyped-def]
     kind, recs, targets, skip_own, node, inst, peers, top1, arg1, top2, mt, on, off,
     s_sum, q_sum, n, map_value, std_now, excl, ptags, loc, desired, desired_n, gmap,
-    mig_ok, force, mat, dm, gm, um,
+    mig_ok, force, mat, dm, gm, um, cmode, c_acc, c_pre, c_fail,
 ):  # fmt: skip
     nl = loc.shape[1]
     has_mig = mig_ok.shape[0] > 0
@@ -436,7 +436,18 @@ def _grid(  # type: ignore[no-untyped-def]
             oth_s = 0.0
         acc0[:2] = 0.0
         src_fail = False
-        if share:
+        if share and cmode == 2:
+            # The record's shared slots as cached when it was last scored in
+            # full (its instance's nodes have not changed since).
+            for c in range(20):
+                acc0[0, c] = c_acc[i, 0, c]
+                acc0[1, c] = c_acc[i, 1, c]
+                acc_s[0, c] = c_acc[i, 2, c]
+                acc_s[1, c] = c_acc[i, 3, c]
+            for c in range(NCOL):
+                pre[c] = c_pre[i, c]
+            src_fail = c_fail[i]
+        elif share:
             if kind == FAILOVER_TO_ANY or kind == REPLACE_PRIMARY:
                 _load(rp, node, p)
                 remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
@@ -474,6 +485,15 @@ def _grid(  # type: ignore[no-untyped-def]
                 strict = not (p_off or force)
                 src_fail = add_pri(rs, iv, 0.0, dsrd_s, strict, _count(excl, ptags, i, s, 0, 0))
                 _slot(rs, acc0, mt, s, on[s], off[s], False)
+            if cmode == 1:
+                for c in range(20):
+                    c_acc[i, 0, c] = acc0[0, c]
+                    c_acc[i, 1, c] = acc0[1, c]
+                    c_acc[i, 2, c] = acc_s[0, c]
+                    c_acc[i, 3, c] = acc_s[1, c]
+                for c in range(NCOL):
+                    c_pre[i, c] = pre[c]
+                c_fail[i] = src_fail
         for j in range(NSTD):
             dm[r, j] = 0.0
             gm[r, j] = 0.0
@@ -792,8 +812,36 @@ def context(state: State, tops: PeerTops, stats: Stats, force: bool) -> Ctx:
     )
 
 
+class SourceCache:
+    """Per move kind and instance: the target-independent part of its
+    candidates (the shared slots' changes, a slot's operations before the
+    target's, their failure), kept between steps.
+
+    Valid for a record as long as its instance's nodes are untouched: the
+    search writes it whenever it scores a record in full (``mode=WRITE``),
+    which it does for every record whose nodes a move touched, and reads it
+    for the touched-column scoring of the others (``mode=READ``).
+    """
+
+    def __init__(self, kinds: int, instances: int) -> None:
+        self.acc = np.zeros((kinds, instances, 4, 20))
+        self.pre = np.zeros((kinds, instances, NCOL))
+        self.fail = np.zeros((kinds, instances), dtype=np.bool_)
+
+
+WRITE, READ = 1, 2
+_NO_CACHE = SourceCache(1, 1)
+
+
 def score_grid(
-    ctx: Ctx, kind: int, recs: np.ndarray, targets: np.ndarray, skip_own: bool = True
+    ctx: Ctx,
+    kind: int,
+    recs: np.ndarray,
+    targets: np.ndarray,
+    skip_own: bool = True,
+    cache: SourceCache | None = None,
+    slot: int = 0,
+    mode: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Scores of moving each instance of ``recs`` with ``kind`` to each of ``targets``.
 
@@ -803,6 +851,8 @@ def score_grid(
     change of the sum (``dm``), the largest change of the value (``gm``) and
     the smallest variance after (``um``; inf when nothing is feasible).
     A failover (no target) takes ``targets=[-1]``, ``skip_own=False``.
+    With ``cache`` (entry ``slot``) the records' target-independent part is
+    stored (``mode=WRITE``) or taken from it (``mode=READ``).
     """
     nr, nt = len(recs), len(targets)
     mat = np.empty((nr, nt))
@@ -820,6 +870,10 @@ def score_grid(
             dm,
             gm,
             um,
+            mode if cache is not None else 0,
+            (cache or _NO_CACHE).acc[slot if cache is not None else 0],
+            (cache or _NO_CACHE).pre[slot if cache is not None else 0],
+            (cache or _NO_CACHE).fail[slot if cache is not None else 0],
         )
     return mat, dm, gm, um
 

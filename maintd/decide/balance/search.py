@@ -43,7 +43,12 @@ scoring only the candidates that can still be the best:
 * Candidates are scored by a compiled kernel (:mod:`~maintd.decide.balance.
   kernel`, numba): the same arithmetic as ``moves.simulate`` +
   ``moves.score_outcome`` one candidate at a time (``tests.
-  test_balance_kernel`` ties the two to 1e-12 relative).
+  test_balance_kernel`` ties the two to 1e-12 relative).  The part of a
+  record's candidates that does not depend on the target (its instance's
+  own slots) is cached when the record is scored in full and reused for
+  its touched-column scoring: a record whose instance's nodes a move
+  touched is always scored in full that step, so the cache of the others
+  describes their unchanged nodes.
 * A record whose lower bound (its best untouched gain, or its K-th gain
   when all K targets were touched, or the best touched-target gain, minus
   the accumulated drift) is above the best score found so far (plus a
@@ -68,6 +73,9 @@ import attrs
 import numpy as np
 
 from maintd.decide.balance.kernel import (
+    READ,
+    WRITE,
+    SourceCache,
     context,
     drift_update,
     fold_columns,
@@ -195,6 +203,8 @@ class Search:
         self.umin = np.full((nk, ni, _NSTD), np.inf)
         self.prev: Stats | None = None
         self.costs: list[StepCost] = []
+        # Location tags make every slot target-dependent: nothing to cache.
+        self.cache = SourceCache(nk, ni) if self.incremental and not state.has_locations else None
 
     # -- bookkeeping -------------------------------------------------------
 
@@ -255,7 +265,9 @@ class Search:
 
         Returns the lowest score found."""
         move = KINDS[kind]
-        mat, dm, gm, um = score_grid(self._ctx, int(move), recs, self.targets)
+        mat, dm, gm, um = score_grid(
+            self._ctx, int(move), recs, self.targets, cache=self.cache, slot=kind, mode=WRITE
+        )
         best = self._collect(pool, mat, recs, move, self.targets, True)
         fold_full(
             mat, dm, gm, um, base, recs, self.targets, self.step, self.top_g[kind],
@@ -268,7 +280,10 @@ class Search:
         self, stats: Stats, base: float, kind: int, recs: np.ndarray, cols: np.ndarray
     ) -> None:
         """Score records ``recs`` on the touched targets ``cols``; fold into their bounds."""
-        mat, d, g, u = score_grid(self._ctx, int(KINDS[kind]), recs, cols)
+        # Not dirty: their nodes are unchanged since _full cached their sources.
+        mat, d, g, u = score_grid(
+            self._ctx, int(KINDS[kind]), recs, cols, cache=self.cache, slot=kind, mode=READ
+        )
         fold_columns(
             mat, d, g, u, base, recs, self.aux[kind], self.drift[kind], self.dmax[kind],
             self.gmax[kind], self.umin[kind],
