@@ -259,16 +259,22 @@ class Search:
     # -- scoring -----------------------------------------------------------
 
     def _full(
-        self, stats: Stats, base: float, kind: int, recs: np.ndarray, pool: list[tuple]
+        self,
+        stats: Stats,
+        base: float,
+        kind: int,
+        recs: np.ndarray,
+        pool: list[tuple],
+        thr: float = np.inf,
     ) -> float:
         """Score records ``recs`` of ``kind`` on every target; reset their bounds.
 
-        Returns the lowest score found."""
+        Returns the lowest score found (``thr``: the best so far, see _collect)."""
         move = KINDS[kind]
         mat, dm, gm, um = score_grid(
             self._ctx, int(move), recs, self.targets, cache=self.cache, slot=kind, mode=WRITE
         )
-        best = self._collect(pool, mat, recs, move, self.targets, True)
+        best = self._collect(pool, mat, recs, move, self.targets, True, thr)
         fold_full(
             mat, dm, gm, um, base, recs, self.targets, self.step, self.top_g[kind],
             self.top_t[kind], self.tail[kind], self.aux[kind], self.drift[kind],
@@ -297,14 +303,16 @@ class Search:
         move: Move,
         targets: np.ndarray,
         has_target: bool,
+        thr: float = np.inf,
     ) -> float:
         """Keep the candidates of ``mat`` (records x targets) that may tie for
-        the best; returns their lowest score."""
+        the best; returns their lowest score.  ``thr``: the best score so far
+        (it only falls): candidates above its tolerance cannot be kept."""
         if mat.size == 0:
             return np.inf
         m = float(mat.min())
-        if not np.isfinite(m):
-            return np.inf
+        if not np.isfinite(m) or m > thr + _tol(thr):
+            return m
         rows, cols = np.nonzero(mat <= m + _tol(m))
         for r, j in zip(rows.tolist(), cols.tolist(), strict=True):
             i = int(recs[r])
@@ -403,7 +411,7 @@ class Search:
                     recs = np.sort(block[block // nrec == kind] % nrec)
                     for start in range(0, len(recs), call):
                         chunk = recs[start : start + call]
-                        thr = min(thr, self._full(stats, base, kind, chunk, pool))
+                        thr = min(thr, self._full(stats, base, kind, chunk, pool, thr))
                         cost.records += len(chunk)
                         cost.pairs += len(chunk) * nt
                 if pos >= len(order):
