@@ -33,6 +33,10 @@ from maintd.common import signing
 log = Logger()
 
 NOT_FOUND = b"Unable to produce a report for the requested resource"
+#: Seconds an idle client connection stays open: the daemon keeps one
+#: connection per node between rounds (``maintd.cluster.keepalive``, 900 s),
+#: so the agent closes later than the daemon does.
+IDLE_TIMEOUT = 960.0
 
 
 class AgentResource(resource.Resource):
@@ -146,12 +150,13 @@ def tls_options(pem: bytes) -> Any:
 
 
 class QuietSite(server.Site):
-    """A site without access log lines or factory start/stop noise."""
+    """A site without access log lines or factory start/stop noise; idle
+    connections kept :data:`IDLE_TIMEOUT` seconds (the daemon's, between rounds)."""
 
     noisy = False
 
     def __init__(self, res: Any, label: str = "ganeti-maintd-agent") -> None:
-        super().__init__(res)
+        super().__init__(res, timeout=IDLE_TIMEOUT)
         self.label = label
 
     def logPrefix(self) -> str:  # noqa: N802

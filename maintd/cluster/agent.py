@@ -14,7 +14,9 @@ missing signature -- and ``collector_failed`` -- the agent says its diagnose
 command failed), for the log and a Prometheus exporter.  Only an ``ok``
 report can become an incident.
 
-Requests, timeouts and bounded concurrency are :class:`MondClient`'s.
+Bounded concurrency is :class:`MondClient`'s.  One connection per node is
+kept between rounds (:mod:`maintd.cluster.keepalive`): later rounds skip
+TCP and TLS; a kept connection found closed is retried once on a new one.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 from OpenSSL._util import lib as _lib
 from twisted.internet import defer
@@ -31,19 +34,22 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from maintd.cluster import keepalive
 from maintd.cluster.model import Node
-from maintd.cluster.mond import DiagnoseReport, MondClient, MondError, validate_diagnose
+from maintd.cluster.mond import MAX_BODY, DiagnoseReport, MondClient, MondError, validate_diagnose
 from maintd.common import signing, strictjson
 
 log = Logger()
+_DER = Encoding.DER
 
 DEFAULT_PORT = 1817
 #: TLS handshakes in progress at most.  Handshakes cost CPU on both sides;
 #: a thousand started at once all finish late together (each node's timeout
-#: runs out before any answer on a busy host).  Queued requests wait before
-#: their timeout starts; a node that completed its handshake and is slow to
-#: answer holds no handshake slot, one that cannot complete it holds its
-#: slot for half its timeout at most.
+#: runs out before any answer on a busy host).  A node's timeout does not run
+#: while it waits for a slot; a node that completed its handshake and is
+#: slow to answer holds no handshake slot, one that cannot complete it holds
+#: its slot for ``stall`` seconds at most (then waits without it).  A kept
+#: connection (:mod:`maintd.cluster.keepalive`) needs no slot.
 HANDSHAKES = 64
 DIAGNOSE_PATH = "/1/report/node/diagnose"
 OUTCOMES = ("ok", "unreachable", "invalid", "bad_signature", "collector_failed")
@@ -86,6 +92,44 @@ class ReportCounters:
         return out
 
 
+class _PinnedAgents:
+    """TLS to the node agents, pinned to the cluster certificate.
+
+    The context does not build or verify a certificate chain (Ganeti's
+    ``server.pem`` is self-signed: no chain could pass); instead, once the
+    handshake is done and before anything is sent, :meth:`check` compares the
+    certificate the agent presented, byte for byte (DER), with the pinned
+    one.  The handshake itself proves that the agent holds that
+    certificate's key.  A resumed session is one made with a checked agent.
+    """
+
+    def __init__(self, certificate: Any, source: str) -> None:
+        self.pinned = certificate.public_bytes(_DER)
+        self.source = source
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        ctx.set_options(SSL.OP_NO_COMPRESSION)
+        ctx.set_verify(SSL.VERIFY_NONE)
+        self.ctx = ctx
+
+    @classmethod
+    def from_file(cls, path: str) -> _PinnedAgents:
+        from maintd.cluster.rapi.tls import load_certificate
+
+        return cls(load_certificate(path), path)
+
+    def check(self, transport: Any) -> str | None:
+        try:
+            presented = transport.getHandle().get_peer_certificate()
+            der = None if presented is None else presented.to_cryptography().public_bytes(
+                _DER)
+        except Exception as e:  # no TLS handle: not an agent we can trust
+            return f"no peer certificate ({e})"
+        if der != self.pinned:
+            return f"node agent certificate is not the pinned one from {self.source}"
+        return None
+
+
 @implementer(IOpenSSLClientConnectionCreator)
 class _Resuming:
     """A client TLS connection to one node that offers the session of the
@@ -107,6 +151,54 @@ class _Resuming:
         return conn
 
 
+class _Deadline:
+    """A node's timeout that does not run while the request is paused
+    (waiting for one of our own slots)."""
+
+    def __init__(self, reactor: Any, seconds: float) -> None:
+        self._reactor = reactor
+        self.left = seconds
+        self.expired = False
+        self._call: Any = None
+        self._since = 0.0
+        self._expire: Callable[[], object] | None = None
+        self._paused = False
+
+    def start(self, expire: Callable[[], object]) -> None:
+        self._expire = expire
+        if not self._paused:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._expire is None or self.expired or self._call is not None:
+            return
+        self._since = self._reactor.seconds()
+        self._call = self._reactor.callLater(max(self.left, 0.0), self._fire)
+
+    def _fire(self) -> None:
+        self._call = None
+        self.expired = True
+        assert self._expire is not None
+        self._expire()
+
+    def pause(self) -> None:
+        self._paused = True
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+                self.left -= self._reactor.seconds() - self._since
+            self._call = None
+
+    def resume(self) -> None:
+        self._paused = False
+        self._schedule()
+
+    def cancel(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
 class AgentClient(MondClient):
     """Asks nodes' agents for signed self-diagnose reports."""
 
@@ -125,6 +217,7 @@ class AgentClient(MondClient):
         window: float = signing.DEFAULT_WINDOW,
         wallclock: Callable[[], float] = time.time,
         counters: ReportCounters | None = None,
+        idle_timeout: float = keepalive.IDLE_TIMEOUT,
     ) -> None:
         super().__init__(reactor, port=port, timeout=timeout, parallel=parallel,
                          diagnose_path=DIAGNOSE_PATH)
@@ -140,8 +233,10 @@ class AgentClient(MondClient):
         #: Connections whose TLS session was resumed (bench figures).
         self.resumed = 0
         self._handshakes = defer.DeferredSemaphore(HANDSHAKES)
-        self._release: dict[str, Callable[[], None]] = {}
-        self._ctx = getattr(tls, "_ctx", None)
+        #: One idle connection kept per node between rounds.
+        self.pool = keepalive.ConnectionPool(reactor, max_idle=max(parallel, 1),
+                                             max_body=MAX_BODY, idle_timeout=idle_timeout)
+        self._ctx = getattr(tls, "ctx", None)
         #: Seconds spent verifying signatures (bench figures).
         self.verify_seconds = 0.0
         self.verified = 0
@@ -156,17 +251,69 @@ class AgentClient(MondClient):
         """
         tls = None
         if cert is not None:
-            from maintd.cluster.rapi.tls import PinnedCertificatePolicy
-
-            policy = PinnedCertificatePolicy.from_file(cert)
-            policy.what = "node agent"
-            tls = policy.creatorForNetloc(b"", kwargs.get("port", DEFAULT_PORT))
+            tls = _PinnedAgents.from_file(cert)
         return cls(reactor, key=key, tls=tls, **kwargs)
 
+    async def close(self) -> None:
+        """Close the connections kept for the next round."""
+        await self.pool.close()
+
     async def _get_json(self, node: Node, path: str) -> Any:
+        """``path``'s document from ``node``'s agent over the kept connection,
+        else a new one; the node's timeout runs while its request is under
+        way, not while it waits for one of our handshake slots."""
+        url = self.url(node, path)
+        deadline = _Deadline(self._reactor, self.timeout)
+        d = defer.Deferred.fromCoroutine(self._fetch_kept(node, url, path, deadline))
+        deadline.start(d.cancel)
+        try:
+            return await d
+        except Exception:
+            if deadline.expired:
+                raise self.Error(node.name, f"no answer from {url} within {self.timeout:g}s") from None
+            raise
+        finally:
+            deadline.cancel()
+
+    async def _fetch_kept(self, node: Node, url: str, path: str, deadline: _Deadline) -> Any:
+        conn = self.pool.take(node.pip, self.port)
+        if conn is not None:
+            try:
+                code, body = await self._answer(node, url, conn.request(path.encode("ascii")))
+            except keepalive.StaleConnection:
+                # closed by the agent (restart, idle) before it answered: a
+                # GET is safe to repeat, once, on a new connection
+                self.pool.retried += 1
+            else:
+                self.pool.put(node.pip, self.port, conn)
+                return self._parse(node, url, code, body)
+        release = await self._handshake_slot(deadline)
+        # a node that does not complete its handshake (powered off,
+        # black-holed) holds the slot for a short while only, then keeps
+        # waiting for its own timeout without it
+        hold = self._reactor.callLater(self.stall, release)
+        try:
+            conn = self.pool.connect(node.pip, self.port, path, self._creator(node),
+                                     on_handshake=release, check_peer=self._check_peer)
+            assert conn.pending is not None
+            code, body = await self._answer(node, url, conn.pending)
+        finally:
+            if hold.active():
+                hold.cancel()
+            release()
+        self._keep_session(node, conn)
+        self.pool.put(node.pip, self.port, conn)
+        return self._parse(node, url, code, body)
+
+    async def _handshake_slot(self, deadline: _Deadline) -> Callable[[], None]:
+        """Wait (timeout paused) for a TLS handshake slot; its release function."""
         if self._tls is None:
-            return await super()._get_json(node, path)
-        await self._handshakes.acquire()
+            return lambda: None
+        deadline.pause()
+        try:
+            await self._handshakes.acquire()
+        finally:
+            deadline.resume()
         released = False
 
         def release() -> None:
@@ -175,35 +322,49 @@ class AgentClient(MondClient):
                 released = True
                 self._handshakes.release()
 
-        self._release[node.pip] = release
-        # a node that does not even complete its handshake (powered off,
-        # black-holed) holds the slot for half its timeout at most
-        call = self._reactor.callLater(self.timeout / 2, release)
+        return release
+
+    async def _answer(self, node: Node, url: str,
+                      pending: defer.Deferred[tuple[int, bytes]]) -> tuple[int, bytes]:
         try:
-            return await super()._get_json(node, path)
-        finally:
-            if call.active():
-                call.cancel()
-            release()
-            self._release.pop(node.pip, None)
+            return await pending
+        except keepalive.TooLarge:
+            raise self.Error(node.name, f"answer from {url} is larger than {MAX_BODY} bytes") from None
+        except (defer.CancelledError, keepalive.StaleConnection):
+            raise
+        except keepalive.BadResponse as e:
+            raise self._invalid(node.name, f"bad HTTP answer from {url}: {e}") from None
+        except keepalive.PeerRefused as e:
+            raise self.Error(node.name, f"cannot reach {url}: {e}") from None
+        except Exception as e:  # refused, reset, closed early, TLS refused
+            text = getattr(e, "value", e)
+            raise self.Error(node.name, f"cannot reach {url}: {text}") from None
 
-    def _tls_for(self, node: Node) -> tuple[Any, Any, Any]:
-        on_handshake = self._release.get(node.pip)
+    def _check_peer(self, transport: Any) -> str | None:
+        """Why the agent behind ``transport`` is refused (None: it is not)."""
+        check = getattr(self._tls, "check", None)
+        return check(transport) if check is not None else None
+
+    def _creator(self, node: Node) -> Any:
+        """The TLS connection creator for ``node`` (None: plain HTTP),
+        offering the node's last TLS session."""
         if self._tls is None or self._ctx is None:
-            return self._tls, None, on_handshake
-        pip = node.pip
+            return self._tls
+        return _Resuming(self._ctx, self._sessions.get(node.pip))
 
-        def keep(transport: Any) -> None:
-            try:
-                conn = transport.getHandle()
-                session = conn.get_session()
-                self.resumed += bool(_lib.SSL_session_reused(conn._ssl))
-            except Exception:
-                session = None
-            if session is not None:
-                self._sessions[pip] = session
-
-        return _Resuming(self._ctx, self._sessions.get(pip)), keep, on_handshake
+    def _keep_session(self, node: Node, conn: keepalive.Connection) -> None:
+        """Remember the TLS session of a new connection (resumed when the
+        next connection to the node is needed)."""
+        if self._ctx is None or conn.transport is None:
+            return
+        try:
+            handle = conn.transport.getHandle()  # type: ignore[attr-defined]
+            session = handle.get_session()
+            self.resumed += bool(_lib.SSL_session_reused(handle._ssl))
+        except Exception:
+            session = None
+        if session is not None:
+            self._sessions[node.pip] = session
 
     def _parse(self, node: Node, url: str, code: int, body: bytes) -> Any:
         if code != 200:
