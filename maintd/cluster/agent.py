@@ -218,6 +218,7 @@ class AgentClient(MondClient):
         wallclock: Callable[[], float] = time.time,
         counters: ReportCounters | None = None,
         idle_timeout: float = keepalive.IDLE_TIMEOUT,
+        handshakes: int = HANDSHAKES,
     ) -> None:
         super().__init__(reactor, port=port, timeout=timeout, parallel=parallel,
                          diagnose_path=DIAGNOSE_PATH)
@@ -232,7 +233,7 @@ class AgentClient(MondClient):
         self._sessions: dict[str, Any] = {}
         #: Connections whose TLS session was resumed (bench figures).
         self.resumed = 0
-        self._handshakes = defer.DeferredSemaphore(HANDSHAKES)
+        self._handshakes = defer.DeferredSemaphore(handshakes)
         #: One idle connection kept per node between rounds.
         self.pool = keepalive.ConnectionPool(reactor, max_idle=max(parallel, 1),
                                              max_body=MAX_BODY, idle_timeout=idle_timeout)
