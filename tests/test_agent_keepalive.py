@@ -12,6 +12,7 @@ from OpenSSL import crypto
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -87,8 +88,9 @@ class Harness:
 
     def attempts(self) -> list[tuple[str, Any]]:
         """(host, factory) of every connection attempt so far."""
-        calls = self.reactor.sslClients if self.client._tls is not None else self.reactor.tcpClients
-        return [(c[0], c[2]) for c in calls]
+        # over TLS: the client's own factory inside Twisted's TLS one (driven
+        # here without TLS: the handshake is announced by hand)
+        return [(c[0], getattr(c[2], "wrappedFactory", c[2])) for c in self.reactor.tcpClients]
 
     def connect(self, index: int, *, handshake: bool = True) -> tuple[Any, StringTransport]:
         """Make connection attempt ``index``; its protocol and transport."""
@@ -242,6 +244,8 @@ class HandshakeTests(SynchronousTestCase):
                  node("n3", "10.0.0.3"), node("n4", "10.0.0.4")]
         d = h.gather(nodes)
         self.assertEqual([a[0] for a in h.attempts()], ["10.0.0.1", "10.0.0.2"])
+        self.assertTrue(all(isinstance(c[2], TLSMemoryBIOFactory) for c in h.reactor.tcpClients),
+                        "over TLS")
         h.connect(0, handshake=False)
         h.connect(1, handshake=False)
         # after 'stall' seconds the hung handshakes give their slots away and
@@ -261,19 +265,60 @@ class HandshakeTests(SynchronousTestCase):
             self.assertEqual(out[name].outcome, "unreachable")
             self.assertIn("within 2s", str(out[name]))
 
-    def test_the_timeout_does_not_run_while_waiting_for_a_slot(self) -> None:
+    def test_a_node_reached_late_still_gets_half_its_timeout(self) -> None:
+        # one handshake slot; four agents that never complete the handshake
+        # (each gives the slot away after 0.5 s): n5's connection starts at 2 s
         h = Harness(self, tls_on=True, handshakes=1)
-        d = h.gather([node("n1", "10.0.0.1"), node("n2", "10.0.0.2")])
-        p1, _ = h.connect(0, handshake=False)
-        h.reactor.advance(0.3)  # n2 waits for n1's slot: its timeout has not started
-        p1.handshakeCompleted()
-        p1.dataReceived(answer(signed()))
-        p2, _ = h.connect(1)
-        h.reactor.advance(1.9)  # 2.2 s after the round began, 1.9 s after n2 was asked
+        nodes = [node(f"h{i}", f"10.0.0.{i}") for i in range(1, 5)] + [node("n5", "10.0.0.5")]
+        d = h.gather(nodes)
+        for i in range(4):
+            self.assertEqual(len(h.attempts()), i + 1)
+            h.connect(i, handshake=False)
+            h.reactor.advance(0.5)
+        self.assertEqual(len(h.attempts()), 5, "n5's connection starts at 2 s")
+        p5, _ = h.connect(4, handshake=False)
+        # the silent ones time out 2 s after they were asked (h4: 1 s after
+        # its connection started at 1.5 s)
+        out: dict[str, Any] = {}
+        d.addCallback(out.update)
+        h.reactor.advance(0.4)
+        p5.handshakeCompleted()  # at 2.4 s: n5's request goes out
+        h.reactor.advance(0.9)  # 3.3 s: more than its 2 s timeout since it was asked
         self.assertNoResult(d)
-        p2.dataReceived(answer(signed()))
+        p5.dataReceived(answer(signed()))
+        self.assertEqual(out["n5"].status, Action.OK, "not cut short by our own queue")
+        for name in ("h1", "h2", "h3", "h4"):
+            self.assertEqual(out[name].outcome, "unreachable")
+
+    def test_a_node_silent_after_a_late_start_costs_half_its_timeout(self) -> None:
+        h = Harness(self, tls_on=True, handshakes=1)
+        d = h.gather([node("h1", "10.0.0.1"), node("n2", "10.0.0.2")])
+        p1, _ = h.connect(0, handshake=False)
+        h.reactor.advance(1.5)  # h1 gives its slot away at 0.5 s: n2 starts
+        p2, _ = h.connect(1)  # n2's request goes out at 1.5 s; it never answers
+        h.reactor.advance(0.5)  # h1 times out at 2 s
+        self.assertNoResult(d)
+        h.reactor.advance(0.5)  # n2 at 1.5 + 1 s
         out = self.successResultOf(d)
-        self.assertEqual(out["n2"].status, Action.OK)
+        self.assertEqual((out["h1"].outcome, out["n2"].outcome), ("unreachable", "unreachable"))
+        self.assertIn("within 2s", str(out["n2"]))
+
+    def test_answers_are_checked_once_no_node_waits_for_a_handshake(self) -> None:
+        h = Harness(self, tls_on=True, handshakes=1)
+        d = h.gather([node(f"n{i}", f"10.0.0.{i}") for i in (1, 2, 3)])
+        p1, _ = h.connect(0)  # n1's handshake is done: n2 gets the slot, n3 waits
+        forged = signing.dumps(diagnose.report({"status": "evacuate"}, NOW), b"forged\n", NOW)
+        p1.dataReceived(answer(forged))
+        self.assertEqual(h.client.verified, 0, "n3 still waits for a handshake slot")
+        h.reactor.advance(0.4)
+        p2, _ = h.connect(1)  # n3 gets the slot: nobody waits any more
+        self.assertEqual(h.client.verified, 1, "n1's answer checked now")
+        p3, _ = h.connect(2)
+        for p in (p2, p3):
+            p.dataReceived(answer(signed()))
+        out = self.successResultOf(d)
+        self.assertEqual(out["n1"].outcome, "bad_signature")
+        self.assertEqual((out["n2"].status, out["n3"].status), (Action.OK, Action.OK))
 
     def test_another_certificate_is_refused_before_the_request(self) -> None:
         h = Harness(self, tls_on=True)

@@ -45,11 +45,12 @@ _DER = Encoding.DER
 DEFAULT_PORT = 1817
 #: TLS handshakes in progress at most.  Handshakes cost CPU on both sides;
 #: a thousand started at once all finish late together (each node's timeout
-#: runs out before any answer on a busy host).  A node's timeout does not run
-#: while it waits for a slot; a node that completed its handshake and is
-#: slow to answer holds no handshake slot, one that cannot complete it holds
-#: its slot for ``stall`` seconds at most (then waits without it).  A kept
-#: connection (:mod:`maintd.cluster.keepalive`) needs no slot.
+#: runs out before any answer on a busy host).  A node queued for a slot
+#: still gets half its timeout once its connection starts (:class:`_Deadline`);
+#: a node that completed its handshake and is slow to answer holds no
+#: handshake slot, one that cannot complete it holds its slot for ``stall``
+#: seconds at most (then waits without it).  A kept connection
+#: (:mod:`maintd.cluster.keepalive`) needs no slot.
 HANDSHAKES = 64
 DIAGNOSE_PATH = "/1/report/node/diagnose"
 OUTCOMES = ("ok", "unreachable", "invalid", "bad_signature", "collector_failed")
@@ -152,48 +153,59 @@ class _Resuming:
 
 
 class _Deadline:
-    """A node's timeout that does not run while the request is paused
-    (waiting for one of our own slots)."""
+    """A node's timeout: ``seconds`` from when the round asks it, but at
+    least ``grace`` seconds after each step of its own request begins (its
+    connection attempt, its request going out after the TLS handshake), and
+    never while it waits for one of our handshake slots.
 
-    def __init__(self, reactor: Any, seconds: float) -> None:
+    A node the daemon gets to late -- queued behind other nodes' TLS
+    handshakes, as in the first round of a large cluster -- is not cut
+    short by our own delay; a silent node asked first costs one timeout.
+    """
+
+    def __init__(self, reactor: Any, seconds: float, grace: float) -> None:
         self._reactor = reactor
-        self.left = seconds
+        self.grace = grace
+        self.at = reactor.seconds() + seconds
         self.expired = False
+        self._held = False
+        self._done = False
         self._call: Any = None
-        self._since = 0.0
         self._expire: Callable[[], object] | None = None
-        self._paused = False
 
     def start(self, expire: Callable[[], object]) -> None:
         self._expire = expire
-        if not self._paused:
-            self._schedule()
+        self._schedule()
 
     def _schedule(self) -> None:
-        if self._expire is None or self.expired or self._call is not None:
+        if self.expired or self._done or self._expire is None:
             return
-        self._since = self._reactor.seconds()
-        self._call = self._reactor.callLater(max(self.left, 0.0), self._fire)
+        delay = max(self.at - self._reactor.seconds(), 0.0)
+        if self._call is not None and self._call.active():
+            self._call.reset(delay)
+        else:
+            self._call = self._reactor.callLater(delay, self._fire)
+
+    def hold(self) -> None:
+        """The request waits on our side: it does not expire meanwhile."""
+        self._held = True
+
+    def progress(self) -> None:
+        """A step of the request begins: at least ``grace`` seconds more."""
+        self._held = False
+        self.at = max(self.at, self._reactor.seconds() + self.grace)
+        self._schedule()
 
     def _fire(self) -> None:
         self._call = None
+        if self._held:
+            return  # decided once it is under way again (progress)
         self.expired = True
         assert self._expire is not None
         self._expire()
 
-    def pause(self) -> None:
-        self._paused = True
-        if self._call is not None:
-            if self._call.active():
-                self._call.cancel()
-                self.left -= self._reactor.seconds() - self._since
-            self._call = None
-
-    def resume(self) -> None:
-        self._paused = False
-        self._schedule()
-
     def cancel(self) -> None:
+        self._done = True
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
@@ -234,6 +246,9 @@ class AgentClient(MondClient):
         #: Connections whose TLS session was resumed (bench figures).
         self.resumed = 0
         self._handshakes = defer.DeferredSemaphore(handshakes)
+        #: Answers received while nodes wait for a handshake slot: checked
+        #: once none waits (see _fetch_kept).
+        self._parse_later: list[defer.Deferred[None]] = []
         #: One idle connection kept per node between rounds.
         self.pool = keepalive.ConnectionPool(reactor, max_idle=max(parallel, 1),
                                              max_body=MAX_BODY, idle_timeout=idle_timeout)
@@ -261,10 +276,9 @@ class AgentClient(MondClient):
 
     async def _get_json(self, node: Node, path: str) -> Any:
         """``path``'s document from ``node``'s agent over the kept connection,
-        else a new one; the node's timeout runs while its request is under
-        way, not while it waits for one of our handshake slots."""
+        else a new one, within the node's timeout (see :class:`_Deadline`)."""
         url = self.url(node, path)
-        deadline = _Deadline(self._reactor, self.timeout)
+        deadline = _Deadline(self._reactor, self.timeout, self.timeout / 2)
         d = defer.Deferred.fromCoroutine(self._fetch_kept(node, url, path, deadline))
         deadline.start(d.cancel)
         try:
@@ -288,14 +302,21 @@ class AgentClient(MondClient):
             else:
                 self.pool.put(node.pip, self.port, conn)
                 return self._parse(node, url, code, body)
-        release = await self._handshake_slot(deadline)
+        deadline.hold()
+        release = await self._handshake_slot()
+        deadline.progress()  # the connection attempt begins
+
+        def handshake_done() -> None:
+            release()
+            deadline.progress()  # the request goes out
+
         # a node that does not complete its handshake (powered off,
         # black-holed) holds the slot for a short while only, then keeps
         # waiting for its own timeout without it
         hold = self._reactor.callLater(self.stall, release)
         try:
             conn = self.pool.connect(node.pip, self.port, path, self._creator(node),
-                                     on_handshake=release, check_peer=self._check_peer)
+                                     on_handshake=handshake_done, check_peer=self._check_peer)
             assert conn.pending is not None
             code, body = await self._answer(node, url, conn.pending)
         finally:
@@ -304,17 +325,27 @@ class AgentClient(MondClient):
             release()
         self._keep_session(node, conn)
         self.pool.put(node.pip, self.port, conn)
+        if self._handshakes.waiting:
+            # The node answered in time.  Checking its answer can wait until
+            # every node is past its handshake: the sooner all are asked,
+            # the sooner the silent ones time out (a round's first asks
+            # every node over a new connection).
+            deadline.cancel()
+            waiter: defer.Deferred[None] = defer.Deferred()
+            self._parse_later.append(waiter)
+            await waiter
         return self._parse(node, url, code, body)
 
-    async def _handshake_slot(self, deadline: _Deadline) -> Callable[[], None]:
-        """Wait (timeout paused) for a TLS handshake slot; its release function."""
+    async def _handshake_slot(self) -> Callable[[], None]:
+        """Wait for a TLS handshake slot; its release function."""
         if self._tls is None:
             return lambda: None
-        deadline.pause()
-        try:
-            await self._handshakes.acquire()
-        finally:
-            deadline.resume()
+        await self._handshakes.acquire()
+        if not self._handshakes.waiting and self._parse_later:
+            # the last node waiting for a handshake has its slot
+            waiters, self._parse_later = self._parse_later, []
+            for waiter in waiters:
+                waiter.callback(None)
         released = False
 
         def release() -> None:

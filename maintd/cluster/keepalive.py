@@ -31,6 +31,7 @@ from typing import Any
 from twisted.internet import defer, error, protocol
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 log = Logger()
@@ -366,6 +367,14 @@ class _Factory(protocol.ClientFactory):
         self.conn.failed(reason)
 
 
+class _TLSFactory(TLSMemoryBIOFactory):
+    """TLS around one :class:`Connection`: it writes each request at once,
+    so without Twisted's default aggregation of small writes (one more
+    timer and reactor turn per connection)."""
+
+    protocol = TLSMemoryBIOProtocol
+
+
 class ConnectionPool:
     """At most one idle :class:`Connection` kept per (host, port)."""
 
@@ -442,7 +451,7 @@ class ConnectionPool:
         if tls is None:
             conn.connector = self._reactor.connectTCP(host, port, factory)
         else:
-            conn.connector = self._reactor.connectSSL(host, port, factory, tls)
+            conn.connector = self._reactor.connectTCP(host, port, _TLSFactory(tls, True, factory))
         self.opened += 1
         return conn
 
