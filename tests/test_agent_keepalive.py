@@ -320,6 +320,21 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(out["n1"].outcome, "bad_signature")
         self.assertEqual((out["n2"].status, out["n3"].status), (Action.OK, Action.OK))
 
+    def test_a_request_cancelled_while_its_check_waits(self) -> None:
+        h = Harness(self, tls_on=True, handshakes=1)
+        c = h.client
+        ds = [defer.Deferred.fromCoroutine(c.diagnose(node(f"n{i}", f"10.0.0.{i}")))
+              for i in (1, 2, 3)]
+        p1, _ = h.connect(0)
+        p1.dataReceived(answer(signed()))
+        ds[0].cancel()  # e.g. the daemon stops while n1's answer waits to be checked
+        self.failureResultOf(ds[0], defer.CancelledError)
+        p2, _ = h.connect(1)  # n3 gets its slot: the waiting checks are released
+        p3, _ = h.connect(2)
+        for p in (p2, p3):
+            p.dataReceived(answer(signed()))
+        self.assertEqual([self.successResultOf(d).status for d in ds[1:]], [Action.OK] * 2)
+
     def test_another_certificate_is_refused_before_the_request(self) -> None:
         h = Harness(self, tls_on=True)
         d = h.gather([node("n1", "10.0.0.1")])

@@ -345,7 +345,8 @@ class AgentClient(MondClient):
             # the last node waiting for a handshake has its slot
             waiters, self._parse_later = self._parse_later, []
             for waiter in waiters:
-                waiter.callback(None)
+                if not waiter.called:  # not cancelled meanwhile (a stopping round)
+                    waiter.callback(None)
         released = False
 
         def release() -> None:
