@@ -20,7 +20,11 @@ With ``--agents`` the self-diagnose reports come from the simulator's node
 agents instead (what the daemon uses by default): HTTPS pinned to the
 simulator's ``server.pem``, every report signed with its HMAC key and
 verified by the daemon's agent client (RAPI over HTTPS too); the figures add
-the signature verification cost.
+the signature verification cost.  The first round is the daemon's first
+(every connection new: TCP and a full TLS handshake per node, 64 at a time);
+the second goes over the connections kept from it.  The simulator's CPU per
+step is printed too: on a shared 2-CPU machine the simulator's 1,000 TLS
+servers and the daemon compete for the same cores.
 
     .venv/bin/python bench/round.py [--nodes 1000] [--timeout 2] [--parallel 1024] [--agents]
 """
