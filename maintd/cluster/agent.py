@@ -313,14 +313,14 @@ class AgentClient(MondClient):
         # a node that does not complete its handshake (powered off,
         # black-holed) holds the slot for a short while only, then keeps
         # waiting for its own timeout without it
-        hold = self._reactor.callLater(self.stall, release)
+        hold = self._reactor.callLater(self.stall, release) if self._tls is not None else None
         try:
             conn = self.pool.connect(node.pip, self.port, path, self._creator(node),
                                      on_handshake=handshake_done, check_peer=self._check_peer)
             assert conn.pending is not None
             code, body = await self._answer(node, url, conn.pending)
         finally:
-            if hold.active():
+            if hold is not None and hold.active():
                 hold.cancel()
             release()
         self._keep_session(node, conn)
@@ -341,12 +341,7 @@ class AgentClient(MondClient):
         if self._tls is None:
             return lambda: None
         await self._handshakes.acquire()
-        if not self._handshakes.waiting and self._parse_later:
-            # the last node waiting for a handshake has its slot
-            waiters, self._parse_later = self._parse_later, []
-            for waiter in waiters:
-                if not waiter.called:  # not cancelled meanwhile (a stopping round)
-                    waiter.callback(None)
+        self._parse_waiting()
         released = False
 
         def release() -> None:
@@ -354,8 +349,19 @@ class AgentClient(MondClient):
             if not released:
                 released = True
                 self._handshakes.release()
+                self._parse_waiting()
 
         return release
+
+    def _parse_waiting(self) -> None:
+        """Let the answers kept for later be checked once no node waits for
+        a handshake slot."""
+        if self._handshakes.waiting or not self._parse_later:
+            return
+        waiters, self._parse_later = self._parse_later, []
+        for waiter in waiters:
+            if not waiter.called:  # not cancelled meanwhile (a stopping round)
+                waiter.callback(None)
 
     async def _answer(self, node: Node, url: str,
                       pending: defer.Deferred[tuple[int, bytes]]) -> tuple[int, bytes]:
