@@ -228,7 +228,7 @@ class KeptConnectionTests(SynchronousTestCase):
         self.successResultOf(d)
         closed = defer.Deferred.fromCoroutine(h.client.close())
         self.assertNoResult(closed)
-        self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.disconnected, "aborted: a stopping daemon waits for no agent")
         proto.connectionLost(Failure(ConnectionRefusedError("closed")))
         self.successResultOf(closed)
         self.assertEqual(h.reactor.getDelayedCalls(), [])

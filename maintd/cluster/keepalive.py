@@ -145,6 +145,11 @@ class Connection(protocol.Protocol):
         if self.transport is not None and not self.lost:
             self.transport.loseConnection()
 
+    def abort(self) -> None:
+        """Drop the connection at once."""
+        if self.transport is not None and not self.lost:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
     # -- protocol ---------------------------------------------------------
 
     def connectionMade(self) -> None:  # noqa: N802
@@ -456,7 +461,9 @@ class ConnectionPool:
         return conn
 
     def close(self) -> defer.Deferred[None]:
-        """Close every idle connection; fires once they are closed."""
+        """Close every idle connection; fires once they are closed (aborted:
+        nothing is pending on them, and an agent that no longer answers
+        must not hold up a stopping daemon)."""
         waits: list[defer.Deferred[None]] = []
         for key in list(self._idle):
             conn = self._idle.pop(key)
@@ -467,6 +474,6 @@ class ConnectionPool:
                 continue
             d: defer.Deferred[None] = defer.Deferred()
             conn.on_lost = lambda _c, d=d: d.callback(None)  # type: ignore[misc]
-            conn.close()
+            conn.abort()
             waits.append(d)
         return defer.gatherResults(waits).addCallback(lambda _: None)
