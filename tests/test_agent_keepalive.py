@@ -197,6 +197,16 @@ class KeptConnectionTests(SynchronousTestCase):
         self.assertEqual(len(h.client.pool), 1, "and not kept")
         self.assertEqual(h.client.counters.snapshot()["n2"]["unreachable"], 1)
 
+    def test_a_connection_that_never_completes_is_given_up_at_the_timeout(self) -> None:
+        h = Harness(self)
+        d = h.gather([node("n1", "10.0.0.1")])
+        self.assertIsNone(h.reactor.tcpClients[0][3], "no connect timer of Twisted's own")
+        h.reactor.advance(2)  # SYN unanswered (node powered off)
+        err = self.successResultOf(d)["n1"]
+        self.assertEqual(err.outcome, "unreachable")
+        self.assertIn("within 2s", str(err))
+        self.assertEqual(h.reactor.connectors[0].stoppedConnecting, True)
+
     def test_connection_close_and_http_1_0_answers_are_not_kept(self) -> None:
         h = Harness(self)
         nodes = [node("n1", "10.0.0.1"), node("n2", "10.0.0.2")]

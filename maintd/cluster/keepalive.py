@@ -83,6 +83,8 @@ class Connection(protocol.Protocol):
         #: Called when the connection is lost (the pool forgets it).
         self.on_lost: Callable[[Connection], None] | None = None
         self.connector: Any = None
+        #: (host, port) while kept by a pool.
+        self.key: tuple[str, int] = ("", 0)
         self._first_path: bytes | None = None
         self._reset()
 
@@ -389,9 +391,10 @@ class ConnectionPool:
         self.max_idle = max_idle
         self.max_body = max_body
         self.idle_timeout = idle_timeout
-        self._idle: dict[tuple[str, int], Connection] = {}
-        self._timers: dict[tuple[str, int], Any] = {}
-        self._closing: list[defer.Deferred[None]] = []
+        #: Idle connections and since when, oldest first (insertion order).
+        self._idle: dict[tuple[str, int], tuple[Connection, float]] = {}
+        #: One timer for all: when the oldest idle connection expires.
+        self._sweep: Any = None
         #: Requests sent over a kept connection; kept connections found
         #: closed and retried on a new one; connections opened.
         self.reused = 0
@@ -403,13 +406,10 @@ class ConnectionPool:
 
     def take(self, host: str, port: int) -> Connection | None:
         """The idle connection to ``host:port``, if one is kept (now busy)."""
-        key = (host, port)
-        conn = self._idle.pop(key, None)
-        timer = self._timers.pop(key, None)
-        if timer is not None and timer.active():
-            timer.cancel()
-        if conn is None or conn.lost:
+        entry = self._idle.pop((host, port), None)
+        if entry is None or entry[0].lost:
             return None
+        conn = entry[0]
         conn.on_lost = None
         self.reused += 1
         return conn
@@ -421,24 +421,36 @@ class ConnectionPool:
                 or len(self._idle) >= self.max_idle):
             conn.close()
             return
-        self._idle[key] = conn
+        conn.key = key
+        self._idle[key] = (conn, self._reactor.seconds())
         conn.on_lost = self._forget
-        self._timers[key] = self._reactor.callLater(self.idle_timeout, self._expire, key)
+        self._arm()
 
     def _forget(self, conn: Connection) -> None:
-        for key, kept in list(self._idle.items()):
-            if kept is conn:
-                del self._idle[key]
-                timer = self._timers.pop(key, None)
-                if timer is not None and timer.active():
-                    timer.cancel()
+        """A kept connection was closed (by the agent)."""
+        entry = self._idle.get(conn.key)
+        if entry is not None and entry[0] is conn:
+            del self._idle[conn.key]
 
-    def _expire(self, key: tuple[str, int]) -> None:
-        self._timers.pop(key, None)
-        conn = self._idle.pop(key, None)
-        if conn is not None:
+    def _arm(self) -> None:
+        if (self._sweep is not None and self._sweep.active()) or not self._idle:
+            return
+        _, since = next(iter(self._idle.values()))
+        delay = max(since + self.idle_timeout - self._reactor.seconds(), 0.0)
+        self._sweep = self._reactor.callLater(delay, self._expire)
+
+    def _expire(self) -> None:
+        """Close the connections idle for ``idle_timeout`` seconds."""
+        self._sweep = None
+        now = self._reactor.seconds()
+        while self._idle:
+            key, (conn, since) = next(iter(self._idle.items()))
+            if since + self.idle_timeout > now:
+                break
+            del self._idle[key]
             conn.on_lost = None
             conn.close()
+        self._arm()
 
     def connect(self, host: str, port: int, path: str, tls: Any = None,
                 on_handshake: Callable[[], None] | None = None,
@@ -453,10 +465,10 @@ class ConnectionPool:
         conn.check_peer = check_peer
         conn.tls = tls is not None
         factory = _Factory(conn)
-        if tls is None:
-            conn.connector = self._reactor.connectTCP(host, port, factory)
-        else:
-            conn.connector = self._reactor.connectTCP(host, port, _TLSFactory(tls, True, factory))
+        # no connect timer of Twisted's own: the caller's timeout covers
+        # connecting too (and cancels the attempt)
+        wrapped = factory if tls is None else _TLSFactory(tls, True, factory)
+        conn.connector = self._reactor.connectTCP(host, port, wrapped, timeout=None)
         self.opened += 1
         return conn
 
@@ -465,11 +477,11 @@ class ConnectionPool:
         nothing is pending on them, and an agent that no longer answers
         must not hold up a stopping daemon)."""
         waits: list[defer.Deferred[None]] = []
-        for key in list(self._idle):
-            conn = self._idle.pop(key)
-            timer = self._timers.pop(key, None)
-            if timer is not None and timer.active():
-                timer.cancel()
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+        idle, self._idle = self._idle, {}
+        for conn, _ in idle.values():
             if conn.lost or conn.transport is None:
                 continue
             d: defer.Deferred[None] = defer.Deferred()
