@@ -49,27 +49,15 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import IO, Any, ClassVar
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.tools import SHARED, skip_or_fail
+from tests.tools import sandbox_dir, skip_or_fail
 
-
-def _sandbox_dir() -> str:
-    """The sandbox scripts: $MAINTD_SANDBOX_DIR, else ../shared next to the
-    checkout (tests.tools.SHARED), else /work/shared (from a worktree)."""
-    env = os.environ.get("MAINTD_SANDBOX_DIR")
-    if env:
-        return env
-    for d in (os.path.join(SHARED, "ganeti-sandbox"), "/work/shared/ganeti-sandbox"):
-        if os.path.exists(os.path.join(d, "up-multi.sh")):
-            return d
-    return os.path.join(SHARED, "ganeti-sandbox")
-
-
-SANDBOX = _sandbox_dir()
+SANDBOX = sandbox_dir("up-multi.sh")
 LOCK = "/tmp/maintd-sandbox-multi.lock"
 #: How long to wait for another test run that owns the sandbox (seconds).
 LOCK_WAIT = float(os.environ.get("MAINTD_SANDBOX_MULTI_WAIT", "1200"))
@@ -388,3 +376,86 @@ class MultiSandboxTestCase(SynchronousTestCase):
         if cls._sandbox_left <= 0 and cls._sandbox is not None:
             sb, cls._sandbox = cls._sandbox, None
             sb.down()
+
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+class DaemonSandboxTestCase(MultiSandboxTestCase):
+    """A :class:`MultiSandboxTestCase` that runs our agents on the nodes and
+    our daemon on a node (in the node's netns, with its ssconf, server.pem,
+    hmac.key and the cluster's rapi.pem); their logs stay in ``self.work``
+    (``/tmp/<work_prefix>...``) for a failure."""
+
+    work_prefix: ClassVar[str] = "maintd-sandbox-"
+
+    def setUp(self) -> None:
+        super().setUp()
+        # kept afterwards: the daemons' and agents' logs for a failure
+        self.work = tempfile.mkdtemp(prefix=self.work_prefix, dir="/tmp")
+        self.password = os.path.join(self.work, "rapi-password")
+        with open(self.password, "w") as f:
+            f.write(RAPI_PASSWORD + "\n")
+        os.chmod(self.password, 0o600)
+
+    def until(self, what: str, cond: Any, timeout: float = 300) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = cond()
+            if value:
+                return value
+            time.sleep(1)
+        self.fail(f"{what}: not within {timeout:.0f}s (logs in {self.work})\n{self.logs()}")
+
+    def logs(self) -> str:
+        out = []
+        for name in sorted(os.listdir(self.work)):
+            if name.endswith((".log", ".out")):
+                with open(os.path.join(self.work, name), errors="replace") as f:
+                    tail = f.read()[-1500:]
+                out.append(f"--- {name}\n{tail}")
+        return "\n".join(out)
+
+    def whitelist(self, name: str) -> str:
+        """An (empty) whitelist directory: root's, mode 0755."""
+        path = os.path.join(self.work, name)
+        os.makedirs(path, exist_ok=True)
+        os.chmod(path, 0o755)
+        return path
+
+    def start_agent(self, n: int, report: dict[str, Any] | None) -> None:
+        sb = self.sandbox
+        lib = sb.node_lib(n)
+        argv = [TWISTD,
+                "-n", "--pidfile=", "-l", os.path.join(self.work, f"agent{n}.log"),
+                "ganeti-maintd-agent", "-p", "1817", "-b", sb.node_ip(n),
+                "--hmac-key", f"{lib}/hmac.key", "--ssl-cert", f"{lib}/server.pem",
+                "--state-dir", os.path.join(self.work, f"agent{n}"),
+                "--hostname", sb.node_name(n), "--diagnose-interval", "2",
+                "--repair-dir", self.whitelist(f"repair{n}")]
+        if report is not None:
+            wl = self.whitelist(f"diag{n}")
+            script = os.path.join(wl, "diag")
+            with open(script, "w") as f:
+                f.write("#!/bin/sh\necho '" + json.dumps(report) + "'\n")
+            os.chmod(script, 0o755)
+            argv += ["--diagnose-dir", wl, "--diagnose-command", "diag"]
+        sb.spawn(n, argv, os.path.join(self.work, f"agent{n}.out"))
+
+    def start_daemon(self, n: int, delay: int = 10,
+                     *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+        sb = self.sandbox
+        lib = sb.node_lib(n)
+        state_dir = os.path.join(self.work, f"state{n}")
+        argv = [TWISTD,
+                "-n", "--pidfile=", "-l", os.path.join(self.work, f"daemon{n}.log"),
+                "ganeti-maintd", "--rapi", RAPI_URL, "--rapi-user", RAPI_USER,
+                "--rapi-password-file", self.password, "--rapi-cert", RAPI_CERT,
+                "--state-dir", state_dir, "--hostname", sb.node_name(n),
+                "--ssconf-dir", lib, "--noded-cert", f"{lib}/server.pem",
+                "--master-check-interval", "5", "--round-delay", str(delay),
+                "--busy-round-delay", str(delay), "--job-wait", "20",
+                "--agent-cert", f"{lib}/server.pem", "--hmac-key", f"{lib}/hmac.key",
+                "-p", "1816", "-b", sb.node_ip(n), *extra]
+        return sb.spawn(n, argv, os.path.join(self.work, f"daemon{n}.out")), state_dir
+

@@ -352,3 +352,33 @@ class AgentCommandTests(TestCase):
             self.assertIn("see ganeti-maintd-agent --help", cmd.err)
 
         return defer.Deferred.fromCoroutine(run())
+
+    def test_json_log_foreground_and_plain_twistd_refuses_it(self) -> defer.Deferred[None]:
+        from .test_agent_tap import argv, files
+
+        async def run() -> None:
+            if os.geteuid() != 0:
+                raise SkipTest("the agent's whitelist directories must be owned by root")
+            f = files(self)
+            port = free_port()
+            cmd = spawn(self, ["ganeti-maintd-agent", "-f", "--log-format=json", "-p", str(port),
+                               "--plain-http", *argv(f)], path=f["dir"])
+            await cmd.line(r'"text": ".*[Ss]tarting')
+            r = await treq.get(f"http://127.0.0.1:{port}/1/list/collectors", timeout=10,
+                               persistent=False)
+            self.assertEqual(r.code, 200)
+            await r.content()
+            cmd.signal_process("TERM")
+            await cmd.exited()
+            records = [json.loads(line) for line in cmd.out.splitlines()]
+            self.assertTrue(records)
+            for record in records:
+                self.assertLessEqual({"time", "level", "namespace", "text"}, set(record), record)
+            self.assertTrue(any(r["text"] == "Server Shut Down." for r in records), records)
+            plain = spawn(self, ["twistd", "-n", "--pidfile=", "ganeti-maintd-agent",
+                                 "--log-format", "json", *argv(f)], path=f["dir"])
+            self.assertNotEqual(await plain.exited(), 0)
+            self.assertIn("--log-format json needs the ganeti-maintd-agent command", plain.err)
+            self.assertEqual(plain.err.strip().count("\n"), 0, plain.err)
+
+        return defer.Deferred.fromCoroutine(run())

@@ -20,9 +20,12 @@ from maintd.daemon.steps.collect import collect_step
 from maintd.daemon.steps.evacuated import evacuated_step
 from maintd.daemon.steps.handle import handle_step
 from maintd.daemon.steps.jobs import jobs_step
+from maintd.daemon.steps.reconcile import reconcile_step
 from maintd.daemon.steps.snapshot import snapshot_step
 from maintd.decide import evacuation
 from maintd.decide.balance.gen import generate_cluster
+from maintd.decide.reason import format_reason
+from tests import test_reconcile_logic as L
 from tests.test_balance_step import make_ctx
 from tests.test_balance_step import run as run_balance
 from tests.test_round_incidents import drbd, incident, mk_cluster, nd
@@ -261,3 +264,63 @@ class _Store:
 
     def commit(self, new: MaintState) -> None:
         self.out.append(new)
+
+
+class QueueRapi(FakeRapi):
+    """A RAPI whose job queue holds ``docs`` (jobs found there by reconciliation)."""
+
+    def __init__(self, cluster: Any, docs: list[dict[str, Any]]) -> None:
+        super().__init__(cluster)
+        self.docs = docs
+        self.loads = 0
+
+    async def jobs_bulk_raw(self) -> list[Any]:
+        return self.docs
+
+    async def load_cluster(self) -> Any:
+        self.loads += 1
+        return self.cluster
+
+
+class AdoptedJoinTests(SynchronousTestCase):
+    """A move submitted by a daemon that crashed (or lost the master role)
+    before committing it is found in Ganeti's queue; its Xen instance joins
+    the evacuated list in the reconcile commit, exactly once."""
+
+    def reconcile(self, docs: list[dict[str, Any]], state: MaintState | None = None,
+                  **flags: dict[str, Any]) -> tuple[Ctx, QueueRapi]:
+        rapi = QueueRapi(cluster(**flags), docs)
+        ctx = Ctx(state=state or MaintState(), rapi=rapi)
+        self.successResultOf(defer.Deferred.fromCoroutine(reconcile_step(ctx)))
+        return ctx, rapi
+
+    def test_running_moves_off_a_drained_node_join_xen_only(self) -> None:
+        docs = [L.migrate(1, "running", "x1", reason=format_reason("balance", "x1")),
+                L.migrate(2, "running", "k1", reason=format_reason("harep", "k1")),
+                L.migrate(3, "running", "x3", reason=format_reason("balance", "x3")),
+                L.migrate(4, "queued", "x2", uuid=L.U1)]
+        ctx, rapi = self.reconcile(docs, a={"drained": True})
+        self.assertEqual(ctx.state.evacuated, ("x1", "x2"))
+        self.assertIn({"reconcile": "evacuated", "instances": ["x1", "x2"]}, ctx.notes)
+        self.assertEqual(set(ctx.state.jobs), {1, 2, 3, 4})
+        # The next round knows these jobs: nothing joins again, no extra snapshot.
+        loads = rapi.loads
+        again = Ctx(state=attrs.evolve(ctx.state, evacuated=()), rapi=rapi)
+        self.successResultOf(defer.Deferred.fromCoroutine(reconcile_step(again)))
+        self.assertEqual(again.state.evacuated, ())
+        self.assertEqual(rapi.loads, loads)
+
+    def test_finished_incident_move_joins_finished_balance_move_does_not(self) -> None:
+        inc = L.known(node="u-a", node_name="a")
+        docs = [L.migrate(7, "success", "x1"),
+                L.migrate(8, "success", "x2", reason=format_reason("balance", "x2")),
+                L.migrate(9, "error", "x3", uuid=L.U2)]
+        # moved already: the primary is no longer the drained node
+        ctx, _ = self.reconcile(docs, MaintState(incidents=(inc,)))
+        self.assertEqual(ctx.state.evacuated, ("x1",))
+        self.assertIn(7, ctx.state.incident(L.U1).jobs)
+
+    def test_only_finished_jobs_of_others_load_nothing(self) -> None:
+        docs = [L.migrate(8, "success", "x2", reason=format_reason("balance", "x2"))]
+        ctx, rapi = self.reconcile(docs, a={"drained": True})
+        self.assertEqual((ctx.state.evacuated, rapi.loads), ((), 0))

@@ -25,9 +25,9 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.tools import SHARED, skip_or_fail
+from tests.tools import sandbox_dir, skip_or_fail
 
-SANDBOX = os.path.join(SHARED, "ganeti-sandbox")
+SANDBOX = sandbox_dir("up.sh")
 #: Every worktree's test run (and trial -j worker) shares the one sandbox
 #: (it takes over /var/lib/ganeti): whoever holds this lock owns it.
 LOCK = "/run/lock/ganeti-maintd-rapi-sandbox.lock"

@@ -21,16 +21,12 @@ import collections
 import json
 import os
 import subprocess
-import sys
-import tempfile
-import time
 from typing import Any
 
 from maintd.cluster.voting import EXIT_NOTMASTER
 from maintd.decide.reason import INCIDENT, job_reason
-from tests.sandbox_multi import RAPI_CERT, RAPI_PASSWORD, RAPI_URL, RAPI_USER, MultiSandboxTestCase
+from tests.sandbox_multi import DaemonSandboxTestCase
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 EVACUATE = {"status": "evacuate", "command": None, "details": ["sandbox: failing disk"]}
 
 
@@ -42,78 +38,10 @@ def read_state(state_dir: str) -> dict[str, Any]:
         return {}
 
 
-class MasterFailoverSandboxTests(MultiSandboxTestCase):
+class MasterFailoverSandboxTests(DaemonSandboxTestCase):
     sandbox_nodes = 3
     sandbox_instances = 6  # node3: inst3 (diskless) and inst6 (sharedfile)
-
-    def setUp(self) -> None:
-        super().setUp()
-        # kept afterwards: the daemons' and agents' logs for a failure
-        self.work = tempfile.mkdtemp(prefix="maintd-sandbox-failover-", dir="/tmp")
-        self.password = os.path.join(self.work, "rapi-password")
-        with open(self.password, "w") as f:
-            f.write(RAPI_PASSWORD + "\n")
-        os.chmod(self.password, 0o600)
-
-    def until(self, what: str, cond: Any, timeout: float = 300) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = cond()
-            if value:
-                return value
-            time.sleep(1)
-        self.fail(f"{what}: not within {timeout:.0f}s (logs in {self.work})\n{self.logs()}")
-
-    def logs(self) -> str:
-        out = []
-        for name in sorted(os.listdir(self.work)):
-            if name.endswith((".log", ".out")):
-                with open(os.path.join(self.work, name), errors="replace") as f:
-                    tail = f.read()[-1500:]
-                out.append(f"--- {name}\n{tail}")
-        return "\n".join(out)
-
-    def whitelist(self, name: str) -> str:
-        """An (empty) whitelist directory: root's, mode 0755."""
-        path = os.path.join(self.work, name)
-        os.makedirs(path, exist_ok=True)
-        os.chmod(path, 0o755)
-        return path
-
-    def start_agent(self, n: int, report: dict[str, Any] | None) -> None:
-        sb = self.sandbox
-        lib = sb.node_lib(n)
-        argv = [TWISTD,
-                "-n", "--pidfile=", "-l", os.path.join(self.work, f"agent{n}.log"),
-                "ganeti-maintd-agent", "-p", "1817", "-b", sb.node_ip(n),
-                "--hmac-key", f"{lib}/hmac.key", "--ssl-cert", f"{lib}/server.pem",
-                "--state-dir", os.path.join(self.work, f"agent{n}"),
-                "--hostname", sb.node_name(n), "--diagnose-interval", "2",
-                "--repair-dir", self.whitelist(f"repair{n}")]
-        if report is not None:
-            wl = self.whitelist(f"diag{n}")
-            script = os.path.join(wl, "diag")
-            with open(script, "w") as f:
-                f.write("#!/bin/sh\necho '" + json.dumps(report) + "'\n")
-            os.chmod(script, 0o755)
-            argv += ["--diagnose-dir", wl, "--diagnose-command", "diag"]
-        sb.spawn(n, argv, os.path.join(self.work, f"agent{n}.out"))
-
-    def start_daemon(self, n: int, delay: int = 10) -> tuple[subprocess.Popen[bytes], str]:
-        sb = self.sandbox
-        lib = sb.node_lib(n)
-        state_dir = os.path.join(self.work, f"state{n}")
-        argv = [TWISTD,
-                "-n", "--pidfile=", "-l", os.path.join(self.work, f"daemon{n}.log"),
-                "ganeti-maintd", "--rapi", RAPI_URL, "--rapi-user", RAPI_USER,
-                "--rapi-password-file", self.password, "--rapi-cert", RAPI_CERT,
-                "--state-dir", state_dir, "--hostname", sb.node_name(n),
-                "--ssconf-dir", lib, "--noded-cert", f"{lib}/server.pem",
-                "--master-check-interval", "5", "--round-delay", str(delay),
-                "--busy-round-delay", str(delay), "--job-wait", "20",
-                "--agent-cert", f"{lib}/server.pem", "--hmac-key", f"{lib}/hmac.key",
-                "-p", "1816", "-b", sb.node_ip(n)]
-        return sb.spawn(n, argv, os.path.join(self.work, f"daemon{n}.out")), state_dir
+    work_prefix = "maintd-sandbox-failover-"
 
     def our_operations(self) -> tuple[list[tuple[str, str]], set[str]]:
         jobs = self.sandbox.rapi("GET", "/2/jobs?bulk=1")

@@ -25,8 +25,9 @@ from maintd.agent.diagnose import DiagnoseCollector
 from maintd.agent.http import AgentResource, QuietSite, tls_options
 from maintd.agent.repair import MAX_TAIL, RepairService, RepairState
 from maintd.agent.replica import ReplicaStore
-from maintd.common import signing
+from maintd.common import jsonlog, signing
 from maintd.common.strictjson import StrictJSONError
+from maintd.daemon.config import parse_log_format
 
 log = Logger()
 
@@ -96,6 +97,9 @@ class Options(usage.Options):
          "(seen nonces, one result per incident)."],
         ["hostname", None, None, "This node's name as the cluster knows it "
          "[default: this host's FQDN]."],
+        ["log-format", None, "text", "Log as text (twistd's format) or json (one JSON "
+         "object per line, for log shippers; needs the ganeti-maintd-agent command).",
+         parse_log_format],
     ]
 
     def postOptions(self) -> None:  # noqa: N802
@@ -154,6 +158,11 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None,  # noqa:
 
         reactor = _reactor
     o = options
+    if o.get("log-format", "text") == "json" and not jsonlog.INSTALLED:
+        # twistd has already chosen its (text) log; only the launcher can
+        # hand it a JSON one (maintd.admin.launcher).
+        raise _fail("--log-format json needs the ganeti-maintd-agent command "
+                    "(plain twistd writes its own text log)")
     try:
         key = signing.read_key(o["hmac-key"])
     except signing.KeyFileError as e:

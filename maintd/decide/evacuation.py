@@ -3,7 +3,9 @@
 Pure decisions; the steps do the I/O.  An instance joins the list when a job
 maintd submits moves a Xen instance (``xen-pvm``/``xen-hvm``) off an offline
 or drained node: harep's failover, migrate or recreate-disks-elsewhere, an
-incident evacuation's migrate/failover of a primary, or a balancing move.
+incident evacuation's migrate/failover of a primary, or a balancing move --
+also when the job is only found in Ganeti's queue by reconciliation
+(:func:`joins_adopted`).
 Such an instance has no ``xen-cpu-avg-load`` data on its new primary for a
 while (the collector averages over time), and the balancer must not treat
 the gap as an error.  Instances of other hypervisors never join: their load
@@ -22,6 +24,8 @@ import attrs
 from maintd.cluster.model import Cluster, Node
 from maintd.daemon.state import MaintState
 from maintd.decide.balance.load import XEN_HYPERVISORS
+from maintd.decide.reason import HAREP, INCIDENT
+from maintd.decide.reconcile import PENDING, QueueJob
 
 #: RAPI calls (harep's ``Op.method``) that put an instance on another primary.
 MOVING_METHODS = frozenset({"migrate_instance", "failover_instance", "recreate_disks"})
@@ -40,6 +44,36 @@ def joins(cluster: Cluster, instance: str) -> bool:
 def joins_by_method(cluster: Cluster, instance: str, method: str) -> bool:
     """:func:`joins` for a RAPI call: only calls that change the primary count."""
     return method in MOVING_METHODS and joins(cluster, instance)
+
+
+def adopted_moves(state: MaintState, jobs: Iterable[QueueJob]) -> list[QueueJob]:
+    """The jobs among ``jobs`` (ours, new to the state) that may have evacuated
+    an instance and that the state knows from now on: unfinished ones (now
+    awaited) and those of incidents the state holds (applied or rebuilt).
+    Finished harep or balancing jobs stay unknown to the state, so they would
+    be "new" in every round until Ganeti archives them: not considered.
+    """
+    return [j for j in jobs if j.moved_instances
+            and (j.pending or (j.reason.kind == INCIDENT and state.incident(j.reason.id)))]
+
+
+def joins_adopted(cluster: Cluster, instance: str, kind: str, status: str) -> bool:
+    """True when a job of ours that the state did not know (found in Ganeti's
+    queue after a crash or a master failover) evacuated ``instance``.
+
+    Still running: :func:`joins` on this round's snapshot (its primary is
+    still the offline or drained node).  Finished successfully: an
+    incident's or harep's move always leaves an offline or drained node, so
+    a Xen instance joins; a finished balancing move cannot tell where it came
+    from and does not.  A failed or cancelled job moved nothing.  (Which
+    jobs are considered at all: :func:`adopted_moves`.)
+    """
+    inst = cluster.instances.get(instance)
+    if inst is None or inst.hypervisor not in XEN_HYPERVISORS:
+        return False
+    if status in PENDING:
+        return joins(cluster, instance)
+    return status == "success" and kind in (INCIDENT, HAREP)
 
 
 def added(state: MaintState, names: Iterable[str]) -> MaintState:

@@ -66,6 +66,10 @@ FAILED = frozenset({"error", "canceled"})
 
 #: Opcodes that move an instance or its disks (an evacuation step).
 _MOVES = frozenset({"OP_INSTANCE_MIGRATE", "OP_INSTANCE_FAILOVER", "OP_INSTANCE_REPLACE_DISKS"})
+#: Opcodes that can put an instance on another primary node.
+PRIMARY_MOVES = frozenset(
+    {"OP_INSTANCE_MIGRATE", "OP_INSTANCE_FAILOVER", "OP_INSTANCE_RECREATE_DISKS"}
+)
 
 
 @attrs.frozen
@@ -107,6 +111,12 @@ class QueueJob:
                     if tag in op.tags:
                         return tag
         return None
+
+    @property
+    def moved_instances(self) -> list[str]:
+        """Instances its opcodes put on another primary (migrate, failover, recreate-disks)."""
+        return [op.instance for op in self.ops
+                if op.op_id in PRIMARY_MOVES and op.instance is not None]
 
     @property
     def nodes(self) -> list[str]:
@@ -183,6 +193,8 @@ class Result:
     notes: tuple[dict[str, Any], ...] = ()
     #: Jobs of incidents the state does not know, by incident uuid.
     unknown: Mapping[str, tuple[QueueJob, ...]] = attrs.field(factory=dict)
+    #: Every job of ours the state did not know (adopted, applied or unknown).
+    new: tuple[QueueJob, ...] = ()
 
 
 def _known_jobs(state: MaintState) -> set[int]:
@@ -262,7 +274,7 @@ def reconcile_jobs(state: MaintState, queue: Iterable[QueueJob], now: float) -> 
     awaited = list(dict.fromkeys(awaited))
     if awaited != list(state.jobs):
         state = attrs.evolve(state, jobs=tuple(awaited))
-    return Result(state, tuple(notes), unknown)
+    return Result(state, tuple(notes), unknown, tuple(new))
 
 
 def _note(what: str, inc: Incident, jobs: Iterable[QueueJob],

@@ -23,6 +23,7 @@ from maintd.cluster.voting import EXIT_NOTMASTER, normalize_name
 from maintd.daemon.round import RoundStopped
 from maintd.daemon.state import TAG_FAILED, TAG_READY
 from maintd.daemon.steps.notes import note
+from maintd.decide import evacuation
 from maintd.decide import reconcile as R
 
 log = Logger()
@@ -72,6 +73,9 @@ def _log_notes(notes: Iterable[Mapping[str, Any]]) -> None:
         elif what == "not rebuilt":
             log.info("reconcile: incident {uuid} (jobs {jobs}) not rebuilt: {why}",
                      uuid=n.get("incident"), jobs=n.get("jobs"), why=n.get("why"))
+        elif what == "evacuated":
+            log.info("reconcile: {instances} join the evacuated list (moved by jobs found in "
+                     "Ganeti's queue)", instances=", ".join(n.get("instances") or ()))
         elif what == "adopted":
             log.info("reconcile: adopted unfinished {kind} job {job} ({id}) from Ganeti's queue",
                      kind=n.get("kind"), job=n.get("job"), id=n.get("id"))
@@ -92,6 +96,19 @@ async def _reports(ctx: Any, nodes: Iterable[Any]) -> dict[str, Mapping[str, Any
     return {name: r.raw for name, r in got.items() if isinstance(r, DiagnoseReport)}
 
 
+def _join_evacuated(state: Any, cluster: Any, jobs: Iterable[R.QueueJob],
+                    notes: list[dict[str, Any]]) -> Any:
+    """Xen instances that jobs found in the queue evacuated join ``/1/evacuated``
+    in the reconcile commit (as they would have in the submitting commit)."""
+    names = [name for job in evacuation.adopted_moves(state, jobs) for name in job.moved_instances
+             if evacuation.joins_adopted(cluster, name, job.reason.kind, job.status)]
+    new = evacuation.added(state, names)
+    if new is not state:
+        joined = [n for n in new.evacuated if n not in state.evacuated]
+        notes.append({"reconcile": "evacuated", "instances": joined})
+    return new
+
+
 async def reconcile_step(ctx: Any) -> None:
     if ctx.rapi is None:
         return
@@ -103,8 +120,11 @@ async def reconcile_step(ctx: Any) -> None:
     ctx.queue = queue
     res = R.reconcile_jobs(ctx.state, queue, ctx.now)
     state, notes = res.state, list(res.notes)
-    if res.unknown:
+    cluster = None
+    if res.unknown or evacuation.adopted_moves(state, res.new):
         cluster = await ctx.rapi.load_cluster()
+    if res.unknown:
+        assert cluster is not None
         named = {n for jobs in res.unknown.values() for j in jobs for n in j.nodes}
         if all(any(j.nodes for j in jobs) for jobs in res.unknown.values()):
             nodes = [n for n in cluster.nodes.values() if n.name in named]
@@ -112,6 +132,8 @@ async def reconcile_step(ctx: Any) -> None:
             nodes = list(cluster.nodes.values())
         rebuilt = R.rebuild(state, res.unknown, cluster, await _reports(ctx, nodes), ctx.now)
         state, notes = rebuilt.state, notes + list(rebuilt.notes)
+    if cluster is not None:
+        state = _join_evacuated(state, cluster, res.new, notes)
     if state != ctx.state:
         await ctx.commit(state)
     _log_notes(notes)
