@@ -21,8 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server
 from twisted.web.iweb import IRequest
 
 from maintd.agent import diagnose
@@ -37,6 +39,9 @@ NOT_FOUND = b"Unable to produce a report for the requested resource"
 #: connection per node between rounds (``maintd.cluster.keepalive``, 900 s),
 #: so the agent closes later than the daemon does.
 IDLE_TIMEOUT = 960.0
+#: Connections open at most (the daemon needs one, plus short-lived ones for
+#: repairs and state copies): idle ones are kept long, so they are capped.
+MAX_CONNECTIONS = 64
 
 
 class AgentResource(resource.Resource):
@@ -149,15 +154,70 @@ def tls_options(pem: bytes) -> Any:
                                   certificate=cert.original, enableSessionTickets=True)
 
 
+class _Channel(http.HTTPChannel):
+    """An HTTP connection of the agent, known to its site's connection cap."""
+
+    site: QuietSite
+
+    def connectionMade(self) -> None:  # noqa: N802
+        super().connectionMade()
+        self.site.opened(self)
+
+    def requestDone(self, request: Any) -> None:  # noqa: N802
+        super().requestDone(request)
+        self.site.active(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        self.site.closed(self)
+        super().connectionLost(reason)
+
+
 class QuietSite(server.Site):
     """A site without access log lines or factory start/stop noise; idle
-    connections kept :data:`IDLE_TIMEOUT` seconds (the daemon's, between rounds)."""
+    connections kept :data:`IDLE_TIMEOUT` seconds (the daemon's, between
+    rounds), at most :data:`MAX_CONNECTIONS` open: a new one beyond closes
+    the least recently active (the daemon's kept connection, if it is the
+    one, is simply opened again next round)."""
 
     noisy = False
 
-    def __init__(self, res: Any, label: str = "ganeti-maintd-agent") -> None:
+    def __init__(self, res: Any, label: str = "ganeti-maintd-agent",
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         super().__init__(res, timeout=IDLE_TIMEOUT)
         self.label = label
+        self.protocol = _Channel  # type: ignore[assignment]
+        self.max_connections = max_connections
+        #: Open connections, least recently active first (values unused).
+        self._open: dict[_Channel, None] = {}
+        #: Connections closed to make room, in all.
+        self.evicted = 0
+        self._warned_at: float | None = None
+
+    def opened(self, channel: _Channel) -> None:
+        while len(self._open) >= self.max_connections:
+            victim = next(iter(self._open))
+            del self._open[victim]
+            self.evicted += 1
+            now = self.reactor.seconds()
+            if self._warned_at is None or now - self._warned_at >= 60:
+                self._warned_at = now
+                log.warn("{limit} connections open; closing the least recently active "
+                         "ones to make room ({count} in all so far)",
+                         limit=self.max_connections, count=self.evicted)
+            if victim.transport is not None:
+                victim.transport.abortConnection()  # type: ignore[attr-defined]
+        self._open[channel] = None
+
+    def active(self, channel: _Channel) -> None:
+        if channel in self._open:
+            del self._open[channel]
+            self._open[channel] = None
+
+    def closed(self, channel: _Channel) -> None:
+        self._open.pop(channel, None)
+
+    def __len__(self) -> int:
+        return len(self._open)
 
     def logPrefix(self) -> str:  # noqa: N802
         return self.label
