@@ -155,7 +155,7 @@ class ConnectionCapTests(SynchronousTestCase):
         from twisted.web.resource import Resource
 
         site = QuietSite(Resource(), max_connections=2)
-        site.reactor = MemoryReactorClock()
+        site.reactor = site.guard.clock = MemoryReactorClock()
         channels = []
         for _ in range(3):
             ch = site.buildProtocol(None)
@@ -168,9 +168,9 @@ class ConnectionCapTests(SynchronousTestCase):
         self.assertTrue(channels[1][1].disconnecting, "the least recently active is closed")
         self.assertFalse(channels[0][1].disconnecting)
         self.assertFalse(channels[2][1].disconnecting)
-        self.assertEqual(site.evicted, 1)
+        self.assertEqual(site.guard.evicted, 1)
         channels[1][0].connectionLost(None)
-        self.assertEqual(len(site), 2)
+        self.assertEqual(len(site.guard), 2)
 
 
 def task_sleep(seconds: float) -> defer.Deferred[None]:

@@ -31,6 +31,7 @@ from maintd.agent import diagnose
 from maintd.agent.repair import MAX_REQUEST, RepairService
 from maintd.agent.replica import MAX_REPLICA, ReplicaStore
 from maintd.common import signing
+from maintd.daemon.httpguard import ConnectionGuard
 
 log = Logger()
 
@@ -161,23 +162,32 @@ class _Channel(http.HTTPChannel):
 
     def connectionMade(self) -> None:  # noqa: N802
         super().connectionMade()
-        self.site.opened(self)
+        self.site.guard.opened(self)
 
     def requestDone(self, request: Any) -> None:  # noqa: N802
         super().requestDone(request)
-        self.site.active(self)
+        self.site.guard.active(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
-        self.site.closed(self)
+        self.site.guard.closed(self)
         super().connectionLost(reason)
+
+    def peer(self) -> str:
+        address = self.transport.getPeer() if self.transport is not None else None
+        return str(getattr(address, "host", address))
+
+    def evict(self) -> None:
+        """Closed to make room for a new connection (the cap)."""
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
 
 class QuietSite(server.Site):
     """A site without access log lines or factory start/stop noise; idle
     connections kept :data:`IDLE_TIMEOUT` seconds (the daemon's, between
     rounds), at most :data:`MAX_CONNECTIONS` open: a new one beyond closes
-    the least recently active (the daemon's kept connection, if it is the
-    one, is simply opened again next round)."""
+    the least recently active (``maintd.daemon.httpguard``; the daemon's kept
+    connection, if it is the one, is simply opened again next round)."""
 
     noisy = False
 
@@ -186,38 +196,7 @@ class QuietSite(server.Site):
         super().__init__(res, timeout=IDLE_TIMEOUT)
         self.label = label
         self.protocol = _Channel  # type: ignore[assignment]
-        self.max_connections = max_connections
-        #: Open connections, least recently active first (values unused).
-        self._open: dict[_Channel, None] = {}
-        #: Connections closed to make room, in all.
-        self.evicted = 0
-        self._warned_at: float | None = None
-
-    def opened(self, channel: _Channel) -> None:
-        while len(self._open) >= self.max_connections:
-            victim = next(iter(self._open))
-            del self._open[victim]
-            self.evicted += 1
-            now = self.reactor.seconds()
-            if self._warned_at is None or now - self._warned_at >= 60:
-                self._warned_at = now
-                log.warn("{limit} connections open; closing the least recently active "
-                         "ones to make room ({count} in all so far)",
-                         limit=self.max_connections, count=self.evicted)
-            if victim.transport is not None:
-                victim.transport.abortConnection()  # type: ignore[attr-defined]
-        self._open[channel] = None
-
-    def active(self, channel: _Channel) -> None:
-        if channel in self._open:
-            del self._open[channel]
-            self._open[channel] = None
-
-    def closed(self, channel: _Channel) -> None:
-        self._open.pop(channel, None)
-
-    def __len__(self) -> int:
-        return len(self._open)
+        self.guard = ConnectionGuard(max_connections, self.reactor, what=label, option="")
 
     def logPrefix(self) -> str:  # noqa: N802
         return self.label
