@@ -6,6 +6,7 @@ the collect step on top; the agent repair executor's requests."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import Any
 
@@ -65,6 +66,11 @@ class AgentClientTests(TestCase):
             self.assertEqual(c.resumed, 0)
             self.assertEqual((c.pool.opened, c.pool.reused, len(c.pool)),
                              (len(reports), 0, len(reports)))
+            # a kept connection sends TCP keepalives after a minute idle
+            kept, _ = next(iter(c.pool._idle.values()))
+            sock = kept.transport.transport.getHandle()  # type: ignore[union-attr]
+            self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 60)
             # next round: over the connections kept from the first, no new
             # TCP or TLS; the reports still verified
             reports = await self.gather(c)

@@ -25,6 +25,7 @@ closes first and races stay rare.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,8 @@ log = Logger()
 
 #: Seconds an idle connection is kept (a round every 300 s by default).
 IDLE_TIMEOUT = 900.0
+#: Seconds idle before a kept connection's first TCP keepalive probe.
+KEEPALIVE_IDLE = 60
 #: Largest status line + headers of an answer (bytes).
 MAX_HEAD = 16 * 1024
 #: Longest chunk-size or trailer line of a chunked answer (bytes).
@@ -374,6 +377,23 @@ class _Factory(protocol.ClientFactory):
         self.conn.failed(reason)
 
 
+def _tcp_keepalive(transport: Any) -> None:
+    """TCP keepalives on a kept connection: a probe after a minute idle
+    keeps a stateful firewall's or NAT's entry alive, and a connection
+    whose peer is gone without a word is found closed (about two minutes)
+    instead of costing a timeout next round."""
+    tcp = getattr(transport, "transport", transport)  # under TLS: the TCP one
+    try:
+        tcp.setTcpKeepAlive(1)
+        sock = tcp.getHandle()
+        for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", 15),
+                            ("TCP_KEEPCNT", 4)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except (AttributeError, OSError):  # not a TCP socket (tests), or no such option
+        pass
+
+
 class _TLSFactory(TLSMemoryBIOFactory):
     """TLS around one :class:`Connection`: it writes each request at once,
     so without Twisted's default aggregation of small writes (one more
@@ -421,7 +441,9 @@ class ConnectionPool:
                 or len(self._idle) >= self.max_idle):
             conn.close()
             return
-        conn.key = key
+        if conn.key != key:  # newly kept
+            conn.key = key
+            _tcp_keepalive(conn.transport)
         self._idle[key] = (conn, self._reactor.seconds())
         conn.on_lost = self._forget
         self._arm()
