@@ -207,6 +207,22 @@ class KeptConnectionTests(SynchronousTestCase):
         self.assertIn("within 2s", str(err))
         self.assertEqual(h.reactor.connectors[0].stoppedConnecting, True)
 
+    def test_each_idle_connection_expires_on_its_own_time(self) -> None:
+        h = Harness(self, idle_timeout=60)
+        for i, ip in enumerate(("10.0.0.1", "10.0.0.2")):
+            if i:
+                h.reactor.advance(30)  # n0 kept at 0 s, n1 at 30 s
+            d = h.gather([node(f"n{i}", ip)])
+            proto, _ = h.connect(i)
+            proto.dataReceived(answer(signed()))
+            self.successResultOf(d)
+        self.assertEqual(len(h.client.pool), 2)
+        h.reactor.advance(30)  # 60 s: n0 expires, n1 stays
+        self.assertEqual(len(h.client.pool), 1)
+        self.assertIsNotNone(h.client.pool.take("10.0.0.2", 1817))
+        self.assertIsNone(h.client.pool.take("10.0.0.1", 1817))
+        self.assertEqual(len(h.reactor.getDelayedCalls()), 1, "one sweep timer")
+
     def test_connection_close_and_http_1_0_answers_are_not_kept(self) -> None:
         h = Harness(self)
         nodes = [node("n1", "10.0.0.1"), node("n2", "10.0.0.2")]
