@@ -5,16 +5,17 @@ the others, and the HTTP/1.1 reader's framing and bounds."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import crypto
-from twisted.internet import defer
+from twisted.internet import defer, protocol
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from maintd.agent import diagnose
 from maintd.cluster import keepalive
@@ -435,3 +436,48 @@ class ReaderTests(SynchronousTestCase):
         self.assertTrue(c.reusable)
         c.dataReceived(b"surprise")
         self.assertTrue(t.disconnected)
+
+
+class _Flaky(protocol.Protocol):
+    """Answers each request with keep-alive, except the second one on its
+    connection: that one it drops unanswered (an agent restarting or closing
+    an idle connection just as the request arrives)."""
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.factory.connections += 1  # type: ignore[attr-defined]
+        self.seen = 0
+        self.buf = b""
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            _, self.buf = self.buf.split(b"\r\n\r\n", 1)
+            self.seen += 1
+            assert self.transport is not None
+            if self.seen == 2:
+                self.transport.loseConnection()
+                return
+            self.transport.write(answer(self.factory.body))  # type: ignore[attr-defined]
+
+
+class RealSocketTests(TestCase):
+    def test_a_kept_connection_closed_as_the_request_arrives_is_retried(self) -> defer.Deferred[None]:
+        async def t() -> None:
+            from twisted.internet import reactor
+
+            factory = protocol.Factory.forProtocol(_Flaky)
+            factory.connections = 0  # type: ignore[attr-defined]
+            factory.body = signing.dumps(  # type: ignore[attr-defined]
+                diagnose.report({"status": "Ok"}, time.time()), KEY, time.time())
+            port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+            self.addCleanup(port.stopListening)
+            c = AgentClient(reactor, key=KEY, port=port.getHost().port, timeout=5.0)
+            self.addCleanup(lambda: defer.Deferred.fromCoroutine(c.close()))
+            n = node("n1", "127.0.0.1")
+            for _ in range(2):
+                out = await c.gather([n], c.diagnose)
+                self.assertEqual(out["n1"].status, Action.OK)
+            self.assertEqual((c.pool.reused, c.pool.retried, c.pool.opened), (1, 1, 2))
+            self.assertEqual(factory.connections, 2)  # type: ignore[attr-defined]
+            self.assertEqual(c.counters.snapshot()["n1"]["unreachable"], 0)
+        return defer.Deferred.fromCoroutine(t())
