@@ -20,7 +20,11 @@ With ``--agents`` the self-diagnose reports come from the simulator's node
 agents instead (what the daemon uses by default): HTTPS pinned to the
 simulator's ``server.pem``, every report signed with its HMAC key and
 verified by the daemon's agent client (RAPI over HTTPS too); the figures add
-the signature verification cost.
+the signature verification cost.  The first round is the daemon's first
+(every connection new: TCP and a full TLS handshake per node, 64 at a time);
+the second goes over the connections kept from it.  The simulator's CPU per
+step is printed too: on a shared 2-CPU machine the simulator's 1,000 TLS
+servers and the daemon compete for the same cores.
 
     .venv/bin/python bench/round.py [--nodes 1000] [--timeout 2] [--parallel 1024] [--agents]
 """
@@ -58,6 +62,16 @@ from maintd.decide import incidents as I
 from maintd.decide.balance.gen import generate_cluster
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def child_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def free_port() -> int:
@@ -307,27 +321,36 @@ async def main(reactor: Any, args: argparse.Namespace, work: str) -> None:
             if agent is not None:
                 ctx.agent, ctx.mond = mond, None
                 verified, spent = agent.verified, agent.verify_seconds
-            times, cpu = {}, {}
+                pool = (agent.pool.reused, agent.pool.opened, agent.pool.retried, agent.resumed)
+            times, cpu, sim_cpu = {}, {}, {}
             start = time.perf_counter()
             for step in (snapshot_step, cleanup_step, collect_step, handle_step):
-                s, c = time.perf_counter(), time.process_time()
+                s, c, sc = time.perf_counter(), time.process_time(), child_cpu(child.pid)
                 await step(ctx)
                 times[step.__name__] = time.perf_counter() - s
                 cpu[step.__name__] = time.process_time() - c
+                sim_cpu[step.__name__] = child_cpu(child.pid) - sc
             total = time.perf_counter() - start
             label = "first round" if attempt == 0 else "second round (silent nodes asked first)"
             print(f"{label}:")
             for k, v in times.items():
-                print(f"  {k:14s} {v:7.3f} s wall {cpu[k]:7.3f} s CPU")
+                print(f"  {k:14s} {v:7.3f} s wall {cpu[k]:7.3f} s CPU "
+                      f"(simulator {sim_cpu[k]:6.2f} s CPU)")
             print(f"  collect: {mond.summary()}")
             if agent is not None:
                 n_ver = agent.verified - verified
                 cost = agent.verify_seconds - spent
                 print(f"  verification: {n_ver} signed reports checked (strict JSON, HMAC-SHA1, "
                       f"window) in {cost * 1000:.1f} ms (reactor thread, wall), "
-                      f"{cost / max(n_ver, 1) * 1e6:.0f} us per report; TLS sessions resumed "
-                      f"so far {agent.resumed}; outcomes (both rounds) "
+                      f"{cost / max(n_ver, 1) * 1e6:.0f} us per report; outcomes (both rounds) "
                       f"{agent.counters.totals()}")
+                reused, opened, retried, resumed = (
+                    now - before for now, before in zip(
+                        (agent.pool.reused, agent.pool.opened, agent.pool.retried,
+                         agent.resumed), pool, strict=True))
+                print(f"  connections: {reused} kept from the last round, {opened} new "
+                      f"({resumed} with a resumed TLS session), {retried} kept ones found "
+                      f"closed and retried; {len(agent.pool)} kept for the next round")
             new = len(ctx.state.incidents)
             plans = [n for n in ctx.notes if "plan" in n]
             unreachable = sum(n.get("unreachable", 0) for n in ctx.notes)
@@ -345,6 +368,8 @@ async def main(reactor: Any, args: argparse.Namespace, work: str) -> None:
         print(f"  decide() alone: {time.perf_counter() - s:.3f} s")
         print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         await rapi.close()
+        if agent is not None:
+            await agent.close()
         bench_evacuation_plan(args.nodes, 200, args.seed)
     finally:
         child.terminate()

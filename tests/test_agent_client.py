@@ -6,6 +6,7 @@ the collect step on top; the agent repair executor's requests."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import Any
 
@@ -45,7 +46,10 @@ class AgentClientTests(TestCase):
         args: dict[str, Any] = {"key": self.key, "cert": self.sim.agent_cert,
                                 "port": self.sim.agent_port, "timeout": 5.0}
         args.update(kw)
-        return AgentClient.create(reactor, **args)
+        client = AgentClient.create(reactor, **args)
+        # the connections it keeps for the next round
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(client.close()))
+        return client
 
     async def gather(self, client: AgentClient) -> dict[str, Any]:
         return await client.gather(nodes_of(self.sim), client.diagnose)
@@ -60,10 +64,27 @@ class AgentClientTests(TestCase):
             self.assertEqual(c.counters.totals()["ok"], len(reports))
             self.assertEqual(c.verified, len(reports))
             self.assertEqual(c.resumed, 0)
-            # next round: the TLS sessions are resumed, the reports still verified
+            self.assertEqual((c.pool.opened, c.pool.reused, len(c.pool)),
+                             (len(reports), 0, len(reports)))
+            # a kept connection sends TCP keepalives after a minute idle
+            kept, _ = next(iter(c.pool._idle.values()))
+            sock = kept.transport.transport.getHandle()  # type: ignore[union-attr]
+            self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 60)
+            # next round: over the connections kept from the first, no new
+            # TCP or TLS; the reports still verified
             reports = await self.gather(c)
             self.assertEqual(c.counters.totals()["ok"], 2 * len(reports))
+            self.assertEqual(c.verified, 2 * len(reports))
+            self.assertEqual((c.pool.opened, c.pool.reused, c.pool.retried),
+                             (len(reports), len(reports), 0))
+            # without kept connections, the new ones resume the TLS sessions
+            await c.close()
+            self.assertEqual(len(c.pool), 0)
+            reports = await self.gather(c)
+            self.assertEqual(c.counters.totals()["ok"], 3 * len(reports))
             self.assertEqual(c.resumed, len(reports))
+            self.assertEqual(c.pool.opened, 2 * len(reports))
         return defer.Deferred.fromCoroutine(t())
 
     def test_refused_reports_are_counted_per_node(self) -> defer.Deferred[None]:

@@ -15,8 +15,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from maintd.agent import tap
+from maintd.agent.http import IDLE_TIMEOUT, QuietSite
+from maintd.cluster.agent import AgentClient
+from maintd.cluster.model import Node
 from maintd.cluster.rapi.tls import PinnedCertificatePolicy
 from maintd.common import signing
+from maintd.daemon.state import Action
 from maintd.sim import tls
 from tests.simulators import free_port
 
@@ -132,7 +136,41 @@ class ServingTests(TestCase):
                                            "category", "kind", "data"})
             r = await client.get(f"https://127.0.0.1:{port}/1/list/collectors")
             self.assertEqual(json.loads(await treq.content(r)), [["diagnose", "node", 1]])
+            # the daemon's client: its connection is kept open by the agent
+            # and used again for the next round
+            agents = AgentClient.create(reactor, key=key, cert=f["cert"], port=port, timeout=5)
+            self.addCleanup(lambda: defer.Deferred.fromCoroutine(agents.close()))
+            n = Node(name="node1.example.com", uuid="u1", group="g", pip="127.0.0.1")
+            for _ in range(2):
+                out = await agents.gather([n], agents.diagnose)
+                self.assertEqual(out[n.name].status, Action.EVACUATE_FAILOVER)
+            self.assertEqual((agents.pool.opened, agents.pool.reused), (1, 1))
+            self.assertEqual(svc.site.timeOut, IDLE_TIMEOUT)
         return defer.Deferred.fromCoroutine(t())
+
+
+class ConnectionCapTests(SynchronousTestCase):
+    def test_the_least_recently_active_connection_makes_room(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+        from twisted.web.resource import Resource
+
+        site = QuietSite(Resource(), max_connections=2)
+        site.reactor = site.guard.clock = MemoryReactorClock()
+        channels = []
+        for _ in range(3):
+            ch = site.buildProtocol(None)
+            t = StringTransport()
+            ch.makeConnection(t)
+            channels.append((ch, t))
+            if len(channels) == 2:
+                # the first one completes a request: the second is now the idle one
+                channels[0][0].dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(channels[1][1].disconnecting, "the least recently active is closed")
+        self.assertFalse(channels[0][1].disconnecting)
+        self.assertFalse(channels[2][1].disconnecting)
+        self.assertEqual(site.guard.evicted, 1)
+        channels[1][0].connectionLost(None)
+        self.assertEqual(len(site.guard), 2)
 
 
 def task_sleep(seconds: float) -> defer.Deferred[None]:

@@ -19,9 +19,12 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(MondClient(task.Clock()).parallel, DEFAULT_PARALLEL)
         self.assertGreaterEqual(DEFAULT_PARALLEL, 1000, "a 1,000-node cluster in one go")
 
-    def test_fds_needed_covers_stalled_requests(self) -> None:
+    def test_fds_needed_covers_stalled_requests_and_kept_connections(self) -> None:
         self.assertEqual(STALLED_FACTOR, mond.STALLED_FACTOR)
-        self.assertEqual(fds_needed(1024), 4 * 1024 + 256)
+        # 4 x 1024 outstanding mond requests, 1024 idle agent connections kept
+        self.assertEqual(fds_needed(1024), 4 * 1024 + 1024 + 256)
+        from maintd.cluster.agent import AgentClient
+        self.assertEqual(AgentClient(task.Clock(), key=None, parallel=1024).pool.max_idle, 1024)
 
 
 class FdLimitTests(SynchronousTestCase):

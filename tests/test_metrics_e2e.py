@@ -136,7 +136,8 @@ class MetricsEndToEndTests(TestCase):
                                     action="evacuate"), 1)
         source = "mond" if d.daemon.agent is None else "agent"
         self.assertGreaterEqual(self.value(s, "ganeti_maintd_reports_total", source=source,
-                                           node="n4", outcome="unreachable") or 0, 2)
+                                           node="n4", outcome="unreachable") or 0, 2,
+                                [(k, v) for k, v in s.items() if "n4" in str(k)])
 
     def test_bad_requests_get_4xx_and_rounds_go_on(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._bad_requests())
@@ -210,6 +211,7 @@ class AgentReportMetricsTests(TestCase):
                                cluster=cluster, events=metrics)
             ctx.agent = agent
             await collect_step(ctx)
+            await agent.close()
 
         await collect(signing.read_key(sim.hmac_key_file))
         await collect(b"forged key\n")

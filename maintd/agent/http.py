@@ -21,18 +21,28 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server
 from twisted.web.iweb import IRequest
 
 from maintd.agent import diagnose
 from maintd.agent.repair import MAX_REQUEST, RepairService
 from maintd.agent.replica import MAX_REPLICA, ReplicaStore
 from maintd.common import signing
+from maintd.daemon.httpguard import ConnectionGuard
 
 log = Logger()
 
 NOT_FOUND = b"Unable to produce a report for the requested resource"
+#: Seconds an idle client connection stays open: the daemon keeps one
+#: connection per node between rounds (``maintd.cluster.keepalive``, 900 s),
+#: so the agent closes later than the daemon does.
+IDLE_TIMEOUT = 960.0
+#: Connections open at most (the daemon needs one, plus short-lived ones for
+#: repairs and state copies): idle ones are kept long, so they are capped.
+MAX_CONNECTIONS = 64
 
 
 class AgentResource(resource.Resource):
@@ -145,14 +155,48 @@ def tls_options(pem: bytes) -> Any:
                                   certificate=cert.original, enableSessionTickets=True)
 
 
+class _Channel(http.HTTPChannel):
+    """An HTTP connection of the agent, known to its site's connection cap."""
+
+    site: QuietSite
+
+    def connectionMade(self) -> None:  # noqa: N802
+        super().connectionMade()
+        self.site.guard.opened(self)
+
+    def requestDone(self, request: Any) -> None:  # noqa: N802
+        super().requestDone(request)
+        self.site.guard.active(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        self.site.guard.closed(self)
+        super().connectionLost(reason)
+
+    def peer(self) -> str:
+        address = self.transport.getPeer() if self.transport is not None else None
+        return str(getattr(address, "host", address))
+
+    def evict(self) -> None:
+        """Closed to make room for a new connection (the cap)."""
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
 class QuietSite(server.Site):
-    """A site without access log lines or factory start/stop noise."""
+    """A site without access log lines or factory start/stop noise; idle
+    connections kept :data:`IDLE_TIMEOUT` seconds (the daemon's, between
+    rounds), at most :data:`MAX_CONNECTIONS` open: a new one beyond closes
+    the least recently active (``maintd.daemon.httpguard``; the daemon's kept
+    connection, if it is the one, is simply opened again next round)."""
 
     noisy = False
 
-    def __init__(self, res: Any, label: str = "ganeti-maintd-agent") -> None:
-        super().__init__(res)
+    def __init__(self, res: Any, label: str = "ganeti-maintd-agent",
+                 max_connections: int = MAX_CONNECTIONS) -> None:
+        super().__init__(res, timeout=IDLE_TIMEOUT)
         self.label = label
+        self.protocol = _Channel  # type: ignore[assignment]
+        self.guard = ConnectionGuard(max_connections, self.reactor, what=label, option="")
 
     def logPrefix(self) -> str:  # noqa: N802
         return self.label

@@ -133,6 +133,7 @@ class AgentService(service.MultiService):
     collector: DiagnoseCollector
     repairs: RepairService
     resource: AgentResource
+    site: QuietSite
 
 
 def _fail(message: str) -> SystemExit:
@@ -213,7 +214,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None,  # noqa:
         endpoint = endpoints.SSL4ServerEndpoint(reactor, port, tls, interface=bind)
     listen = _Listen(endpoint, site, f"{bind} port {port}")
     listen.setServiceParent(top)
-    top.collector, top.repairs, top.resource = collector, repairs, res
+    top.collector, top.repairs, top.resource, top.site = collector, repairs, res, site
     log.info("ganeti-maintd-agent for {node} on {bind} port {port} ({proto}); diagnose: "
              "{diag}; repairs from {rdir}", node=o["hostname"], bind=bind, port=port,
              proto="plain HTTP" if tls is None else "TLS", diag=command or "built-in (Ok)",

@@ -70,10 +70,15 @@ class Evictable(Protocol):
 class ConnectionGuard:
     """The open connections of one site, least recently active first."""
 
-    def __init__(self, limit: int, clock: Any, log_interval: float = LOG_INTERVAL) -> None:
+    def __init__(self, limit: int, clock: Any, log_interval: float = LOG_INTERVAL, *,
+                 what: str = "HTTP API", option: str = "--http-max-connections") -> None:
+        """``what``, ``option``: whose connections and which option sets
+        the cap, for the warning (the node agent's cap is no option)."""
         if limit < 1:
             raise ValueError(f"connection limit must be at least 1, not {limit}")
         self.limit = limit
+        self.what = what
+        self.option = f" ({option})" if option else ""
         self.clock = clock
         self.log_interval = log_interval
         # dict: insertion-ordered, O(1) move-to-end; values unused
@@ -113,9 +118,11 @@ class ConnectionGuard:
         if self._last_report is not None and now - self._last_report < self.log_interval:
             return
         log.warn(
-            "HTTP API: {limit} connections open (--http-max-connections); closing the least "
+            "{what}: {limit} connections open{option}; closing the least "
             "recently active ones to make room ({count} closed since the last message, the "
             "latest from {peer})",
+            what=self.what,
+            option=self.option,
             limit=self.limit,
             count=self._unreported,
             peer=victim.peer(),

@@ -197,8 +197,8 @@ class RoundRunner:
         await run_round(self.context(number), self.steps, should_stop=should_stop)
 
     async def close(self) -> None:
-        """Close the RAPI and mond clients' connections (after the last round)."""
-        for name in ("rapi", "mond"):
+        """Close the RAPI, mond and agent clients' connections (after the last round)."""
+        for name in ("rapi", "mond", "agent"):
             client = getattr(self, name)
             if client is None or not hasattr(client, "close"):
                 continue

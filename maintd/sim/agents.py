@@ -27,7 +27,7 @@ from twisted.internet import defer
 from twisted.web.iweb import IRequest
 
 from maintd.agent import runner, whitelist
-from maintd.agent.http import AgentResource, tls_options
+from maintd.agent.http import IDLE_TIMEOUT, AgentResource, tls_options
 from maintd.agent.repair import RepairService, RepairState
 from maintd.agent.replica import ReplicaStore
 from maintd.sim.mond import MondFronts, MondResource, _MondPort, _QuietSite
@@ -139,6 +139,8 @@ class AgentFronts(MondFronts):
         node = self.sim.cluster.nodes[name]
         site = _QuietSite(self.resources[name], name, node.pip)
         site.label = f"{SITE_PREFIX}{name} at {node.pip}"
+        site.timeOut = IDLE_TIMEOUT  # the daemon keeps a connection between rounds
+        self.sites[name] = site
         port: Any
         if self.tls is None:
             port = _AgentPort(self.port, site, interface=node.pip, reactor=self.reactor)

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, tcp
+from twisted.internet import defer, task, tcp
 from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
@@ -168,11 +169,35 @@ class _QuietSite(server.Site):
     def __init__(self, resource: Any, node: str = "", address: str = "") -> None:
         super().__init__(resource)
         self.label = f"{SITE_PREFIX}{node} at {address}"
+        #: Open connections (a client may keep one between requests).
+        self.channels: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
+        channel = super().buildProtocol(addr)
+        self.channels.add(channel)
+        return channel
+
+    def drop_connections(self) -> None:
+        """Abort every open connection (the node went down)."""
+        for channel in list(self.channels):
+            # Site.buildProtocol's protocol wraps the HTTP channel
+            inner = getattr(channel, "_channel", channel)
+            transport = getattr(inner, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
 
     def logPrefix(self) -> str:  # noqa: N802
         return self.label
 
     def log(self, request: Any) -> None:
+        pass
+
+    # No access log: no log file and no per-second log date timer either
+    # (a thousand sites would run a thousand timers a second).
+    def startFactory(self) -> None:  # noqa: N802
+        pass
+
+    def stopFactory(self) -> None:  # noqa: N802
         pass
 
 
@@ -201,6 +226,7 @@ class MondFronts:
         self.wallclock = wallclock
         self.resources: dict[str, MondResource] = {}
         self.ports: dict[str, Any] = {}
+        self.sites: dict[str, _QuietSite] = {}
         sim.mond_listeners.append(self._mode_changed)
 
     def start(self) -> None:
@@ -212,6 +238,7 @@ class MondFronts:
     def _listen(self, name: str) -> None:
         node = self.sim.cluster.nodes[name]
         site = _QuietSite(self.resources[name], name, node.pip)
+        self.sites[name] = site
         port = _MondPort(self.port, site, interface=node.pip, reactor=self.reactor)
         port.startListening()
         self.ports[name] = port
@@ -222,6 +249,9 @@ class MondFronts:
         if mode == "down" and name in self.ports:
             self.ports.pop(name).stopListening()
             self.resources[name].release()
+            site = self.sites.pop(name, None)
+            if site is not None:  # a node that is down keeps no connection
+                site.drop_connections()
         elif mode != "down" and name not in self.ports:
             try:
                 self._listen(name)
@@ -234,4 +264,11 @@ class MondFronts:
         ports, self.ports = self.ports, {}
         for res in self.resources.values():
             res.release()
-        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports.values()])
+        waits = [defer.maybeDeferred(p.stopListening) for p in ports.values()]
+        sites, self.sites = self.sites, {}
+        if any(site.channels for site in sites.values()):
+            for site in sites.values():  # connections a client kept
+                site.drop_connections()
+            # the aborted connections end on the next reactor turn
+            waits.append(task.deferLater(self.reactor, 0, lambda: None))
+        return defer.gatherResults(waits)

@@ -378,7 +378,7 @@ def format_text(cluster: Cluster) -> str:
         nlines.append(
             f"{n.name}|{n.mtotal}|{n.mnode}|{n.mfree}|{n.dtotal}|{n.dfree}|{n.ctotal}|{flag}|"
             f"{guuid}|{n.spindles_total}|{','.join(sorted(n.tags))}|"
-            f"{'Y' if n.exclusive_storage else 'N'}|{n.spindles_free}|{n.cnos}|{n.cpu_speed:f}"
+            f"{'Y' if n.exclusive_storage else 'N'}|{n.spindles_free}|{n.cnos}|{float(n.cpu_speed)!r}"
         )
     ilines = []
     for i in cluster.instances.values():
