@@ -9,7 +9,9 @@ lists differ, the first differing move is printed (hbal's line and ours).
 A per-step cost curve follows each size: step number, our search's CPU
 seconds for that step, hbal's wall seconds for it (hbal runs on a pty, so
 its solution lines come out as it finds them and are timestamped), and the
-ratio.  Where a size gets a move cap, both tools get the same ``-l``; hbal
+ratio.  Before the curve, the CPU time our process spent compiling the
+numba scoring kernel (or loading it from numba's cache) is printed; it is
+not part of step 1.  Where a size gets a move cap, both tools get the same ``-l``; hbal
 runs under a time limit and shows ``timeout`` when it does not finish (its
 curve then stops where it stopped).
 
@@ -201,6 +203,10 @@ def main() -> None:
                 print(f"  same first {min(len(h_lines), len(mine))} moves, lengths differ")
             else:
                 print("  move lists identical")
+            print(
+                f"  scoring kernel: {doc.get('kernel_seconds', 0.0):.2f} s CPU to compile or load "
+                "from numba's cache (before step 1)"
+            )
             steps = doc.get("step_seconds", [])
             h_step = [b - a for a, b in zip([0.0, *stamps], stamps, strict=False)]
             print(f"  {'step':>6} {'ours cpu s':>11} {'hbal wall s':>12} {'ratio':>7}")

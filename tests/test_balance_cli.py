@@ -42,6 +42,9 @@ class CliTests(SynchronousTestCase):
         self.assertEqual(round(doc["initial_score"], 8), 46.94539253)
         self.assertEqual(round(doc["final_score"], 8), 0.26606742)
         self.assertEqual(len(doc["moves"]), 4)
+        # One CPU time per step (the last found nothing), and the kernel's load time.
+        self.assertEqual(len(doc["step_seconds"]), 5)
+        self.assertGreaterEqual(doc["kernel_seconds"], 0.0)
         for mv in doc["moves"]:
             self.assertEqual(set(mv) >= {"instance", "from", "to", "kind"}, True)
         flat = [m["instance"] for js in doc["jobsets"] for m in js]

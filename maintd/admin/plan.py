@@ -201,6 +201,8 @@ def plan_json(result: Plan, cluster: Cluster, seconds: float) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         # CPU seconds of each search step (the last found nothing to take).
         "step_seconds": [round(x, 4) for x in result.step_seconds],
+        # CPU seconds to compile the scoring kernel, or load it from numba's cache.
+        "kernel_seconds": round(result.kernel_seconds, 3),
     }
 
 

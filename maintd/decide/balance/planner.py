@@ -15,6 +15,7 @@ import attrs
 import numpy as np
 
 from maintd.cluster.model import Cluster
+from maintd.decide.balance.kernel import warm_up
 from maintd.decide.balance.moves import Move, PeerTops, apply_move
 from maintd.decide.balance.score import (
     State,
@@ -83,6 +84,9 @@ class Plan:
     initial_imem: np.ndarray = attrs.field(repr=False, eq=False)
     #: CPU seconds of each step's search (the last one found no move).
     step_seconds: tuple[float, ...] = attrs.field(default=(), repr=False, eq=False)
+    #: CPU seconds spent compiling (or loading from cache) the scoring kernel
+    #: before the first step; 0 when this process had done it already.
+    kernel_seconds: float = attrs.field(default=0.0, repr=False, eq=False)
 
 
 def new_nodes(move: Move, p: int, s: int, t: int) -> tuple[int, int]:
@@ -121,6 +125,7 @@ def plan(
     search the incremental one must agree with).
     """
     opts = opts or Options()
+    kernel_seconds = warm_up()
     state = build_state(cluster, group, util, mem_pool)
     allowed = np.ones(len(state.node_names), dtype=bool)
     if opts.allowed_nodes is not None:
@@ -189,6 +194,7 @@ def plan(
         state=state,
         initial_imem=imem0,
         step_seconds=tuple(c.seconds for c in search.costs),
+        kernel_seconds=kernel_seconds,
     )
 
 

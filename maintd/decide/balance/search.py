@@ -21,9 +21,34 @@ scoring only the candidates that can still be the best:
   nodes.  For the other candidates only the cluster-wide sums changed: the
   gain of a sum component is unchanged, and the gain of a standard
   deviation drifts by at most a bound computed from the records' figures
-  and the change of the cluster's sums (second order: the product of the
-  move's change and the candidate's change).  The bounds accumulate until
-  the record is scored again.
+  and the change of the cluster's sums.  The bounds accumulate until the
+  record is scored again.
+* The drift bound (``kernel.drift_update``), per deviation component: a
+  candidate changes the component's sum by ``d`` (|d| <= dmax) and leaves
+  variance ``u`` (u >= umin); its gain is ``g = sqrt(u) - sqrt(v)`` (|g| <=
+  gmax) where ``v`` is the cluster's variance.  When the cluster's sums
+  move (sum by ``dS``, variance from v0 to v1, dv = |v1 - v0|) without the
+  candidate's nodes, its new variance is ``u' = u + (v1 - v0) - 2 d dS /
+  n^2``, so |u' - u| <= dv + h with h = 2 |dS| dmax / n^2, and u' >= u1 =
+  umin - dv - h.  With P = sqrt(u) + sqrt(u') >= p = sqrt(umin) +
+  sqrt(max(u1, 0)) and r = sqrt(v0) + sqrt(v1), the gain moves by
+  X = |(sqrt(u') - sqrt(u)) - (sqrt(v1) - sqrt(v0))|, bounded two ways:
+  first order, X <= min(sqrt(dv + h), (dv + h) / p) + |sqrt(v1) -
+  sqrt(v0)| (|sqrt a - sqrt b| <= sqrt|a - b|; always finite); second
+  order, writing the difference as -(v1 - v0)(g + g') / (P r) - e / P
+  (|e| <= h, |g'| <= gmax + X) gives X (P - dv / r) <= 2 gmax dv / r + h,
+  so X <= (2 gmax dv / r + h) / (p - dv / r) when dv < p r.  The smaller
+  bound is taken (both hold), widened by 1e-6 relative plus 1e-15 for
+  rounding; gmax grows by X and umin becomes u1.
+* Candidates are scored by a compiled kernel (:mod:`~maintd.decide.balance.
+  kernel`, numba): the same arithmetic as ``moves.simulate`` +
+  ``moves.score_outcome`` one candidate at a time (``tests.
+  test_balance_kernel`` ties the two to 1e-12 relative).  The part of a
+  record's candidates that does not depend on the target (its instance's
+  own slots) is cached when the record is scored in full and reused for
+  its touched-column scoring: a record whose instance's nodes a move
+  touched is always scored in full that step, so the cache of the others
+  describes their unchanged nodes.
 * A record whose lower bound (its best untouched gain, or its K-th gain
   when all K targets were touched, or the best touched-target gain, minus
   the accumulated drift) is above the best score found so far (plus a
@@ -47,16 +72,23 @@ from collections.abc import Collection
 import attrs
 import numpy as np
 
+from maintd.decide.balance.kernel import (
+    READ,
+    WRITE,
+    SourceCache,
+    context,
+    drift_update,
+    fold_columns,
+    fold_full,
+    score_grid,
+)
 from maintd.decide.balance.moves import (
-    Batch,
     Move,
     PeerTops,
     Stats,
     base_values,
     cluster_stats,
     exact_scores,
-    score_outcome,
-    simulate,
 )
 from maintd.decide.balance.score import (
     MIRROR_EXTERNAL,
@@ -67,8 +99,11 @@ from maintd.decide.balance.score import (
     State,
 )
 
-#: Candidate pairs scored per NumPy batch (bounds peak memory).
+#: Records visited per block in bound order: about this many candidate pairs
+#: (the best score found so far prunes between blocks).
 BATCH_PAIRS = 8000
+#: Candidate pairs per kernel call at most (bounds the score matrix's memory).
+CALL_PAIRS = 1 << 17
 #: Best gains kept per record.
 TOP_K = 4
 #: Record kinds, in hbal's per-target order (failover-to-any: external mirrors only).
@@ -109,6 +144,10 @@ class StepCost:
     seconds: float = 0.0
     pairs: int = 0
     records: int = 0
+    #: Records that had to be rescored (their instance's nodes changed).
+    dirty: int = 0
+    #: Candidate pairs scored on the touched target nodes only.
+    column_pairs: int = 0
 
 
 def eligible(state: State, opts: SearchOptions, allowed: np.ndarray) -> np.ndarray:
@@ -164,6 +203,8 @@ class Search:
         self.umin = np.full((nk, ni, _NSTD), np.inf)
         self.prev: Stats | None = None
         self.costs: list[StepCost] = []
+        # Location tags make every slot target-dependent: nothing to cache.
+        self.cache = SourceCache(nk, ni) if self.incremental and not state.has_locations else None
 
     # -- bookkeeping -------------------------------------------------------
 
@@ -203,154 +244,83 @@ class Search:
             mean = st.s[STD_COLS] / n
             return np.maximum(st.q[STD_COLS] / n - mean * mean, 0.0)
 
-        v0, v1 = var(old), var(new)
-        dv = np.abs(v1 - v0)
-        r = np.sqrt(v0) + np.sqrt(v1)
-        ds = np.abs(new.s[STD_COLS] - old.s[STD_COLS])
-        k, i = np.nonzero(active)
-        dmax, gmax, umin = self.dmax[k, i], self.gmax[k, i], self.umin[k, i]
-        h = 2.0 * ds * dmax / (n * n)
-        u1 = umin - dv - h
-        p = np.sqrt(np.maximum(umin, 0.0)) + np.sqrt(np.maximum(u1, 0.0))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            term = np.where(dv > 0, 2.0 * dv * gmax / r, 0.0)
-            x = 2.0 * (term + h) / p
-            ok = (p > 0) & ((dv == 0) | (dv < 0.5 * p * r))
-        x = np.where(ok, x, np.inf)
-        # Components no candidate of the record changes stay unchanged.
-        x = np.where((dmax == 0) & (gmax == 0) & (dv == 0), 0.0, x)
-        x = x * (1.0 + 1e-6) + 1e-15
-        self.gmax[k, i] = gmax + x
-        self.umin[k, i] = u1
-        self.drift[k, i] += x @ _W_STD
+        drift_update(
+            np.ascontiguousarray(active),
+            var(old),
+            var(new),
+            np.abs(new.s[STD_COLS] - old.s[STD_COLS]),
+            n,
+            self.dmax,
+            self.gmax,
+            self.umin,
+            self.drift,
+        )
 
     # -- scoring -----------------------------------------------------------
 
-    def _score(
-        self, stats: Stats, move: Move, ii: np.ndarray, tt: np.ndarray, grouped: bool
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        st = self.state
-        b = Batch(state=st, tops=self.tops, ii=ii, force=self.opts.ignore_soft_errors)
-        detail: dict[str, np.ndarray] = {}
-        if grouped and move != Move.FAILOVER:
-            uniq, inv = np.unique(ii, return_inverse=True)
-            bu = Batch(state=st, tops=self.tops, ii=uniq, force=b.force)
-            out = simulate(b, move, tt, bu, inv)
-        else:
-            out = simulate(b, move, tt)
-        return score_outcome(b, stats, out, detail), detail
-
     def _full(
-        self, stats: Stats, base: float, kind: int, recs: np.ndarray, pool: list[tuple]
+        self,
+        stats: Stats,
+        base: float,
+        kind: int,
+        recs: np.ndarray,
+        pool: list[tuple],
+        thr: float = np.inf,
     ) -> float:
         """Score records ``recs`` of ``kind`` on every target; reset their bounds.
 
-        Returns the lowest score found."""
-        st, move = self.state, KINDS[kind]
-        nt = len(self.targets)
-        p = st.inst["pnode"][recs].astype(np.int64)
-        s = st.inst["snode"][recs].astype(np.int64)
-        rows = np.repeat(np.arange(len(recs)), nt)
-        tp = np.tile(np.arange(nt), len(recs))
-        tt = self.targets[tp]
-        keep = (tt != p[rows]) & (tt != s[rows])
-        rows, tp, tt = rows[keep], tp[keep], tt[keep]
-        ii = recs[rows]
-        mat = np.full((len(recs), nt), np.inf)
-        nr = len(recs)
-        dm, gm, um = np.zeros((nr, _NSTD)), np.zeros((nr, _NSTD)), np.full((nr, _NSTD), np.inf)
-        best = np.inf
-        if len(ii):
-            sc, det = self._score(stats, move, ii, tt, True)
-            mat[rows, tp] = sc
-            feas = np.isfinite(sc)
-            if feas.any():
-                r_ids, d, g, u = self._figures(rows, sc, det, feas)
-                dm[r_ids], gm[r_ids], um[r_ids] = d, g, u
-            best = self._collect(pool, sc, ii, move, tt, tp)
-        gains = mat - base
-        k = min(TOP_K, nt)
-        if k < nt:
-            part = np.argpartition(gains, k - 1, axis=1)[:, :k]
-        else:
-            part = np.broadcast_to(np.arange(nt), (len(recs), nt))
-        pg = np.take_along_axis(gains, part, axis=1)
-        order = np.argsort(pg, axis=1, kind="stable")
-        part = np.take_along_axis(part, order, axis=1)
-        pg = np.take_along_axis(pg, order, axis=1)
-        self.top_g[kind, recs] = np.inf
-        self.top_g[kind, recs, :k] = pg
-        self.top_t[kind, recs, :k] = self.targets[part]
-        self.tail[kind, recs] = pg[:, k - 1] if k == TOP_K else np.inf
-        self.aux[kind, recs] = np.inf
-        self.drift[kind, recs] = 0.0
-        self.evaluated[kind, recs] = self.step
-        self.dmax[kind, recs] = dm
-        self.gmax[kind, recs] = gm
-        self.umin[kind, recs] = um
+        Returns the lowest score found (``thr``: the best so far, see _collect)."""
+        move = KINDS[kind]
+        mat, dm, gm, um = score_grid(
+            self._ctx, int(move), recs, self.targets, cache=self.cache, slot=kind, mode=WRITE
+        )
+        best = self._collect(pool, mat, recs, move, self.targets, True, thr)
+        fold_full(
+            mat, dm, gm, um, base, recs, self.targets, self.step, self.top_g[kind],
+            self.top_t[kind], self.tail[kind], self.aux[kind], self.drift[kind],
+            self.evaluated[kind], self.dmax[kind], self.gmax[kind], self.umin[kind],
+        )  # fmt: skip
         return best
 
     def _columns(
         self, stats: Stats, base: float, kind: int, recs: np.ndarray, cols: np.ndarray
     ) -> None:
         """Score records ``recs`` on the touched targets ``cols``; fold into their bounds."""
-        st, move = self.state, KINDS[kind]
-        p = st.inst["pnode"][recs].astype(np.int64)
-        s = st.inst["snode"][recs].astype(np.int64)
-        rows = np.repeat(np.arange(len(recs)), len(cols))
-        tt = np.tile(cols, len(recs))
-        keep = (tt != p[rows]) & (tt != s[rows])
-        rows, tt = rows[keep], tt[keep]
-        if len(rows) == 0:
-            return
-        ii = recs[rows]
-        sc, det = self._score(stats, move, ii, tt, True)
-        feas = np.isfinite(sc)
-        if not feas.any():
-            return
-        rr, d, g, u = self._figures(rows, sc, det, feas)
-        starts = np.flatnonzero(np.r_[True, rows[feas][1:] != rows[feas][:-1]])
-        r_ids = recs[rr]
-        lo = np.minimum.reduceat(sc[feas], starts) - base + self.drift[kind, r_ids]
-        self.aux[kind, r_ids] = np.minimum(self.aux[kind, r_ids], lo)
-        self.dmax[kind, r_ids] = np.maximum(self.dmax[kind, r_ids], d)
-        self.gmax[kind, r_ids] = np.maximum(self.gmax[kind, r_ids], g)
-        self.umin[kind, r_ids] = np.minimum(self.umin[kind, r_ids], u)
-
-    def _figures(
-        self, rows: np.ndarray, sc: np.ndarray, det: dict[str, np.ndarray], feas: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per row (``rows`` sorted) over its feasible candidates: the largest change of
-        each deviation component's sum, of its value, and the smallest variance after."""
-        fr = rows[feas]
-        starts = np.flatnonzero(np.r_[True, fr[1:] != fr[:-1]])
-        u = det["u"][feas]
-        d = np.maximum.reduceat(np.abs(det["d"][feas]), starts, axis=0)
-        g = np.maximum.reduceat(np.abs(np.sqrt(u) - self._std_now), starts, axis=0)
-        return fr[starts], d, g, np.minimum.reduceat(u, starts, axis=0)
+        # Not dirty: their nodes are unchanged since _full cached their sources.
+        mat, d, g, u = score_grid(
+            self._ctx, int(KINDS[kind]), recs, cols, cache=self.cache, slot=kind, mode=READ
+        )
+        fold_columns(
+            mat, d, g, u, base, recs, self.aux[kind], self.drift[kind], self.dmax[kind],
+            self.gmax[kind], self.umin[kind],
+        )  # fmt: skip
 
     def _collect(
         self,
         pool: list[tuple],
-        sc: np.ndarray,
-        ii: np.ndarray,
+        mat: np.ndarray,
+        recs: np.ndarray,
         move: Move,
-        tt: np.ndarray,
-        tp: np.ndarray | None,
+        targets: np.ndarray,
+        has_target: bool,
+        thr: float = np.inf,
     ) -> float:
-        """Keep the candidates that may tie for the best; returns their lowest score."""
-        if len(sc) == 0:
+        """Keep the candidates of ``mat`` (records x targets) that may tie for
+        the best; returns their lowest score.  ``thr``: the best score so far
+        (it only falls): candidates above its tolerance cannot be kept."""
+        if mat.size == 0:
             return np.inf
-        m = float(sc.min())
-        if not np.isfinite(m):
-            return np.inf
-        sel = np.flatnonzero(sc <= m + _tol(m))
-        for j in sel:
-            t = int(tt[j])
+        m = float(mat.min())
+        if not np.isfinite(m) or m > thr + _tol(thr):
+            return m
+        rows, cols = np.nonzero(mat <= m + _tol(m))
+        for r, j in zip(rows.tolist(), cols.tolist(), strict=True):
+            i = int(recs[r])
+            t = int(targets[j]) if has_target else -1
             # hbal's order: instance, then failover before any target, then
             # target node, then the move kind's position in possibleMoves.
-            sub = 0 if tp is None else 1 + int(tp[j]) * 6 + _ORDER[move]
-            pool.append((float(sc[j]), (int(ii[j]), sub), int(ii[j]), move, t))
+            sub = 1 + j * 6 + _ORDER[move] if has_target else 0
+            pool.append((float(mat[r, j]), (i, sub), i, move, t))
         return m
 
     # -- the step ------------------------------------------------------------
@@ -377,8 +347,8 @@ class Search:
     ) -> tuple[float, int, Move, int] | None:
         st = self.state
         stats = cluster_stats(st)
+        self._ctx = context(st, self.tops, stats, self.opts.ignore_soft_errors)
         vals = base_values(stats)
-        self._std_now = vals[STD_COLS]
         base = float(vals @ WEIGHTS)
         ok = eligible(st, self.opts, self.allowed)
         kinds = self._kinds(ok)
@@ -396,11 +366,12 @@ class Search:
             if len(cols):
                 for kind in range(len(KINDS)):
                     recs = np.flatnonzero(kinds[kind] & ~dirty[kind])
-                    per = max(1, 4 * BATCH_PAIRS // len(cols))
+                    per = max(1, CALL_PAIRS // len(cols))
                     for start in range(0, len(recs), per):
                         chunk = recs[start : start + per]
                         self._columns(stats, base, kind, chunk, cols)
                         cost.pairs += len(chunk) * len(cols)
+                        cost.column_pairs += len(chunk) * len(cols)
         self.prev = stats
         self.touched = []
         pool: list[tuple] = []
@@ -410,12 +381,11 @@ class Search:
             ok & (st.mirror == MIRROR_INTERNAL) & (s >= 0)
             & (self.tpos[np.maximum(s, 0)] >= 0) & self.opts.instance_moves
         )  # fmt: skip
-        for start in range(0, len(fo), BATCH_PAIRS):
-            ii = fo[start : start + BATCH_PAIRS]
-            tt = np.full(len(ii), -1, dtype=np.int64)
-            sc, _ = self._score(stats, Move.FAILOVER, ii, np.zeros(len(ii), np.int64), False)
-            thr = min(thr, self._collect(pool, sc, ii, Move.FAILOVER, tt, None))
-            cost.pairs += len(ii)
+        if len(fo):
+            none = np.array([-1], dtype=np.int64)
+            sc = score_grid(self._ctx, int(Move.FAILOVER), fo, none, skip_own=False)[0]
+            thr = min(thr, self._collect(pool, sc, fo, Move.FAILOVER, none, False))
+            cost.pairs += len(fo)
         nt = len(self.targets)
         if nt:
             # Bounds do not change within the step (only the best score falls):
@@ -425,10 +395,12 @@ class Search:
             order = np.flatnonzero(np.isfinite(lb) | (lb < 0))
             order = order[np.argsort(lb[order], kind="stable")]
             per = max(1, BATCH_PAIRS // nt)
+            call = max(per, CALL_PAIRS // nt)
             # Records that must be rescored first (full batches per kind), then
             # the others in small blocks, so the best score falls quickly and
             # prunes the rest.
             pos = int(np.count_nonzero(np.isneginf(lb[order])))
+            cost.dirty = pos
             block = order[:pos]
             while True:
                 block = block[lb[block] <= thr + _tol(thr)]
@@ -437,9 +409,9 @@ class Search:
                     break  # sorted: every later bound is higher still
                 for kind in range(len(KINDS)):
                     recs = np.sort(block[block // nrec == kind] % nrec)
-                    for start in range(0, len(recs), per):
-                        chunk = recs[start : start + per]
-                        thr = min(thr, self._full(stats, base, kind, chunk, pool))
+                    for start in range(0, len(recs), call):
+                        chunk = recs[start : start + call]
+                        thr = min(thr, self._full(stats, base, kind, chunk, pool, thr))
                         cost.records += len(chunk)
                         cost.pairs += len(chunk) * nt
                 if pos >= len(order):
