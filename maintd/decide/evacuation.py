@@ -25,7 +25,7 @@ from maintd.cluster.model import Cluster, Node
 from maintd.daemon.state import MaintState
 from maintd.decide.balance.load import XEN_HYPERVISORS
 from maintd.decide.reason import HAREP, INCIDENT
-from maintd.decide.reconcile import PENDING, QueueJob
+from maintd.decide.reconcile import QueueJob
 
 #: RAPI calls (harep's ``Op.method``) that put an instance on another primary.
 MOVING_METHODS = frozenset({"migrate_instance", "failover_instance", "recreate_disks"})
@@ -57,9 +57,9 @@ def adopted_moves(state: MaintState, jobs: Iterable[QueueJob]) -> list[QueueJob]
             and (j.pending or (j.reason.kind == INCIDENT and state.incident(j.reason.id)))]
 
 
-def joins_adopted(cluster: Cluster, instance: str, kind: str, status: str) -> bool:
-    """True when a job of ours that the state did not know (found in Ganeti's
-    queue after a crash or a master failover) evacuated ``instance``.
+def joins_adopted(cluster: Cluster, instance: str, job: QueueJob) -> bool:
+    """True when ``job``, one of ours that the state did not know (found in
+    Ganeti's queue after a crash or a master failover), evacuated ``instance``.
 
     Still running: :func:`joins` on this round's snapshot (its primary is
     still the offline or drained node).  Finished successfully: an
@@ -71,9 +71,9 @@ def joins_adopted(cluster: Cluster, instance: str, kind: str, status: str) -> bo
     inst = cluster.instances.get(instance)
     if inst is None or inst.hypervisor not in XEN_HYPERVISORS:
         return False
-    if status in PENDING:
+    if job.pending:
         return joins(cluster, instance)
-    return status == "success" and kind in (INCIDENT, HAREP)
+    return job.status == "success" and job.reason.kind in (INCIDENT, HAREP)
 
 
 def added(state: MaintState, names: Iterable[str]) -> MaintState:

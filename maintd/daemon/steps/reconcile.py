@@ -101,7 +101,7 @@ def _join_evacuated(state: Any, cluster: Any, jobs: Iterable[R.QueueJob],
     """Xen instances that jobs found in the queue evacuated join ``/1/evacuated``
     in the reconcile commit (as they would have in the submitting commit)."""
     names = [name for job in evacuation.adopted_moves(state, jobs) for name in job.moved_instances
-             if evacuation.joins_adopted(cluster, name, job.reason.kind, job.status)]
+             if evacuation.joins_adopted(cluster, name, job)]
     new = evacuation.added(state, names)
     if new is not state:
         joined = [n for n in new.evacuated if n not in state.evacuated]
