@@ -64,8 +64,6 @@ from maintd.decide.reason import (
 PENDING = frozenset({"queued", "waiting", "running", "canceling"})
 FAILED = frozenset({"error", "canceled"})
 
-#: Opcodes that move an instance or its disks (an evacuation step).
-_MOVES = frozenset({"OP_INSTANCE_MIGRATE", "OP_INSTANCE_FAILOVER", "OP_INSTANCE_REPLACE_DISKS"})
 #: Opcodes that can put an instance on another primary node.
 PRIMARY_MOVES = frozenset(
     {"OP_INSTANCE_MIGRATE", "OP_INSTANCE_FAILOVER", "OP_INSTANCE_RECREATE_DISKS"}
