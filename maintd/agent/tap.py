@@ -159,11 +159,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None,  # noqa:
 
         reactor = _reactor
     o = options
-    if o.get("log-format", "text") == "json" and not jsonlog.INSTALLED:
-        # twistd has already chosen its (text) log; only the launcher can
-        # hand it a JSON one (maintd.admin.launcher).
-        raise _fail("--log-format json needs the ganeti-maintd-agent command "
-                    "(plain twistd writes its own text log)")
+    jsonlog.require_installed("ganeti-maintd-agent", o.get("log-format", "text"))
     try:
         key = signing.read_key(o["hmac-key"])
     except signing.KeyFileError as e:

@@ -48,6 +48,15 @@ from twisted.scripts._twistd_unix import UnixAppLogger
 #: Set by the launcher when twistd will log with :class:`JsonAppLogger`.
 INSTALLED = False
 
+
+def require_installed(prog: str, log_format: str) -> None:
+    """Refuse, in one line, ``--log-format json`` where twistd already chose
+    its (text) log: only the launcher (``maintd.admin.launcher``, the
+    ``ganeti-maintd`` and ``ganeti-maintd-agent`` commands) hands it a JSON one."""
+    if log_format == "json" and not INSTALLED:
+        raise SystemExit(f"{prog}: --log-format json needs the {prog} command "
+                         "(plain twistd writes its own text log); not starting")
+
 RESERVED = ("time", "level", "namespace", "system", "text", "format", "failure")
 #: Keys of legacy (twisted.python.log) events that repeat what the line has.
 _LEGACY = frozenset({"message", "isError", "format", "time", "system", "why", "failure"})

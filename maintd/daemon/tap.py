@@ -365,13 +365,7 @@ def makeService(options: _options.Options | DaemonConfig, reactor: Any = None) -
             config = attrs.evolve(config, bind="127.0.0.1")  # a demo stays local
         if config.simulate and "round_delay" not in options.given:
             config = attrs.evolve(config, round_delay=SIMULATE_ROUND_DELAY)
-    if config.log_format == "json" and not jsonlog.INSTALLED:
-        # twistd has already chosen its (text) log; only the ganeti-maintd
-        # command (maintd.admin.launcher) can hand it a JSON one.
-        raise SystemExit(
-            "ganeti-maintd: --log-format json needs the ganeti-maintd command "
-            "(plain twistd writes its own text log); not starting"
-        )
+    jsonlog.require_installed("ganeti-maintd", config.log_format)
 
     # a bad --repair-command is an error before anything else starts
     executor = repair_executor(config, reactor) if config.repair_command else None
