@@ -38,6 +38,10 @@ from tests.test_balance_text import data_files, read
 REL = 1e-12
 
 
+#: What :func:`decorate` can add to a generated cluster.
+FLAGS = ("excl", "loc", "desired", "mig", "offline", "forth", "exclusive")
+
+
 def decorate(c: Cluster, seed: int, flags: dict[str, bool]) -> Cluster:
     """``c`` with the htools features the generator leaves out, chosen by ``flags``."""
     rnd = random.Random(seed)
@@ -153,7 +157,7 @@ class KernelAgreesWithNumPy(SynchronousTestCase):
         flags=st.fixed_dictionaries(
             {
                 k: st.booleans()
-                for k in ("excl", "loc", "desired", "mig", "offline", "forth", "exclusive")
+                for k in FLAGS
             }
         ),
         force=st.booleans(),
@@ -163,9 +167,7 @@ class KernelAgreesWithNumPy(SynchronousTestCase):
         compare(self, build_state(c), force)
 
     def test_all_features_at_once(self) -> None:
-        flags = dict.fromkeys(
-            ("excl", "loc", "desired", "mig", "offline", "forth", "exclusive"), True
-        )
+        flags = dict.fromkeys(FLAGS, True)
         total = 0
         for seed in range(4):
             c = decorate(generate_cluster(10, 50, seed=seed), seed, flags)
