@@ -35,12 +35,6 @@ COMPARED = re.compile(r"^(Initial score|\s+\d+\. |Cluster score improved|Solutio
                       r"|\s+gnt-instance )")
 
 
-#: Scores (8 decimals): the memory a node uses itself and its free memory are
-#: live figures of the machine (every sandbox node shares it), which other
-#: processes change between hbal's read and ours (seen: 10 MiB).
-SCORE = re.compile(r"\b\d+\.\d{8}\b")
-
-
 def compared(text: str) -> list[str]:
     return [line.rstrip() for line in text.splitlines() if COMPARED.match(line)]
 
@@ -64,6 +58,19 @@ class RealBalanceTests(DaemonSandboxTestCase):
             PLAN, "-m", RAPI_URL, "--rapi-user", RAPI_USER, "--rapi-password-file",
             self.password, "--rapi-cert", RAPI_CERT, "-C").stdout
 
+    def same_data_reads(self) -> tuple[str, str]:
+        """hbal's and our output from reads that saw the same cluster data.
+
+        A node's own and free memory are live figures of the machine (every
+        sandbox node shares it); between two reads they move by MiBs, and
+        node2 and node3 are otherwise alike, so the best target can flip.
+        Reads whose initial scores differ saw different data: read again."""
+        for _ in range(15):
+            theirs, ours = self.hbal(), self.plan()
+            if initial_score(theirs) == initial_score(ours):
+                return theirs, ours
+        self.fail(f"hbal and our read never saw the same memory figures:\n{ours}\n{theirs}")
+
     def primaries(self) -> dict[str, str]:
         return {i["name"]: i["pnode"] for i in self.sandbox.rapi("GET", "/2/instances?bulk=1")}
 
@@ -85,12 +92,8 @@ class RealBalanceTests(DaemonSandboxTestCase):
                 sb.node(1, "gnt-instance", "migrate", "-f", "-n", node1, inst)
         self.assertEqual(set(self.primaries().values()), {node1})
 
-        theirs, ours = self.hbal(), self.plan()
-        self.assertEqual(len(compared(ours)), len(compared(theirs)), f"ours:\n{ours}\nhbal:\n{theirs}")
-        for mine, hbal in zip(compared(ours), compared(theirs), strict=True):
-            self.assertEqual(SCORE.sub("S", mine), SCORE.sub("S", hbal), f"ours:\n{ours}\nhbal:\n{theirs}")
-            for x, y in zip(SCORE.findall(mine), SCORE.findall(hbal), strict=True):
-                self.assertLessEqual(abs(float(x) / float(y) - 1.0), 1e-5, f"{mine} / {hbal}")
+        theirs, ours = self.same_data_reads()
+        self.assertEqual(compared(ours), compared(theirs), f"ours:\n{ours}\nhbal:\n{theirs}")
         self.assertGreaterEqual(len([m for m in compared(theirs) if re.match(r"\s+\d+\. ", m)]),
                                 2, theirs)
         before = initial_score(theirs)
