@@ -194,6 +194,24 @@ class PlanTests(SynchronousTestCase):
         self.assertEqual(n1_failures(apply(c, I.MovePrimary("r1", "b", False))), {"b"},
                          "the fixture really has the trap")
 
+    def test_a_node_that_can_exactly_take_over_its_peer_takes_nothing_more(self) -> None:
+        # s has exactly the 2048 MiB free it needs to take over x1 and x2 from
+        # p: it does not fail N+1 (htools would count it as failing already
+        # and let more memory onto it).  Evacuating a must not fail d1 over to
+        # s: a new secondary first (t), then the primary moves there.
+        nodes = [node("m"), node("p"), node("s", mem=4096), node("a"), node("t")]
+        insts = [shared("big", "s", mem=2048), drbd("x1", "p", "s", mem=1024),
+                 drbd("x2", "p", "s", mem=1024), drbd("d1", "a", "s", mem=512)]
+        c = cluster(nodes, insts)
+        self.assertEqual(c.nodes["s"].mfree, 2048)
+        self.assertEqual(n1_failures(c), set())
+        self.assertEqual(n1_failures(apply(c, I.MovePrimary("d1", None, True))), {"s"},
+                         "the fixture really has the trap")
+        steps = E.plan_evacuations(c, ["a"])["a"].steps
+        self.assertNotIn(E.Step("d1", E.TO_SECONDARY), steps[:1])
+        self.assertEqual(steps[0].kind, E.NEW_SECONDARY)
+        self.assertNotEqual(steps[0].target, "s")
+
     def test_within_the_vcpu_ratio(self) -> None:
         nodes = [node("m"), node("a"), node("b", ctotal=1)]
         many = Instance("cpu", "u-cpu", "a", (), "rbd", memory=512, vcpus=8)

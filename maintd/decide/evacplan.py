@@ -7,6 +7,10 @@ node's group, checked with the balancer's own node model
 (:mod:`maintd.decide.balance`): ``add_pri`` / ``add_sec`` with their strict
 checks, i.e. room in memory and disk, the instance policy's vCPU and spindle
 ratios, exclusion and migration tags, and no target that newly fails N+1.
+N+1 here is the operator's reading, stricter than htools' at the boundary:
+a node fails N+1 when its free memory is *below* what it would have to take
+over from one primary peer (htools already counts equality as failing, and
+would then let more memory onto a node that can exactly take over its peers).
 Each planned move is applied to the model before the next one is chosen, so
 the plan holds as a whole; the plans of later nodes see the moves of earlier
 ones.  A node whose evacuation cannot be planned gets a reason instead, and
@@ -40,11 +44,13 @@ from maintd.decide.balance.moves import (
     Batch,
     Move,
     PeerTops,
+    Row,
     add_pri,
     add_sec,
     apply_move,
     gather,
     remove_sec,
+    unallocated_memory,
 )
 from maintd.decide.balance.score import State, build_state
 
@@ -140,6 +146,13 @@ class _Model:
             return np.zeros(len(a), dtype=bool)
         return np.asarray(~self.state.mig_ok[a, b])
 
+    @staticmethod
+    def _newly_short(before: Row, after: Row) -> np.ndarray:
+        """Targets that could take over every peer's instances before the move
+        and cannot after it (free memory below the largest peer's need)."""
+        short_before = unallocated_memory(before) < before["rmem"]
+        return ~short_before & (unallocated_memory(after) < after["rmem"])
+
     def _batch(self, inst: int, k: int) -> Batch:
         return Batch(state=self.state, tops=self.tops, ii=np.full(k, inst), force=False)
 
@@ -163,8 +176,10 @@ class _Model:
         s = int(st.inst["snode"][inst])
         p = int(st.inst["pnode"][inst])
         ls = self._ls(targets, np.full(len(targets), s)) if s >= 0 else np.zeros(len(targets))
-        row, fail = add_pri(b, gather(st, targets), ls, np.ones(len(targets), dtype=bool))
+        before = gather(st, targets)
+        row, fail = add_pri(b, before, ls, np.ones(len(targets), dtype=bool))
         fail = fail | self._mig_bad(np.full(len(targets), p), targets)
+        fail |= self._newly_short(before, row)
         return self._best(targets, fail, row)
 
     def secondary_fits(self, inst: int) -> bool:
@@ -173,9 +188,10 @@ class _Model:
         p, s = int(st.inst["pnode"][inst]), int(st.inst["snode"][inst])
         b = self._batch(inst, 1)
         one = np.array([s])
-        row = remove_sec(b, gather(st, one), np.array([p]))
-        _row, fail = add_pri(b, row, self._ls(one, np.array([p])), np.ones(1, dtype=bool))
-        fail = fail | self._mig_bad(np.array([p]), one)
+        before = gather(st, one)
+        row = remove_sec(b, before, np.array([p]))
+        after, fail = add_pri(b, row, self._ls(one, np.array([p])), np.ones(1, dtype=bool))
+        fail = fail | self._mig_bad(np.array([p]), one) | self._newly_short(before, after)
         return not bool(fail[0])
 
     def secondary_target(self, inst: int, group: str, exclude: Iterable[int]) -> int | None:
@@ -186,9 +202,10 @@ class _Model:
         if len(targets) == 0:
             return None
         b = self._batch(inst, len(targets))
-        row, fail = add_sec(b, gather(st, targets), np.full(len(targets), p),
+        before = gather(st, targets)
+        row, fail = add_sec(b, before, np.full(len(targets), p),
                             np.ones(len(targets), dtype=bool))
-        return self._best(targets, fail, row)
+        return self._best(targets, fail | self._newly_short(before, row), row)
 
     def apply(self, inst: int, move: Move, target: int) -> None:
         apply_move(self.state, self.tops, inst, move, target)

@@ -164,7 +164,8 @@ def gather(state: State, nodes: np.ndarray) -> Row:
     return row
 
 
-def _unalloc(r: Row) -> np.ndarray:
+def unallocated_memory(r: Row) -> np.ndarray:
+    """A node's free memory as htools counts it for N+1 (Node.unallocatedMem)."""
     return np.trunc(r["tmem"]) - r["nmem"] - r["imem"] - r["xpos"]
 
 
@@ -207,7 +208,7 @@ def remove_pri(b: Batch, r: Row, ls: np.ndarray, adj: int = 0) -> Row:
     excl = r["excl"] != 0
     sp, known = b.inst("sp"), b.inst("sp_known") != 0
     r["imem"] = r["imem"] - mem * b.inst("usesmem")
-    r["failn1"] = (_unalloc(r) <= r["rmem"]).astype(float)
+    r["failn1"] = (unallocated_memory(r) <= r["rmem"]).astype(float)
     r["fdsk"] = r["fdsk"] + dsk * udisk
     r["fsp"] = np.where(excl, np.where(known, r["fsp"] + sp, r["fsp"]), 0.0)
     r["instsp"] = np.where(excl, 0.0, r["instsp"] - b.inst("su") * udisk)
@@ -241,7 +242,7 @@ def add_pri(
     online = b.inst("online")
     lcpu = r["lcpu"]
     r["imem"] = r["imem"] + mem * b.inst("usesmem")
-    new_free = _unalloc(r)
+    new_free = unallocated_memory(r)
     new_dsk = r["fdsk"] - dsk * udisk
     new_fsp = np.where(excl, np.where(known, r["fsp"] - sp, -1.0), 0.0)
     new_isp = np.where(excl, 0.0, r["instsp"] + b.inst("su") * udisk)
@@ -307,7 +308,7 @@ def remove_sec(b: Batch, r: Row, pnode: np.ndarray) -> Row:
     r["fsp"] = np.where(excl, np.where(known, r["fsp"] + sp, r["fsp"]), 0.0)
     r["instsp"] = np.where(excl, 0.0, r["instsp"] - b.inst("su") * udisk)
     r["rmem"] = new_rmem
-    r["failn1"] = (_unalloc(r) <= new_rmem).astype(float)
+    r["failn1"] = (unallocated_memory(r) <= new_rmem).astype(float)
     r["udsk_l"] = r["udsk_l"] - b.inst("util_d")
     r["fdskF"] = r["fdskF"] + dsk * udisk
     r["fspF"] = np.where(excl, np.where(known, r["fspF"] + sp, r["fspF"]), 0.0)
@@ -330,7 +331,7 @@ def add_sec(
     secmem = b.inst("secmem")
     new_peem = b.state.peers[r["idx"], pdx] + secmem
     new_rmem = np.maximum(r["rmem"], new_peem)
-    old_mem = _unalloc(r)
+    old_mem = unallocated_memory(r)
     new_dsk = r["fdsk"] - dsk
     new_fsp = np.where(excl, np.where(known, r["fsp"] - sp, -1.0), 0.0)
     new_isp = np.where(excl, 0.0, r["instsp"] + b.inst("su") * udisk)
