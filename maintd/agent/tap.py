@@ -25,7 +25,7 @@ from maintd.agent.diagnose import DiagnoseCollector
 from maintd.agent.http import AgentResource, QuietSite, tls_options
 from maintd.agent.repair import MAX_TAIL, RepairService, RepairState
 from maintd.agent.replica import ReplicaStore
-from maintd.common import jsonlog, signing
+from maintd.common import jsonlog, signing, tlsproto
 from maintd.common.strictjson import StrictJSONError
 from maintd.daemon.config import parse_log_format
 
@@ -204,11 +204,10 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None,  # noqa:
                         replica=ReplicaStore(o["state-dir"], key, wallclock))
     site = QuietSite(res)
     bind, port = o["bind"], o["port"]
-    if tls is None:
-        endpoint: Any = endpoints.TCP4ServerEndpoint(reactor, port, interface=bind)
-    else:
-        endpoint = endpoints.SSL4ServerEndpoint(reactor, port, tls, interface=bind)
-    listen = _Listen(endpoint, site, f"{bind} port {port}")
+    endpoint = endpoints.TCP4ServerEndpoint(reactor, port, interface=bind)
+    # over TLS: what SSL4ServerEndpoint does, with less work per connection
+    served: Any = site if tls is None else tlsproto.ServerTLSFactory(tls, False, site)
+    listen = _Listen(endpoint, served, f"{bind} port {port}")
     listen.setServiceParent(top)
     top.collector, top.repairs, top.resource, top.site = collector, repairs, res, site
     log.info("ganeti-maintd-agent for {node} on {bind} port {port} ({proto}); diagnose: "

@@ -32,8 +32,10 @@ from typing import Any
 from twisted.internet import defer, error, protocol
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
+
+from maintd.common import tlsproto
 
 log = Logger()
 
@@ -397,9 +399,11 @@ def _tcp_keepalive(transport: Any) -> None:
 class _TLSFactory(TLSMemoryBIOFactory):
     """TLS around one :class:`Connection`: it writes each request at once,
     so without Twisted's default aggregation of small writes (one more
-    timer and reactor turn per connection)."""
+    timer and reactor turn per connection), and without Twisted's
+    per-connection copying of interface declarations
+    (:mod:`maintd.common.tlsproto`)."""
 
-    protocol = TLSMemoryBIOProtocol
+    protocol = tlsproto.ClientTLSProtocol
 
 
 class ConnectionPool:

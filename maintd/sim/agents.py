@@ -30,6 +30,7 @@ from maintd.agent import runner, whitelist
 from maintd.agent.http import IDLE_TIMEOUT, AgentResource, tls_options
 from maintd.agent.repair import RepairService, RepairState
 from maintd.agent.replica import ReplicaStore
+from maintd.common import tlsproto
 from maintd.sim.mond import MondFronts, MondResource, _MondPort, _QuietSite
 from maintd.sim.runtime import Simulation
 
@@ -145,8 +146,8 @@ class AgentFronts(MondFronts):
         if self.tls is None:
             port = _AgentPort(self.port, site, interface=node.pip, reactor=self.reactor)
         else:
-            self.ports[name] = self.reactor.listenSSL(self.port, site, self.tls,
-                                                      interface=node.pip)
+            self.ports[name] = tlsproto.listen_tls(self.reactor, self.port, site, self.tls,
+                                                   interface=node.pip)
             return
         port.startListening()
         self.ports[name] = port
