@@ -10,7 +10,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import crypto
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, task
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from maintd.agent import diagnose
 from maintd.cluster import keepalive
-from maintd.cluster.agent import AgentClient, AgentError, _PinnedAgents
+from maintd.cluster.agent import AgentClient, AgentError, _Deadline, _PinnedAgents
 from maintd.cluster.model import Node
 from maintd.common import signing
 from maintd.daemon.state import Action
@@ -376,6 +376,46 @@ class HandshakeTests(SynchronousTestCase):
         err = self.successResultOf(d)["n1"]
         self.assertEqual(err.outcome, "unreachable")
         self.assertIn("not the pinned one", str(err))
+
+
+class DeadlineTests(SynchronousTestCase):
+    """A node's timeout: from when it is asked, at least ``grace`` after each
+    step of its request; its one timer is moved only when that is later."""
+
+    def test_expires_at_the_later_of_timeout_and_grace(self) -> None:
+        clock = task.Clock()
+        expired: list[float] = []
+        d = _Deadline(clock, 2.0, 1.0)
+        d.start(lambda: expired.append(clock.seconds()))
+        (call,) = clock.getDelayedCalls()
+        clock.advance(0.5)
+        d.progress()  # 0.5 + 1 is before 2: nothing to move
+        self.assertEqual(clock.getDelayedCalls(), [call])
+        self.assertAlmostEqual(call.getTime(), 2.0)
+        clock.advance(1.3)
+        d.progress()  # 1.8 + 1 is after 2: the same timer, later
+        self.assertEqual(clock.getDelayedCalls(), [call])
+        self.assertAlmostEqual(call.getTime(), 2.8)
+        clock.advance(0.9)
+        self.assertEqual(expired, [])
+        clock.advance(0.1)
+        self.assertEqual(len(expired), 1)
+        self.assertAlmostEqual(expired[0], 2.8)
+
+    def test_held_while_waiting_for_a_slot(self) -> None:
+        clock = task.Clock()
+        expired: list[float] = []
+        d = _Deadline(clock, 2.0, 1.0)
+        d.start(lambda: expired.append(clock.seconds()))
+        d.hold()
+        clock.advance(3.0)  # past its timeout, but waiting on our side
+        self.assertEqual(expired, [])
+        d.progress()  # its connection starts at 3 s: one grace more
+        clock.advance(0.9)
+        self.assertEqual(expired, [])
+        clock.advance(0.1)
+        self.assertEqual(len(expired), 1)
+        self.assertAlmostEqual(expired[0], 4.0)
 
 
 class ReaderTests(SynchronousTestCase):

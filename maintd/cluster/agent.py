@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from OpenSSL._util import lib as _lib
 from twisted.internet import defer
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -122,8 +122,11 @@ class _PinnedAgents:
     def check(self, transport: Any) -> str | None:
         try:
             presented = transport.getHandle().get_peer_certificate()
-            der = None if presented is None else presented.to_cryptography().public_bytes(
-                _DER)
+            # the certificate's DER bytes as OpenSSL holds them (what
+            # ``to_cryptography().public_bytes(DER)`` returns too, without
+            # parsing and encoding it again for every connection)
+            der = None if presented is None else crypto.dump_certificate(
+                crypto.FILETYPE_ASN1, presented)
         except Exception as e:  # no TLS handle: not an agent we can trust
             return f"no peer certificate ({e})"
         if der != self.pinned:
@@ -144,9 +147,8 @@ class _Resuming:
         self.session = session
 
     def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:  # noqa: N802
+        # (Twisted's TLS factory sets the client state and the app data)
         conn = SSL.Connection(self.ctx, None)
-        conn.set_app_data(tlsProtocol)
-        conn.set_connect_state()
         if self.session is not None:
             conn.set_session(self.session)
         return conn
@@ -182,7 +184,10 @@ class _Deadline:
             return
         delay = max(self.at - self._reactor.seconds(), 0.0)
         if self._call is not None and self._call.active():
-            self._call.reset(delay)
+            # only ever later: a reset to the same time (rounded a hair
+            # sooner) costs a search through all the reactor's timers
+            if self._call.getTime() < self.at:
+                self._call.reset(delay)
         else:
             self._call = self._reactor.callLater(delay, self._fire)
 
