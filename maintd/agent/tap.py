@@ -116,10 +116,11 @@ class Options(usage.Options):
 
 
 class _Listen(StreamServerEndpointService):
-    def __init__(self, endpoint: Any, factory: Any, where: str) -> None:
+    def __init__(self, endpoint: Any, factory: Any, where: str, tls: bool = False) -> None:
         super().__init__(endpoint, factory)
         self._raiseSynchronously = True
         self.where = where
+        self.tls = tls
 
     def privilegedStartService(self) -> None:  # noqa: N802
         try:
@@ -127,6 +128,14 @@ class _Listen(StreamServerEndpointService):
         except CannotListenError as e:
             raise SystemExit(f"ganeti-maintd-agent: cannot listen on {self.where}: "
                              f"{e.socketError}") from None
+        if self.tls and self._waitingForPort is not None:
+            # as listenSSL's port: its log lines say TLS
+            self._waitingForPort.addCallback(_tls_port)
+
+
+def _tls_port(port: Any) -> Any:
+    port._type = "TLS"
+    return port
 
 
 class AgentService(service.MultiService):
@@ -207,7 +216,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None,  # noqa:
     endpoint = endpoints.TCP4ServerEndpoint(reactor, port, interface=bind)
     # over TLS: what SSL4ServerEndpoint does, with less work per connection
     served: Any = site if tls is None else tlsproto.ServerTLSFactory(tls, False, site)
-    listen = _Listen(endpoint, served, f"{bind} port {port}")
+    listen = _Listen(endpoint, served, f"{bind} port {port}", tls=tls is not None)
     listen.setServiceParent(top)
     top.collector, top.repairs, top.resource, top.site = collector, repairs, res, site
     log.info("ganeti-maintd-agent for {node} on {bind} port {port} ({proto}); diagnose: "
