@@ -407,10 +407,29 @@ def _grid(  # type: ignore[no-untyped-def]
     rs = np.zeros(NCOL)
     rt = np.zeros(NCOL)
     src_s = np.zeros(NCOL)
+    # REPLACE_PRIMARY / REPLACE_AND_FAILOVER: the source node that becomes the
+    # instance's secondary takes the new primary as a peer.  Its peer entry
+    # for most targets is 0, so that slot (row, failure, change of the
+    # components) is the same for all of them: computed once per record.
+    gen = np.zeros(NCOL)
+    acc_g = np.zeros((3, 20))
     pre = np.zeros(NCOL)  # a slot's target-independent operations, done once per record
     dv = np.zeros(NSTD)
     uv = np.zeros(NSTD)
     gv = np.zeros(NSTD)
+    # Each deviation component's variance and value with no change: a
+    # candidate that leaves a component's sums alone gets exactly these
+    # (the same arithmetic as below with a zero change), without the sqrt.
+    var0 = np.zeros(20)
+    val0 = np.zeros(20)
+    for c in range(20):
+        if _ISSTD[c]:
+            mean = s_sum[c] / n
+            var = q_sum[c] / n - mean * mean
+            if var < 0.0:
+                var = 0.0
+            var0[c] = var
+            val0[c] = math.sqrt(var)
     for r in range(recs.shape[0]):
         i = recs[r]
         iv[:] = inst[i]
@@ -494,6 +513,16 @@ def _grid(  # type: ignore[no-untyped-def]
                 for c in range(NCOL):
                     c_pre[i, c] = pre[c]
                 c_fail[i] = src_fail
+        # The generic slot (peer entry 0) of the node that becomes the secondary.
+        g_node = -1
+        g_fail = False
+        if share and (kind == REPLACE_PRIMARY or kind == REPLACE_AND_FAILOVER):
+            g_node = s if kind == REPLACE_PRIMARY else p
+            g_strict = not ((p_off if kind == REPLACE_PRIMARY else s_off) or force)
+            _copy(gen, pre)
+            g_fail = add_sec(gen, iv, 0.0, g_strict, False)
+            acc_g[:2] = 0.0
+            _slot(gen, acc_g, mt, g_node, on[g_node], off[g_node], False)
         for j in range(NSTD):
             dm[r, j] = 0.0
             gm[r, j] = 0.0
@@ -505,6 +534,7 @@ def _grid(  # type: ignore[no-untyped-def]
                 continue
             _copy2(acc, acc0)
             fail = src_fail
+            use_gen = False
             if t >= 0:
                 dsrd_t = desired_n[i]
                 for j in range(nl):
@@ -537,7 +567,10 @@ def _grid(  # type: ignore[no-untyped-def]
                 strict = not (p_off or force)
                 ls_new = _common(loc, t, s)
                 fail |= has_mig and (not mig_ok[p, s] or not mig_ok[s, t])
-                if share:
+                use_gen = share and peers[s, t] == 0
+                if use_gen:
+                    fail |= g_fail
+                elif share:
                     _copy(rs, pre)
                 else:
                     _load(rs, node, s)
@@ -546,7 +579,8 @@ def _grid(  # type: ignore[no-untyped-def]
                     remove_pri(rs, iv, ls_new, dsrd_s, _count(excl, ptags, i, s, 1, 1))
                 _load(rt, node, t)
                 fail |= add_pri(rt, iv, ls_new, dsrd_t, strict, _count(excl, ptags, i, t, 0, 0))
-                fail |= add_sec(rs, iv, float(peers[s, t]), strict, False)
+                if not use_gen:
+                    fail |= add_sec(rs, iv, float(peers[s, t]), strict, False)
                 if not share:
                     _load(rp, node, p)
                     remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
@@ -569,12 +603,16 @@ def _grid(  # type: ignore[no-untyped-def]
                 fail |= has_mig and not mig_ok[p, t]
                 _load(rt, node, t)
                 fail |= add_pri(rt, iv, ls_new, dsrd_t, not force, _count(excl, ptags, i, t, 0, 0))
-                if share:
-                    _copy(rp, pre)
+                use_gen = share and peers[p, t] == 0
+                if use_gen:
+                    fail |= g_fail
                 else:
-                    _load(rp, node, p)
-                    remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
-                fail |= add_sec(rp, iv, float(peers[p, t]), strict_s, False)
+                    if share:
+                        _copy(rp, pre)
+                    else:
+                        _load(rp, node, p)
+                        remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
+                    fail |= add_sec(rp, iv, float(peers[p, t]), strict_s, False)
                 if not share:
                     _load(rs, node, s)
                     remove_sec(rs, iv, pe_sp, oth_s)
@@ -602,7 +640,12 @@ def _grid(  # type: ignore[no-untyped-def]
                 _slot(rp, acc, mt, p, on[p], off[p], False)
                 _slot(rs, acc, mt, s, on[s], off[s], False)
             elif kind == REPLACE_AND_FAILOVER:
-                _slot(rp, acc, mt, p, on[p], off[p], False)
+                if use_gen:
+                    for c in range(20):
+                        acc[0, c] += acc_g[0, c]
+                        acc[1, c] += acc_g[1, c]
+                else:
+                    _slot(rp, acc, mt, p, on[p], off[p], False)
                 if share:
                     # x + 0.0 == x: the same sums as adding the slot here.
                     for c in range(20):
@@ -617,7 +660,12 @@ def _grid(  # type: ignore[no-untyped-def]
                     if kind != FAILOVER_TO_ANY:
                         _slot(rs, acc, mt, s, on[s], off[s], kind == REPLACE_SECONDARY)
                 elif kind == REPLACE_PRIMARY:
-                    _slot(rs, acc, mt, s, on[s], off[s], False)
+                    if use_gen:
+                        for c in range(20):
+                            acc[0, c] += acc_g[0, c]
+                            acc[1, c] += acc_g[1, c]
+                    else:
+                        _slot(rs, acc, mt, s, on[s], off[s], False)
                 _slot(
                     rt,
                     acc,
@@ -636,12 +684,16 @@ def _grid(  # type: ignore[no-untyped-def]
                     if has_map:
                         v += _map_delta(excl, loc, gmap, on, i, p, new_p)
                 elif _ISSTD[c]:
-                    tot = s_sum[c] + acc[0, c]
-                    mean = tot / n
-                    var = (q_sum[c] + acc[1, c]) / n - mean * mean
-                    if var < 0.0:
-                        var = 0.0
-                    v = math.sqrt(var)
+                    if acc[0, c] == 0.0 and acc[1, c] == 0.0:
+                        var = var0[c]
+                        v = val0[c]
+                    else:
+                        tot = s_sum[c] + acc[0, c]
+                        mean = tot / n
+                        var = (q_sum[c] + acc[1, c]) / n - mean * mean
+                        if var < 0.0:
+                            var = 0.0
+                        v = math.sqrt(var)
                     uv[j] = var
                     dv[j] = acc[0, c]
                     gv[j] = v
