@@ -391,7 +391,7 @@ def _map_delta(excl, loc, gmap, on, i, old_p, new_p):  # type: ignore[no-untyped
 def _grid(  # type: ignore[no-untyped-def]
     kind, recs, targets, skip_own, node, inst, peers, top1, arg1, top2, mt, on, off,
     s_sum, q_sum, n, map_value, std_now, excl, ptags, loc, desired, desired_n, gmap,
-    mig_ok, force, mat, dm, gm, um, cmode, c_acc, c_pre, c_fail,
+    mig_ok, force, mat, dm, gm, um, cmode, c_acc, c_pre, c_fail, c_gfail, d_a, d_b, d_full,
 ):  # fmt: skip
     nl = loc.shape[1]
     has_mig = mig_ok.shape[0] > 0
@@ -432,7 +432,8 @@ def _grid(  # type: ignore[no-untyped-def]
             val0[c] = math.sqrt(var)
     for r in range(recs.shape[0]):
         i = recs[r]
-        iv[:] = inst[i]
+        for c in range(len(_INST)):
+            iv[c] = inst[i, c]
         p = int(iv[I_PNODE])
         s = int(iv[I_SNODE])
         ls_old = iv[I_LS]
@@ -453,20 +454,29 @@ def _grid(  # type: ignore[no-untyped-def]
         else:
             pe_sp = 0.0
             oth_s = 0.0
-        acc0[:2] = 0.0
         src_fail = False
         if share and cmode == 2:
             # The record's shared slots as cached when it was last scored in
-            # full (its instance's nodes have not changed since).
+            # full or refreshed (its instance's nodes have not changed since);
+            # only those its kind uses.
             for c in range(20):
                 acc0[0, c] = c_acc[i, 0, c]
                 acc0[1, c] = c_acc[i, 1, c]
-                acc_s[0, c] = c_acc[i, 2, c]
-                acc_s[1, c] = c_acc[i, 3, c]
-            for c in range(NCOL):
-                pre[c] = c_pre[i, c]
+            if kind == REPLACE_AND_FAILOVER:
+                for c in range(20):
+                    acc_s[0, c] = c_acc[i, 2, c]
+                    acc_s[1, c] = c_acc[i, 3, c]
+            if kind == REPLACE_AND_FAILOVER or kind == REPLACE_PRIMARY:
+                for c in range(20):
+                    acc_g[0, c] = c_acc[i, 4, c]
+                    acc_g[1, c] = c_acc[i, 5, c]
+                for c in range(NCOL):
+                    pre[c] = c_pre[i, c]
             src_fail = c_fail[i]
         elif share:
+            for c in range(20):
+                acc0[0, c] = 0.0
+                acc0[1, c] = 0.0
             if kind == FAILOVER_TO_ANY or kind == REPLACE_PRIMARY:
                 _load(rp, node, p)
                 remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
@@ -504,25 +514,42 @@ def _grid(  # type: ignore[no-untyped-def]
                 strict = not (p_off or force)
                 src_fail = add_pri(rs, iv, 0.0, dsrd_s, strict, _count(excl, ptags, i, s, 0, 0))
                 _slot(rs, acc0, mt, s, on[s], off[s], False)
-            if cmode == 1:
-                for c in range(20):
-                    c_acc[i, 0, c] = acc0[0, c]
-                    c_acc[i, 1, c] = acc0[1, c]
-                    c_acc[i, 2, c] = acc_s[0, c]
-                    c_acc[i, 3, c] = acc_s[1, c]
-                for c in range(NCOL):
-                    c_pre[i, c] = pre[c]
-                c_fail[i] = src_fail
         # The generic slot (peer entry 0) of the node that becomes the secondary.
-        g_node = -1
         g_fail = False
-        if share and (kind == REPLACE_PRIMARY or kind == REPLACE_AND_FAILOVER):
+        if share and cmode == 2:
+            g_fail = c_gfail[i]
+        elif share and (kind == REPLACE_PRIMARY or kind == REPLACE_AND_FAILOVER):
             g_node = s if kind == REPLACE_PRIMARY else p
             g_strict = not ((p_off if kind == REPLACE_PRIMARY else s_off) or force)
             _copy(gen, pre)
             g_fail = add_sec(gen, iv, 0.0, g_strict, False)
             acc_g[:2] = 0.0
             _slot(gen, acc_g, mt, g_node, on[g_node], off[g_node], False)
+        if share and cmode == 3:
+            # What the record's target-independent part adds to every
+            # candidate's sums now, minus what it added when cached: the
+            # search bounds the change of the record's scores with it.
+            d_full[r] = (c_fail[i] and not src_fail) or (c_gfail[i] and not g_fail)
+            for c in range(20):
+                for q in range(2):
+                    new = acc0[q, c] + acc_s[q, c] + acc_g[q, c]
+                    old = c_acc[i, q, c] + c_acc[i, 2 + q, c] + c_acc[i, 4 + q, c]
+                    if q == 0:
+                        d_a[r, c] = new - old
+                    else:
+                        d_b[r, c] = new - old
+        if share and (cmode == 1 or cmode == 3):
+            for c in range(20):
+                c_acc[i, 0, c] = acc0[0, c]
+                c_acc[i, 1, c] = acc0[1, c]
+                c_acc[i, 2, c] = acc_s[0, c]
+                c_acc[i, 3, c] = acc_s[1, c]
+                c_acc[i, 4, c] = acc_g[0, c]
+                c_acc[i, 5, c] = acc_g[1, c]
+            for c in range(NCOL):
+                c_pre[i, c] = pre[c]
+            c_fail[i] = src_fail
+            c_gfail[i] = g_fail
         for j in range(NSTD):
             dm[r, j] = 0.0
             gm[r, j] = 0.0
@@ -870,19 +897,106 @@ class SourceCache:
     target's, their failure), kept between steps.
 
     Valid for a record as long as its instance's nodes are untouched: the
-    search writes it whenever it scores a record in full (``mode=WRITE``),
-    which it does for every record whose nodes a move touched, and reads it
-    for the touched-column scoring of the others (``mode=READ``).
+    search writes it whenever it scores a record in full (``mode=WRITE``) or
+    refreshes it after a move touched the instance's nodes (``mode=REFRESH``,
+    :func:`refresh_sources`), and reads it for the touched-column scoring
+    (``mode=READ``).  ``acc`` rows: the shared slots' sums and sums of
+    squares, the secondary's slot (replace-and-failover), the generic slot
+    of the node that becomes the secondary (replace-primary and
+    replace-and-failover); ``fail``/``gfail``: the shared and the generic
+    slot's failure.
     """
 
     def __init__(self, kinds: int, instances: int) -> None:
-        self.acc = np.zeros((kinds, instances, 4, 20))
+        self.acc = np.zeros((kinds, instances, 6, 20))
         self.pre = np.zeros((kinds, instances, NCOL))
         self.fail = np.zeros((kinds, instances), dtype=np.bool_)
+        self.gfail = np.zeros((kinds, instances), dtype=np.bool_)
 
 
-WRITE, READ = 1, 2
+WRITE, READ, REFRESH = 1, 2, 3
 _NO_CACHE = SourceCache(1, 1)
+_NO_DELTA = (np.zeros((0, 20)), np.zeros((0, 20)), np.zeros(0, dtype=np.bool_))
+
+
+def _call(
+    ctx: Ctx, kind: int, recs: np.ndarray, targets: np.ndarray, skip_own: bool,
+    outs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], cache: SourceCache | None,
+    slot: int, mode: int,
+    deltas: tuple[np.ndarray, np.ndarray, np.ndarray] = _NO_DELTA,
+) -> None:  # fmt: skip
+    c = cache or _NO_CACHE
+    k = slot if cache is not None else 0
+    _grid(
+        int(kind),
+        np.ascontiguousarray(recs, dtype=np.int64),
+        np.ascontiguousarray(targets, dtype=np.int64),
+        bool(skip_own),
+        *ctx,
+        *outs,
+        mode if cache is not None else 0,
+        c.acc[k],
+        c.pre[k],
+        c.fail[k],
+        c.gfail[k],
+        *deltas,
+    )
+
+
+def refresh_sources(
+    ctx: Ctx, kind: int, recs: np.ndarray, cache: SourceCache, slot: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Recompute the cached target-independent part of records ``recs``
+    (their instance's nodes changed, the instance did not move).
+
+    Returns, per record and component, the change of what that part adds to
+    every candidate's sum (``d_a``) and sum of squares (``d_b``) -- exact for
+    the candidates whose slots are all target-independent or generic -- and
+    whether a part that failed before no longer fails (``full``: the record
+    has candidates no bound covers and must be scored in full)."""
+    nr = len(recs)
+    deltas = (np.zeros((nr, 20)), np.zeros((nr, 20)), np.zeros(nr, dtype=np.bool_))
+    if nr:
+        outs = (np.empty((nr, 0)), np.empty((nr, NSTD)), np.empty((nr, NSTD)),
+                np.empty((nr, NSTD)))  # fmt: skip
+        _call(ctx, kind, recs, np.zeros(0, dtype=np.int64), True, outs, cache, slot,
+              REFRESH, deltas)  # fmt: skip
+    return deltas
+
+
+@_jit
+def source_drift(recs, d_a, d_b, s_sum, n, dmax, gmax, umin, drift):  # type: ignore[no-untyped-def]
+    """Widen the bounds of records ``recs`` (one kind's arrays) by how far
+    their candidates' scores can move when their target-independent part
+    changes by ``d_a``/``d_b`` (see search.py's docstring): a sum component
+    moves every candidate by exactly its ``d_a``; a deviation component's
+    variance by at most ``h = |d_b| / n + (2 (|S| + dmax) |d_a| + d_a^2) / n^2``."""
+    for r in range(recs.shape[0]):
+        i = recs[r]
+        tot = 0.0
+        j = 0
+        for c in range(20):
+            if c == MAP_COL:
+                continue
+            da = abs(d_a[r, c])
+            if not _ISSTD[c]:
+                tot += da * abs(_W[c])
+                continue
+            h = abs(d_b[r, c]) / n + (2.0 * (abs(s_sum[c]) + dmax[i, j]) * da + da * da) / (n * n)
+            if h > 0.0:
+                umn = umin[i, j]
+                u1 = umn - h
+                p = math.sqrt(max(umn, 0.0)) + math.sqrt(max(u1, 0.0))
+                x = math.sqrt(h)
+                if p > 0 and h / p < x:
+                    x = h / p
+                x = x * (1.0 + 1e-6) + 1e-15
+                gmax[i, j] += x
+                umin[i, j] = u1
+                dmax[i, j] += da
+                tot += x * abs(_W[c])
+            j += 1
+        drift[i] += tot * (1.0 + 1e-6)
 
 
 def score_grid(
@@ -912,21 +1026,7 @@ def score_grid(
     gm = np.empty((nr, NSTD))
     um = np.empty((nr, NSTD))
     if nr and nt:
-        _grid(
-            int(kind),
-            np.ascontiguousarray(recs, dtype=np.int64),
-            np.ascontiguousarray(targets, dtype=np.int64),
-            bool(skip_own),
-            *ctx,
-            mat,
-            dm,
-            gm,
-            um,
-            mode if cache is not None else 0,
-            (cache or _NO_CACHE).acc[slot if cache is not None else 0],
-            (cache or _NO_CACHE).pre[slot if cache is not None else 0],
-            (cache or _NO_CACHE).fail[slot if cache is not None else 0],
-        )
+        _call(ctx, kind, recs, targets, skip_own, (mat, dm, gm, um), cache, slot, mode)
     return mat, dm, gm, um
 
 
@@ -957,6 +1057,11 @@ def warm_up() -> float:
               np.zeros((ni, 4), dtype=np.int64), f1, f1.copy(), f1.copy(),
               np.zeros(ni, dtype=np.int64), fk, fk.copy(), fk.copy())  # fmt: skip
     fold_columns(mat, dm, gm, um, 0.0, recs, f1, f1.copy(), fk, fk.copy(), fk.copy())
+    cache = SourceCache(1, ni)
+    score_grid(ctx, REPLACE_SECONDARY, recs, targets, True, cache, 0, WRITE)
+    score_grid(ctx, REPLACE_SECONDARY, recs, targets, True, cache, 0, READ)
+    d_a, d_b, _full = refresh_sources(ctx, REPLACE_SECONDARY, recs, cache, 0)
+    source_drift(recs, d_a, d_b, ctx.s, ctx.n, fk, fk.copy(), fk.copy(), f1)
     one = np.ones((1, 1), dtype=np.bool_)
     z = np.zeros(NSTD)
     drift_update(one, z, z, z, 1.0, np.zeros((1, 1, NSTD)), np.zeros((1, 1, NSTD)),
