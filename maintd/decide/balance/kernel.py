@@ -389,11 +389,15 @@ def _map_delta(excl, loc, gmap, on, i, old_p, new_p):  # type: ignore[no-untyped
 
 @_jit
 def _grid(  # type: ignore[no-untyped-def]
-    kind, recs, targets, skip_own, node, inst, peers, top1, arg1, top2, mt, on, off,
+    kind, recs, targets, skip_own, node, inst, peers, peers_t, top1, arg1, top2, mt, on, off,
     s_sum, q_sum, n, map_value, std_now, excl, ptags, loc, desired, desired_n, gmap,
     mig_ok, force, mat, dm, gm, um, cmode, c_acc, c_pre, c_fail, c_gfail, d_a, d_b, d_full,
 ):  # fmt: skip
     nl = loc.shape[1]
+    # peers[a, b] == peers_t[b, a]: read the one whose row is fixed for the
+    # inner (target) loop when there are many targets, else the one whose
+    # row is the target (the records vary): fewer cache misses either way.
+    many = targets.shape[0] > 32
     has_mig = mig_ok.shape[0] > 0
     has_map = excl.shape[1] > 0 and nl > 0
     # Source slots can be shared by a record's targets only without
@@ -447,29 +451,29 @@ def _grid(  # type: ignore[no-untyped-def]
                     dsrd_p -= 1
                 if s >= 0 and loc[s, j]:
                     dsrd_s -= 1
-        # peer entries and 'others' of the instance's own nodes
-        if s >= 0:
+        # peer entries and 'others' of the instance's own nodes (not needed
+        # when the shared slots come from the cache: a cache miss saved)
+        pe_sp = 0.0
+        oth_s = 0.0
+        if s >= 0 and not (share and cmode == 2 and kind != FAILOVER):
             pe_sp = float(peers[s, p])
             oth_s = top2[s] if arg1[s] == p else top1[s]
-        else:
-            pe_sp = 0.0
-            oth_s = 0.0
         src_fail = False
         if share and cmode == 2:
             # The record's shared slots as cached when it was last scored in
             # full or refreshed (its instance's nodes have not changed since);
             # only those its kind uses.
             for c in range(20):
-                acc0[0, c] = c_acc[i, 0, c]
-                acc0[1, c] = c_acc[i, 1, c]
+                acc0[0, c] = c_acc[0, i, 0, c]
+                acc0[1, c] = c_acc[0, i, 1, c]
             if kind == REPLACE_AND_FAILOVER:
                 for c in range(20):
-                    acc_s[0, c] = c_acc[i, 2, c]
-                    acc_s[1, c] = c_acc[i, 3, c]
+                    acc_s[0, c] = c_acc[1, i, 0, c]
+                    acc_s[1, c] = c_acc[1, i, 1, c]
             if kind == REPLACE_AND_FAILOVER or kind == REPLACE_PRIMARY:
                 for c in range(20):
-                    acc_g[0, c] = c_acc[i, 4, c]
-                    acc_g[1, c] = c_acc[i, 5, c]
+                    acc_g[0, c] = c_acc[2, i, 0, c]
+                    acc_g[1, c] = c_acc[2, i, 1, c]
                 for c in range(NCOL):
                     pre[c] = c_pre[i, c]
             src_fail = c_fail[i]
@@ -533,19 +537,19 @@ def _grid(  # type: ignore[no-untyped-def]
             for c in range(20):
                 for q in range(2):
                     new = acc0[q, c] + acc_s[q, c] + acc_g[q, c]
-                    old = c_acc[i, q, c] + c_acc[i, 2 + q, c] + c_acc[i, 4 + q, c]
+                    old = c_acc[0, i, q, c] + c_acc[1, i, q, c] + c_acc[2, i, q, c]
                     if q == 0:
                         d_a[r, c] = new - old
                     else:
                         d_b[r, c] = new - old
         if share and (cmode == 1 or cmode == 3):
             for c in range(20):
-                c_acc[i, 0, c] = acc0[0, c]
-                c_acc[i, 1, c] = acc0[1, c]
-                c_acc[i, 2, c] = acc_s[0, c]
-                c_acc[i, 3, c] = acc_s[1, c]
-                c_acc[i, 4, c] = acc_g[0, c]
-                c_acc[i, 5, c] = acc_g[1, c]
+                c_acc[0, i, 0, c] = acc0[0, c]
+                c_acc[0, i, 1, c] = acc0[1, c]
+                c_acc[1, i, 0, c] = acc_s[0, c]
+                c_acc[1, i, 1, c] = acc_s[1, c]
+                c_acc[2, i, 0, c] = acc_g[0, c]
+                c_acc[2, i, 1, c] = acc_g[1, c]
             for c in range(NCOL):
                 c_pre[i, c] = pre[c]
             c_fail[i] = src_fail
@@ -594,7 +598,8 @@ def _grid(  # type: ignore[no-untyped-def]
                 strict = not (p_off or force)
                 ls_new = _common(loc, t, s)
                 fail |= has_mig and (not mig_ok[p, s] or not mig_ok[s, t])
-                use_gen = share and peers[s, t] == 0
+                pe = float(peers[s, t] if many else peers_t[t, s])
+                use_gen = share and pe == 0
                 if use_gen:
                     fail |= g_fail
                 elif share:
@@ -607,7 +612,7 @@ def _grid(  # type: ignore[no-untyped-def]
                 _load(rt, node, t)
                 fail |= add_pri(rt, iv, ls_new, dsrd_t, strict, _count(excl, ptags, i, t, 0, 0))
                 if not use_gen:
-                    fail |= add_sec(rs, iv, float(peers[s, t]), strict, False)
+                    fail |= add_sec(rs, iv, pe, strict, False)
                 if not share:
                     _load(rp, node, p)
                     remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
@@ -615,7 +620,8 @@ def _grid(  # type: ignore[no-untyped-def]
             elif kind == REPLACE_SECONDARY:
                 strict = not (s_off or force)
                 _load(rt, node, t)
-                fail |= add_sec(rt, iv, float(peers[t, p]), strict, False)
+                pe = float(peers_t[p, t] if many else peers[t, p])
+                fail |= add_sec(rt, iv, pe, strict, False)
                 if not share:
                     ls_new = _common(loc, p, t)
                     _load(rp, node, p)
@@ -630,7 +636,8 @@ def _grid(  # type: ignore[no-untyped-def]
                 fail |= has_mig and not mig_ok[p, t]
                 _load(rt, node, t)
                 fail |= add_pri(rt, iv, ls_new, dsrd_t, not force, _count(excl, ptags, i, t, 0, 0))
-                use_gen = share and peers[p, t] == 0
+                pe = float(peers[p, t] if many else peers_t[t, p])
+                use_gen = share and pe == 0
                 if use_gen:
                     fail |= g_fail
                 else:
@@ -639,7 +646,7 @@ def _grid(  # type: ignore[no-untyped-def]
                     else:
                         _load(rp, node, p)
                         remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
-                    fail |= add_sec(rp, iv, float(peers[p, t]), strict_s, False)
+                    fail |= add_sec(rp, iv, pe, strict_s, False)
                 if not share:
                     _load(rs, node, s)
                     remove_sec(rs, iv, pe_sp, oth_s)
@@ -653,7 +660,8 @@ def _grid(  # type: ignore[no-untyped-def]
                     remove_sec(rs, iv, pe_sp, oth_s)
                     fail |= add_pri(rs, iv, ls_new, dsrd_s, strict, _count(excl, ptags, i, s, 0, 0))
                 _load(rt, node, t)
-                fail |= add_sec(rt, iv, float(peers[t, s]), strict, False)
+                pe = float(peers_t[s, t] if many else peers[t, s])
+                fail |= add_sec(rt, iv, pe, strict, False)
                 if not share:
                     _load(rp, node, p)
                     remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
@@ -853,13 +861,18 @@ def fold_columns(mat, dm, gm, um, base, recs, aux, drift, dmax, gmax, umin):  # 
 
 Ctx = namedtuple(
     "Ctx",
-    "node inst peers top1 arg1 top2 mt on off s q n map_value std_now "
+    "node inst peers peers_t top1 arg1 top2 mt on off s q n map_value std_now "
     "excl ptags loc desired desired_n gmap mig_ok force",
 )
 
 
-def context(state: State, tops: PeerTops, stats: Stats, force: bool) -> Ctx:
-    """The kernel's view of ``state`` for one step (plain contiguous arrays)."""
+def context(
+    state: State, tops: PeerTops, stats: Stats, force: bool, peers_t: np.ndarray | None = None
+) -> Ctx:
+    """The kernel's view of ``state`` for one step (plain contiguous arrays).
+
+    ``peers_t``: ``state.peers`` transposed (contiguous), when the caller
+    keeps one up to date; made here otherwise."""
     st = state
     c = np.ascontiguousarray
     node = st.node_stack if st.node_stack is not None else np.stack([st.node[k] for k in NODE_COLS])
@@ -869,6 +882,7 @@ def context(state: State, tops: PeerTops, stats: Stats, force: bool) -> Ctx:
         node=c(node.T, dtype=np.float64),
         inst=c(np.stack([st.inst[k] for k in INST_COLS], axis=1), dtype=np.float64),
         peers=c(st.peers, dtype=np.int64),
+        peers_t=c(st.peers.T, dtype=np.int64) if peers_t is None else peers_t,
         top1=c(tops.top1, dtype=np.float64),
         arg1=c(tops.arg1, dtype=np.int64),
         top2=c(tops.top2, dtype=np.float64),
@@ -900,15 +914,16 @@ class SourceCache:
     search writes it whenever it scores a record in full (``mode=WRITE``) or
     refreshes it after a move touched the instance's nodes (``mode=REFRESH``,
     :func:`refresh_sources`), and reads it for the touched-column scoring
-    (``mode=READ``).  ``acc`` rows: the shared slots' sums and sums of
-    squares, the secondary's slot (replace-and-failover), the generic slot
-    of the node that becomes the secondary (replace-primary and
-    replace-and-failover); ``fail``/``gfail``: the shared and the generic
-    slot's failure.
+    (``mode=READ``).  ``acc``, per kind: the shared slots' sums and sums of
+    squares per instance, then the secondary's slot (replace-and-failover),
+    then the generic slot of the node that becomes the secondary
+    (replace-primary and replace-and-failover), each part contiguous (the
+    column pass reads only the parts its kind uses); ``fail``/``gfail``:
+    the shared and the generic slot's failure.
     """
 
     def __init__(self, kinds: int, instances: int) -> None:
-        self.acc = np.zeros((kinds, instances, 6, 20))
+        self.acc = np.zeros((kinds, 3, instances, 2, 20))
         self.pre = np.zeros((kinds, instances, NCOL))
         self.fail = np.zeros((kinds, instances), dtype=np.bool_)
         self.gfail = np.zeros((kinds, instances), dtype=np.bool_)

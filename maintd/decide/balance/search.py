@@ -224,6 +224,9 @@ class Search:
         self.prev: Stats | None = None
         #: Each instance's nodes when the last step was searched.
         self.prev_nodes: tuple[np.ndarray, np.ndarray] | None = None
+        #: state.peers transposed, kept up to date (a move changes the rows
+        #: and columns of the nodes it touches only).
+        self.peers_t = np.ascontiguousarray(state.peers.T, dtype=np.int64)
         self.costs: list[StepCost] = []
         # Location tags make every slot target-dependent: nothing to cache.
         self.cache = SourceCache(nk, ni) if self.incremental and not state.has_locations else None
@@ -403,7 +406,10 @@ class Search:
     ) -> tuple[float, int, Move, int] | None:
         st = self.state
         stats = cluster_stats(st)
-        self._ctx = context(st, self.tops, stats, self.opts.ignore_soft_errors)
+        for n in self.touched:
+            self.peers_t[:, n] = st.peers[n, :]
+            self.peers_t[n, :] = st.peers[:, n]
+        self._ctx = context(st, self.tops, stats, self.opts.ignore_soft_errors, self.peers_t)
         vals = base_values(stats)
         base = float(vals @ WEIGHTS)
         ok = eligible(st, self.opts, self.allowed)
