@@ -859,6 +859,40 @@ def fold_columns(mat, dm, gm, um, base, recs, aux, drift, dmax, gmax, umin):  # 
                 umin[i, j] = um[r, j]
 
 
+@_jit
+def bounds(base, kinds, dirty, top_g, top_t, touched_at, evaluated, tail, aux, drift):  # type: ignore[no-untyped-def]
+    """search.Search._bounds: each record's lower bound of its best score
+    (-inf: must be scored; inf: no record or no feasible candidate)."""
+    nk, ni = kinds.shape
+    kk = top_g.shape[2]
+    lb = np.empty((nk, ni))
+    for k in range(nk):
+        for i in range(ni):
+            if not kinds[k, i]:
+                lb[k, i] = np.inf
+                continue
+            if dirty[k, i]:
+                lb[k, i] = -np.inf
+                continue
+            # the best of the K kept gains whose target is untouched since
+            gain = np.inf
+            for q in range(kk):
+                if touched_at[top_t[k, i, q]] <= evaluated[k, i] and top_g[k, i, q] < gain:
+                    gain = top_g[k, i, q]
+            if tail[k, i] < gain:
+                gain = tail[k, i]
+            if aux[k, i] < gain:
+                gain = aux[k, i]
+            d = drift[k, i]
+            if gain == np.inf:
+                lb[k, i] = np.inf
+            elif d == np.inf or d == -np.inf:
+                lb[k, i] = -np.inf
+            else:
+                lb[k, i] = base + gain - d
+    return lb
+
+
 Ctx = namedtuple(
     "Ctx",
     "node inst peers peers_t top1 arg1 top2 mt on off s q n map_value std_now "
@@ -1078,6 +1112,9 @@ def warm_up() -> float:
     d_a, d_b, _full = refresh_sources(ctx, REPLACE_SECONDARY, recs, cache, 0)
     source_drift(recs, d_a, d_b, ctx.s, ctx.n, fk, fk.copy(), fk.copy(), f1)
     one = np.ones((1, 1), dtype=np.bool_)
+    bounds(0.0, one, ~one, np.zeros((1, 1, 4)), np.zeros((1, 1, 4), dtype=np.int64),
+           np.zeros(1, dtype=np.int64), np.zeros((1, 1), dtype=np.int64), np.zeros((1, 1)),
+           np.zeros((1, 1)), np.zeros((1, 1)))  # fmt: skip
     z = np.zeros(NSTD)
     drift_update(one, z, z, z, 1.0, np.zeros((1, 1, NSTD)), np.zeros((1, 1, NSTD)),
                  np.zeros((1, 1, NSTD)), np.zeros((1, 1)))  # fmt: skip

@@ -100,6 +100,9 @@ from maintd.decide.balance.kernel import (
     score_grid,
     source_drift,
 )
+from maintd.decide.balance.kernel import (
+    bounds as kernel_bounds,
+)
 from maintd.decide.balance.moves import (
     Move,
     PeerTops,
@@ -501,16 +504,10 @@ class Search:
         return result
 
     def _bounds(self, base: float, kinds: np.ndarray, dirty: np.ndarray) -> np.ndarray:
-        """Lower bound of each record's best score (-inf: must be scored; inf: no record)."""
-        valid = self.touched_at[self.top_t] <= self.evaluated[..., None]
-        best_valid = np.where(valid, self.top_g, np.inf).min(axis=-1)
-        gain = np.minimum(np.minimum(best_valid, self.tail), self.aux)
-        with np.errstate(invalid="ignore"):
-            lb = base + gain - self.drift
-        # No feasible candidate: nothing to find; an unbounded drift: must rescore.
-        lb = np.where(np.isposinf(gain), np.inf, np.where(np.isinf(self.drift), -np.inf, lb))
-        lb = np.where(dirty, -np.inf, lb)
-        return np.where(kinds, lb, np.inf)
+        """Lower bound of each record's best score (-inf: must be scored; inf:
+        no record or no feasible candidate; an unbounded drift: must rescore)."""
+        return kernel_bounds(base, kinds, dirty, self.top_g, self.top_t, self.touched_at,
+                             self.evaluated, self.tail, self.aux, self.drift)  # fmt: skip
 
     def _pick(
         self, pool: list[tuple], thr: float, cur_cv: float
