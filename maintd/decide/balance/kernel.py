@@ -775,6 +775,11 @@ def drift_update(active, v0, v1, ds, n, dmax, gmax, umin, drift):  # type: ignor
                 dv, rr, droot = dvs[j], rrs[j], droots[j]
                 dmx, gmx, umn = dmax[k, i, j], gmax[k, i, j], umin[k, i, j]
                 h = 2.0 * ds[j] * dmx / (n * n)
+                if dv == 0 and h == 0:
+                    # the component's variance did not move for any candidate
+                    gmax[k, i, j] = gmx + 1e-15
+                    tot += 1e-15 * w[j]
+                    continue
                 u1 = umn - dv - h
                 p = math.sqrt(max(umn, 0.0)) + math.sqrt(max(u1, 0.0))
                 if dmx == 0 and gmx == 0 and dv == 0:
