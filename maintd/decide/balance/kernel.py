@@ -389,11 +389,15 @@ def _map_delta(excl, loc, gmap, on, i, old_p, new_p):  # type: ignore[no-untyped
 
 @_jit
 def _grid(  # type: ignore[no-untyped-def]
-    kind, recs, targets, skip_own, node, inst, peers, top1, arg1, top2, mt, on, off,
+    kind, recs, targets, skip_own, node, inst, peers, peers_t, top1, arg1, top2, mt, on, off,
     s_sum, q_sum, n, map_value, std_now, excl, ptags, loc, desired, desired_n, gmap,
-    mig_ok, force, mat, dm, gm, um, cmode, c_acc, c_pre, c_fail,
+    mig_ok, force, mat, dm, gm, um, cmode, c_acc, c_pre, c_fail, c_gfail, d_a, d_b, d_full,
 ):  # fmt: skip
     nl = loc.shape[1]
+    # peers[a, b] == peers_t[b, a]: read the one whose row is fixed for the
+    # inner (target) loop when there are many targets, else the one whose
+    # row is the target (the records vary): fewer cache misses either way.
+    many = targets.shape[0] > 32
     has_mig = mig_ok.shape[0] > 0
     has_map = excl.shape[1] > 0 and nl > 0
     # Source slots can be shared by a record's targets only without
@@ -407,13 +411,33 @@ def _grid(  # type: ignore[no-untyped-def]
     rs = np.zeros(NCOL)
     rt = np.zeros(NCOL)
     src_s = np.zeros(NCOL)
+    # REPLACE_PRIMARY / REPLACE_AND_FAILOVER: the source node that becomes the
+    # instance's secondary takes the new primary as a peer.  Its peer entry
+    # for most targets is 0, so that slot (row, failure, change of the
+    # components) is the same for all of them: computed once per record.
+    gen = np.zeros(NCOL)
+    acc_g = np.zeros((3, 20))
     pre = np.zeros(NCOL)  # a slot's target-independent operations, done once per record
     dv = np.zeros(NSTD)
     uv = np.zeros(NSTD)
     gv = np.zeros(NSTD)
+    # Each deviation component's variance and value with no change: a
+    # candidate that leaves a component's sums alone gets exactly these
+    # (the same arithmetic as below with a zero change), without the sqrt.
+    var0 = np.zeros(20)
+    val0 = np.zeros(20)
+    for c in range(20):
+        if _ISSTD[c]:
+            mean = s_sum[c] / n
+            var = q_sum[c] / n - mean * mean
+            if var < 0.0:
+                var = 0.0
+            var0[c] = var
+            val0[c] = math.sqrt(var)
     for r in range(recs.shape[0]):
         i = recs[r]
-        iv[:] = inst[i]
+        for c in range(len(_INST)):
+            iv[c] = inst[i, c]
         p = int(iv[I_PNODE])
         s = int(iv[I_SNODE])
         ls_old = iv[I_LS]
@@ -427,27 +451,36 @@ def _grid(  # type: ignore[no-untyped-def]
                     dsrd_p -= 1
                 if s >= 0 and loc[s, j]:
                     dsrd_s -= 1
-        # peer entries and 'others' of the instance's own nodes
-        if s >= 0:
+        # peer entries and 'others' of the instance's own nodes (not needed
+        # when the shared slots come from the cache: a cache miss saved)
+        pe_sp = 0.0
+        oth_s = 0.0
+        if s >= 0 and not (share and cmode == 2 and kind != FAILOVER):
             pe_sp = float(peers[s, p])
             oth_s = top2[s] if arg1[s] == p else top1[s]
-        else:
-            pe_sp = 0.0
-            oth_s = 0.0
-        acc0[:2] = 0.0
         src_fail = False
         if share and cmode == 2:
             # The record's shared slots as cached when it was last scored in
-            # full (its instance's nodes have not changed since).
+            # full or refreshed (its instance's nodes have not changed since);
+            # only those its kind uses.
             for c in range(20):
-                acc0[0, c] = c_acc[i, 0, c]
-                acc0[1, c] = c_acc[i, 1, c]
-                acc_s[0, c] = c_acc[i, 2, c]
-                acc_s[1, c] = c_acc[i, 3, c]
-            for c in range(NCOL):
-                pre[c] = c_pre[i, c]
+                acc0[0, c] = c_acc[0, i, 0, c]
+                acc0[1, c] = c_acc[0, i, 1, c]
+            if kind == REPLACE_AND_FAILOVER:
+                for c in range(20):
+                    acc_s[0, c] = c_acc[1, i, 0, c]
+                    acc_s[1, c] = c_acc[1, i, 1, c]
+            if kind == REPLACE_AND_FAILOVER or kind == REPLACE_PRIMARY:
+                for c in range(20):
+                    acc_g[0, c] = c_acc[2, i, 0, c]
+                    acc_g[1, c] = c_acc[2, i, 1, c]
+                for c in range(NCOL):
+                    pre[c] = c_pre[i, c]
             src_fail = c_fail[i]
         elif share:
+            for c in range(20):
+                acc0[0, c] = 0.0
+                acc0[1, c] = 0.0
             if kind == FAILOVER_TO_ANY or kind == REPLACE_PRIMARY:
                 _load(rp, node, p)
                 remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
@@ -485,15 +518,42 @@ def _grid(  # type: ignore[no-untyped-def]
                 strict = not (p_off or force)
                 src_fail = add_pri(rs, iv, 0.0, dsrd_s, strict, _count(excl, ptags, i, s, 0, 0))
                 _slot(rs, acc0, mt, s, on[s], off[s], False)
-            if cmode == 1:
-                for c in range(20):
-                    c_acc[i, 0, c] = acc0[0, c]
-                    c_acc[i, 1, c] = acc0[1, c]
-                    c_acc[i, 2, c] = acc_s[0, c]
-                    c_acc[i, 3, c] = acc_s[1, c]
-                for c in range(NCOL):
-                    c_pre[i, c] = pre[c]
-                c_fail[i] = src_fail
+        # The generic slot (peer entry 0) of the node that becomes the secondary.
+        g_fail = False
+        if share and cmode == 2:
+            g_fail = c_gfail[i]
+        elif share and (kind == REPLACE_PRIMARY or kind == REPLACE_AND_FAILOVER):
+            g_node = s if kind == REPLACE_PRIMARY else p
+            g_strict = not ((p_off if kind == REPLACE_PRIMARY else s_off) or force)
+            _copy(gen, pre)
+            g_fail = add_sec(gen, iv, 0.0, g_strict, False)
+            acc_g[:2] = 0.0
+            _slot(gen, acc_g, mt, g_node, on[g_node], off[g_node], False)
+        if share and cmode == 3:
+            # What the record's target-independent part adds to every
+            # candidate's sums now, minus what it added when cached: the
+            # search bounds the change of the record's scores with it.
+            d_full[r] = (c_fail[i] and not src_fail) or (c_gfail[i] and not g_fail)
+            for c in range(20):
+                for q in range(2):
+                    new = acc0[q, c] + acc_s[q, c] + acc_g[q, c]
+                    old = c_acc[0, i, q, c] + c_acc[1, i, q, c] + c_acc[2, i, q, c]
+                    if q == 0:
+                        d_a[r, c] = new - old
+                    else:
+                        d_b[r, c] = new - old
+        if share and (cmode == 1 or cmode == 3):
+            for c in range(20):
+                c_acc[0, i, 0, c] = acc0[0, c]
+                c_acc[0, i, 1, c] = acc0[1, c]
+                c_acc[1, i, 0, c] = acc_s[0, c]
+                c_acc[1, i, 1, c] = acc_s[1, c]
+                c_acc[2, i, 0, c] = acc_g[0, c]
+                c_acc[2, i, 1, c] = acc_g[1, c]
+            for c in range(NCOL):
+                c_pre[i, c] = pre[c]
+            c_fail[i] = src_fail
+            c_gfail[i] = g_fail
         for j in range(NSTD):
             dm[r, j] = 0.0
             gm[r, j] = 0.0
@@ -505,6 +565,7 @@ def _grid(  # type: ignore[no-untyped-def]
                 continue
             _copy2(acc, acc0)
             fail = src_fail
+            use_gen = False
             if t >= 0:
                 dsrd_t = desired_n[i]
                 for j in range(nl):
@@ -537,7 +598,11 @@ def _grid(  # type: ignore[no-untyped-def]
                 strict = not (p_off or force)
                 ls_new = _common(loc, t, s)
                 fail |= has_mig and (not mig_ok[p, s] or not mig_ok[s, t])
-                if share:
+                pe = float(peers[s, t] if many else peers_t[t, s])
+                use_gen = share and pe == 0
+                if use_gen:
+                    fail |= g_fail
+                elif share:
                     _copy(rs, pre)
                 else:
                     _load(rs, node, s)
@@ -546,7 +611,8 @@ def _grid(  # type: ignore[no-untyped-def]
                     remove_pri(rs, iv, ls_new, dsrd_s, _count(excl, ptags, i, s, 1, 1))
                 _load(rt, node, t)
                 fail |= add_pri(rt, iv, ls_new, dsrd_t, strict, _count(excl, ptags, i, t, 0, 0))
-                fail |= add_sec(rs, iv, float(peers[s, t]), strict, False)
+                if not use_gen:
+                    fail |= add_sec(rs, iv, pe, strict, False)
                 if not share:
                     _load(rp, node, p)
                     remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
@@ -554,7 +620,8 @@ def _grid(  # type: ignore[no-untyped-def]
             elif kind == REPLACE_SECONDARY:
                 strict = not (s_off or force)
                 _load(rt, node, t)
-                fail |= add_sec(rt, iv, float(peers[t, p]), strict, False)
+                pe = float(peers_t[p, t] if many else peers[t, p])
+                fail |= add_sec(rt, iv, pe, strict, False)
                 if not share:
                     ls_new = _common(loc, p, t)
                     _load(rp, node, p)
@@ -569,12 +636,17 @@ def _grid(  # type: ignore[no-untyped-def]
                 fail |= has_mig and not mig_ok[p, t]
                 _load(rt, node, t)
                 fail |= add_pri(rt, iv, ls_new, dsrd_t, not force, _count(excl, ptags, i, t, 0, 0))
-                if share:
-                    _copy(rp, pre)
+                pe = float(peers[p, t] if many else peers_t[t, p])
+                use_gen = share and pe == 0
+                if use_gen:
+                    fail |= g_fail
                 else:
-                    _load(rp, node, p)
-                    remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
-                fail |= add_sec(rp, iv, float(peers[p, t]), strict_s, False)
+                    if share:
+                        _copy(rp, pre)
+                    else:
+                        _load(rp, node, p)
+                        remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
+                    fail |= add_sec(rp, iv, pe, strict_s, False)
                 if not share:
                     _load(rs, node, s)
                     remove_sec(rs, iv, pe_sp, oth_s)
@@ -588,7 +660,8 @@ def _grid(  # type: ignore[no-untyped-def]
                     remove_sec(rs, iv, pe_sp, oth_s)
                     fail |= add_pri(rs, iv, ls_new, dsrd_s, strict, _count(excl, ptags, i, s, 0, 0))
                 _load(rt, node, t)
-                fail |= add_sec(rt, iv, float(peers[t, s]), strict, False)
+                pe = float(peers_t[s, t] if many else peers[t, s])
+                fail |= add_sec(rt, iv, pe, strict, False)
                 if not share:
                     _load(rp, node, p)
                     remove_pri(rp, iv, ls_old, dsrd_p, _count(excl, ptags, i, p, 0, 1))
@@ -602,7 +675,12 @@ def _grid(  # type: ignore[no-untyped-def]
                 _slot(rp, acc, mt, p, on[p], off[p], False)
                 _slot(rs, acc, mt, s, on[s], off[s], False)
             elif kind == REPLACE_AND_FAILOVER:
-                _slot(rp, acc, mt, p, on[p], off[p], False)
+                if use_gen:
+                    for c in range(20):
+                        acc[0, c] += acc_g[0, c]
+                        acc[1, c] += acc_g[1, c]
+                else:
+                    _slot(rp, acc, mt, p, on[p], off[p], False)
                 if share:
                     # x + 0.0 == x: the same sums as adding the slot here.
                     for c in range(20):
@@ -617,7 +695,12 @@ def _grid(  # type: ignore[no-untyped-def]
                     if kind != FAILOVER_TO_ANY:
                         _slot(rs, acc, mt, s, on[s], off[s], kind == REPLACE_SECONDARY)
                 elif kind == REPLACE_PRIMARY:
-                    _slot(rs, acc, mt, s, on[s], off[s], False)
+                    if use_gen:
+                        for c in range(20):
+                            acc[0, c] += acc_g[0, c]
+                            acc[1, c] += acc_g[1, c]
+                    else:
+                        _slot(rs, acc, mt, s, on[s], off[s], False)
                 _slot(
                     rt,
                     acc,
@@ -636,12 +719,16 @@ def _grid(  # type: ignore[no-untyped-def]
                     if has_map:
                         v += _map_delta(excl, loc, gmap, on, i, p, new_p)
                 elif _ISSTD[c]:
-                    tot = s_sum[c] + acc[0, c]
-                    mean = tot / n
-                    var = (q_sum[c] + acc[1, c]) / n - mean * mean
-                    if var < 0.0:
-                        var = 0.0
-                    v = math.sqrt(var)
+                    if acc[0, c] == 0.0 and acc[1, c] == 0.0:
+                        var = var0[c]
+                        v = val0[c]
+                    else:
+                        tot = s_sum[c] + acc[0, c]
+                        mean = tot / n
+                        var = (q_sum[c] + acc[1, c]) / n - mean * mean
+                        if var < 0.0:
+                            var = 0.0
+                        v = math.sqrt(var)
                     uv[j] = var
                     dv[j] = acc[0, c]
                     gv[j] = v
@@ -688,6 +775,11 @@ def drift_update(active, v0, v1, ds, n, dmax, gmax, umin, drift):  # type: ignor
                 dv, rr, droot = dvs[j], rrs[j], droots[j]
                 dmx, gmx, umn = dmax[k, i, j], gmax[k, i, j], umin[k, i, j]
                 h = 2.0 * ds[j] * dmx / (n * n)
+                if dv == 0 and h == 0:
+                    # the component's variance did not move for any candidate
+                    gmax[k, i, j] = gmx + 1e-15
+                    tot += 1e-15 * w[j]
+                    continue
                 u1 = umn - dv - h
                 p = math.sqrt(max(umn, 0.0)) + math.sqrt(max(u1, 0.0))
                 if dmx == 0 and gmx == 0 and dv == 0:
@@ -772,15 +864,54 @@ def fold_columns(mat, dm, gm, um, base, recs, aux, drift, dmax, gmax, umin):  # 
                 umin[i, j] = um[r, j]
 
 
+@_jit
+def bounds(base, kinds, dirty, top_g, top_t, touched_at, evaluated, tail, aux, drift):  # type: ignore[no-untyped-def]
+    """search.Search._bounds: each record's lower bound of its best score
+    (-inf: must be scored; inf: no record or no feasible candidate)."""
+    nk, ni = kinds.shape
+    kk = top_g.shape[2]
+    lb = np.empty((nk, ni))
+    for k in range(nk):
+        for i in range(ni):
+            if not kinds[k, i]:
+                lb[k, i] = np.inf
+                continue
+            if dirty[k, i]:
+                lb[k, i] = -np.inf
+                continue
+            # the best of the K kept gains whose target is untouched since
+            gain = np.inf
+            for q in range(kk):
+                if touched_at[top_t[k, i, q]] <= evaluated[k, i] and top_g[k, i, q] < gain:
+                    gain = top_g[k, i, q]
+            if tail[k, i] < gain:
+                gain = tail[k, i]
+            if aux[k, i] < gain:
+                gain = aux[k, i]
+            d = drift[k, i]
+            if gain == np.inf:
+                lb[k, i] = np.inf
+            elif d == np.inf or d == -np.inf:
+                lb[k, i] = -np.inf
+            else:
+                lb[k, i] = base + gain - d
+    return lb
+
+
 Ctx = namedtuple(
     "Ctx",
-    "node inst peers top1 arg1 top2 mt on off s q n map_value std_now "
+    "node inst peers peers_t top1 arg1 top2 mt on off s q n map_value std_now "
     "excl ptags loc desired desired_n gmap mig_ok force",
 )
 
 
-def context(state: State, tops: PeerTops, stats: Stats, force: bool) -> Ctx:
-    """The kernel's view of ``state`` for one step (plain contiguous arrays)."""
+def context(
+    state: State, tops: PeerTops, stats: Stats, force: bool, peers_t: np.ndarray | None = None
+) -> Ctx:
+    """The kernel's view of ``state`` for one step (plain contiguous arrays).
+
+    ``peers_t``: ``state.peers`` transposed (contiguous), when the caller
+    keeps one up to date; made here otherwise."""
     st = state
     c = np.ascontiguousarray
     node = st.node_stack if st.node_stack is not None else np.stack([st.node[k] for k in NODE_COLS])
@@ -790,6 +921,7 @@ def context(state: State, tops: PeerTops, stats: Stats, force: bool) -> Ctx:
         node=c(node.T, dtype=np.float64),
         inst=c(np.stack([st.inst[k] for k in INST_COLS], axis=1), dtype=np.float64),
         peers=c(st.peers, dtype=np.int64),
+        peers_t=c(st.peers.T, dtype=np.int64) if peers_t is None else peers_t,
         top1=c(tops.top1, dtype=np.float64),
         arg1=c(tops.arg1, dtype=np.int64),
         top2=c(tops.top2, dtype=np.float64),
@@ -818,19 +950,107 @@ class SourceCache:
     target's, their failure), kept between steps.
 
     Valid for a record as long as its instance's nodes are untouched: the
-    search writes it whenever it scores a record in full (``mode=WRITE``),
-    which it does for every record whose nodes a move touched, and reads it
-    for the touched-column scoring of the others (``mode=READ``).
+    search writes it whenever it scores a record in full (``mode=WRITE``) or
+    refreshes it after a move touched the instance's nodes (``mode=REFRESH``,
+    :func:`refresh_sources`), and reads it for the touched-column scoring
+    (``mode=READ``).  ``acc``, per kind: the shared slots' sums and sums of
+    squares per instance, then the secondary's slot (replace-and-failover),
+    then the generic slot of the node that becomes the secondary
+    (replace-primary and replace-and-failover), each part contiguous (the
+    column pass reads only the parts its kind uses); ``fail``/``gfail``:
+    the shared and the generic slot's failure.
     """
 
     def __init__(self, kinds: int, instances: int) -> None:
-        self.acc = np.zeros((kinds, instances, 4, 20))
+        self.acc = np.zeros((kinds, 3, instances, 2, 20))
         self.pre = np.zeros((kinds, instances, NCOL))
         self.fail = np.zeros((kinds, instances), dtype=np.bool_)
+        self.gfail = np.zeros((kinds, instances), dtype=np.bool_)
 
 
-WRITE, READ = 1, 2
+WRITE, READ, REFRESH = 1, 2, 3
 _NO_CACHE = SourceCache(1, 1)
+_NO_DELTA = (np.zeros((0, 20)), np.zeros((0, 20)), np.zeros(0, dtype=np.bool_))
+
+
+def _call(
+    ctx: Ctx, kind: int, recs: np.ndarray, targets: np.ndarray, skip_own: bool,
+    outs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], cache: SourceCache | None,
+    slot: int, mode: int,
+    deltas: tuple[np.ndarray, np.ndarray, np.ndarray] = _NO_DELTA,
+) -> None:  # fmt: skip
+    c = cache or _NO_CACHE
+    k = slot if cache is not None else 0
+    _grid(
+        int(kind),
+        np.ascontiguousarray(recs, dtype=np.int64),
+        np.ascontiguousarray(targets, dtype=np.int64),
+        bool(skip_own),
+        *ctx,
+        *outs,
+        mode if cache is not None else 0,
+        c.acc[k],
+        c.pre[k],
+        c.fail[k],
+        c.gfail[k],
+        *deltas,
+    )
+
+
+def refresh_sources(
+    ctx: Ctx, kind: int, recs: np.ndarray, cache: SourceCache, slot: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Recompute the cached target-independent part of records ``recs``
+    (their instance's nodes changed, the instance did not move).
+
+    Returns, per record and component, the change of what that part adds to
+    every candidate's sum (``d_a``) and sum of squares (``d_b``) -- exact for
+    the candidates whose slots are all target-independent or generic -- and
+    whether a part that failed before no longer fails (``full``: the record
+    has candidates no bound covers and must be scored in full)."""
+    nr = len(recs)
+    deltas = (np.zeros((nr, 20)), np.zeros((nr, 20)), np.zeros(nr, dtype=np.bool_))
+    if nr:
+        outs = (np.empty((nr, 0)), np.empty((nr, NSTD)), np.empty((nr, NSTD)),
+                np.empty((nr, NSTD)))  # fmt: skip
+        _call(ctx, kind, recs, np.zeros(0, dtype=np.int64), True, outs, cache, slot,
+              REFRESH, deltas)  # fmt: skip
+    return deltas
+
+
+@_jit
+def source_drift(recs, d_a, d_b, s_sum, n, dmax, gmax, umin, drift):  # type: ignore[no-untyped-def]
+    """Widen the bounds of records ``recs`` (one kind's arrays) by how far
+    their candidates' scores can move when their target-independent part
+    changes by ``d_a``/``d_b`` (see search.py's docstring): a sum component
+    moves every candidate by exactly its ``d_a``; a deviation component's
+    variance by at most ``h = |d_b| / n + (2 (|S| + dmax) |d_a| + d_a^2) / n^2``."""
+    for r in range(recs.shape[0]):
+        i = recs[r]
+        tot = 0.0
+        j = 0
+        for c in range(20):
+            if c == MAP_COL:
+                continue
+            da = abs(d_a[r, c])
+            if not _ISSTD[c]:
+                tot += da * abs(_W[c])
+                continue
+            h = abs(d_b[r, c]) / n + (2.0 * (abs(s_sum[c]) + dmax[i, j]) * da + da * da) / (n * n)
+            if h > 0.0:
+                umn = umin[i, j]
+                u1 = umn - h
+                p = math.sqrt(max(umn, 0.0)) + math.sqrt(max(u1, 0.0))
+                x = math.sqrt(h)
+                if p > 0 and h / p < x:
+                    x = h / p
+                x = x * (1.0 + 1e-6) + 1e-15
+                gmax[i, j] += x
+                umin[i, j] = u1
+                dmax[i, j] += da
+                tot += x * abs(_W[c])
+            j += 1
+        drift[i] += tot * (1.0 + 1e-6)
 
 
 def score_grid(
@@ -860,21 +1080,7 @@ def score_grid(
     gm = np.empty((nr, NSTD))
     um = np.empty((nr, NSTD))
     if nr and nt:
-        _grid(
-            int(kind),
-            np.ascontiguousarray(recs, dtype=np.int64),
-            np.ascontiguousarray(targets, dtype=np.int64),
-            bool(skip_own),
-            *ctx,
-            mat,
-            dm,
-            gm,
-            um,
-            mode if cache is not None else 0,
-            (cache or _NO_CACHE).acc[slot if cache is not None else 0],
-            (cache or _NO_CACHE).pre[slot if cache is not None else 0],
-            (cache or _NO_CACHE).fail[slot if cache is not None else 0],
-        )
+        _call(ctx, kind, recs, targets, skip_own, (mat, dm, gm, um), cache, slot, mode)
     return mat, dm, gm, um
 
 
@@ -905,7 +1111,15 @@ def warm_up() -> float:
               np.zeros((ni, 4), dtype=np.int64), f1, f1.copy(), f1.copy(),
               np.zeros(ni, dtype=np.int64), fk, fk.copy(), fk.copy())  # fmt: skip
     fold_columns(mat, dm, gm, um, 0.0, recs, f1, f1.copy(), fk, fk.copy(), fk.copy())
+    cache = SourceCache(1, ni)
+    score_grid(ctx, REPLACE_SECONDARY, recs, targets, True, cache, 0, WRITE)
+    score_grid(ctx, REPLACE_SECONDARY, recs, targets, True, cache, 0, READ)
+    d_a, d_b, _full = refresh_sources(ctx, REPLACE_SECONDARY, recs, cache, 0)
+    source_drift(recs, d_a, d_b, ctx.s, ctx.n, fk, fk.copy(), fk.copy(), f1)
     one = np.ones((1, 1), dtype=np.bool_)
+    bounds(0.0, one, ~one, np.zeros((1, 1, 4)), np.zeros((1, 1, 4), dtype=np.int64),
+           np.zeros(1, dtype=np.int64), np.zeros((1, 1), dtype=np.int64), np.zeros((1, 1)),
+           np.zeros((1, 1)), np.zeros((1, 1)))  # fmt: skip
     z = np.zeros(NSTD)
     drift_update(one, z, z, z, 1.0, np.zeros((1, 1, NSTD)), np.zeros((1, 1, NSTD)),
                  np.zeros((1, 1, NSTD)), np.zeros((1, 1)))  # fmt: skip

@@ -16,9 +16,11 @@ scoring only the candidates that can still be the best:
   component's sum, the largest change of its value and the smallest
   variance after the move over its candidates.
 * A candidate's change of every node figure depends only on the nodes it
-  touches.  After a move, records whose instance sits on a touched node are
-  scored again in full, and every record is scored on the touched target
-  nodes.  For the other candidates only the cluster-wide sums changed: the
+  touches.  After a move, the moved instance's records are scored again in
+  full, and every record is scored on the touched target nodes.  Records
+  whose instance stayed on a touched node keep their bounds: their
+  target-independent part (the instance's own slots, kept in the kernel's
+  ``SourceCache``) is recomputed and its change bounds theirs (see below).  For the other candidates only the cluster-wide sums changed: the
   gain of a sum component is unchanged, and the gain of a standard
   deviation drifts by at most a bound computed from the records' figures
   and the change of the cluster's sums.  The bounds accumulate until the
@@ -40,6 +42,20 @@ scoring only the candidates that can still be the best:
   so X <= (2 gmax dv / r + h) / (p - dv / r) when dv < p r.  The smaller
   bound is taken (both hold), widened by 1e-6 relative plus 1e-15 for
   rounding; gmax grows by X and umin becomes u1.
+* The source bound (``kernel.source_drift``): a record's target-independent
+  part adds ``a`` to every candidate's sum of a component and ``b`` to its
+  sum of squares; when it changes by ``da``/``db`` (its nodes' figures
+  changed, the cluster's sums fixed), a sum component moves every score by
+  exactly ``da``, and a deviation component's variance ``u = (Q + b')/n -
+  ((S + d)/n)^2`` (``d`` the candidate's whole change of the sum, |d| <=
+  dmax) moves by at most ``h = |db|/n + (2 (|S| + dmax) |da| + da^2)/n^2``,
+  so its value by at most min(sqrt h, h / p) as above; dmax grows by |da|,
+  umin falls by h.  The cluster's own drift is applied first (with the old
+  part), then this one.  It holds for the candidates whose slots are all
+  target-independent or the generic new-secondary slot (peer entry 0); the
+  replace-primary and replace-and-failover candidates whose new secondary
+  has a peer entry for the target are scored exactly instead, and a record
+  whose part failed before and no longer does is scored in full.
 * Candidates are scored by a compiled kernel (:mod:`~maintd.decide.balance.
   kernel`, numba): the same arithmetic as ``moves.simulate`` +
   ``moves.score_outcome`` one candidate at a time (``tests.
@@ -80,7 +96,12 @@ from maintd.decide.balance.kernel import (
     drift_update,
     fold_columns,
     fold_full,
+    refresh_sources,
     score_grid,
+    source_drift,
+)
+from maintd.decide.balance.kernel import (
+    bounds as kernel_bounds,
 )
 from maintd.decide.balance.moves import (
     Move,
@@ -148,6 +169,8 @@ class StepCost:
     dirty: int = 0
     #: Candidate pairs scored on the touched target nodes only.
     column_pairs: int = 0
+    #: Records whose instance's nodes changed, bounded instead of rescored.
+    refreshed: int = 0
 
 
 def eligible(state: State, opts: SearchOptions, allowed: np.ndarray) -> np.ndarray:
@@ -202,6 +225,11 @@ class Search:
         self.gmax = np.zeros((nk, ni, _NSTD))
         self.umin = np.full((nk, ni, _NSTD), np.inf)
         self.prev: Stats | None = None
+        #: Each instance's nodes when the last step was searched.
+        self.prev_nodes: tuple[np.ndarray, np.ndarray] | None = None
+        #: state.peers transposed, kept up to date (a move changes the rows
+        #: and columns of the nodes it touches only).
+        self.peers_t = np.ascontiguousarray(state.peers.T, dtype=np.int64)
         self.costs: list[StepCost] = []
         # Location tags make every slot target-dependent: nothing to cache.
         self.cache = SourceCache(nk, ni) if self.incremental and not state.has_locations else None
@@ -295,6 +323,40 @@ class Search:
             self.gmax[kind], self.umin[kind],
         )  # fmt: skip
 
+    def _refresh(
+        self,
+        stats: Stats,
+        base: float,
+        kind: int,
+        recs: np.ndarray,
+        p: np.ndarray,
+        s: np.ndarray,
+        cols: np.ndarray,
+    ) -> np.ndarray:
+        """Records ``recs`` of ``kind`` stayed on nodes a move changed: refresh
+        their cached target-independent part and widen their bounds by its
+        change (or score exactly what no bound covers).  Returns the mask of
+        those that must be scored in full."""
+        assert self.cache is not None
+        d_a, d_b, full = refresh_sources(self._ctx, int(KINDS[kind]), recs, self.cache, kind)
+        keep = recs[~full]
+        source_drift(keep, d_a[~full], d_b[~full], self._ctx.s, self._ctx.n, self.dmax[kind],
+                     self.gmax[kind], self.umin[kind], self.drift[kind])  # fmt: skip
+        move = KINDS[kind]
+        if move in (Move.REPLACE_PRIMARY, Move.REPLACE_AND_FAILOVER) and len(keep):
+            # The node that becomes the secondary takes the new primary as a
+            # peer: for targets with a peer entry there, its slot is not the
+            # generic one the change above describes; those are scored now.
+            x = (s if move == Move.REPLACE_PRIMARY else p)[keep]
+            peered = self.state.peers[np.ix_(x, self.targets)] != 0
+            if len(cols):
+                peered[:, self.tpos[cols]] = False  # scored with the touched columns
+            for node in np.unique(x[peered.any(axis=1)]):
+                rows = x == node
+                tcols = self.targets[peered[np.flatnonzero(rows)[0]]]
+                self._columns(stats, base, kind, keep[rows], tcols)
+        return full
+
     def _collect(
         self,
         pool: list[tuple],
@@ -347,22 +409,39 @@ class Search:
     ) -> tuple[float, int, Move, int] | None:
         st = self.state
         stats = cluster_stats(st)
-        self._ctx = context(st, self.tops, stats, self.opts.ignore_soft_errors)
+        for n in self.touched:
+            self.peers_t[:, n] = st.peers[n, :]
+            self.peers_t[n, :] = st.peers[:, n]
+        self._ctx = context(st, self.tops, stats, self.opts.ignore_soft_errors, self.peers_t)
         vals = base_values(stats)
         base = float(vals @ WEIGHTS)
         ok = eligible(st, self.opts, self.allowed)
         kinds = self._kinds(ok)
         p = st.inst["pnode"].astype(np.int64)
         s = st.inst["snode"].astype(np.int64)
-        if not self.incremental or self.prev is None:
+        if not self.incremental or self.prev is None or self.prev_nodes is None:
             dirty = kinds.copy()
         else:
             touched = np.zeros(len(st.node_names), dtype=bool)
             touched[self.touched] = True
             moved = touched[p] | ((s >= 0) & touched[np.maximum(s, 0)])
             dirty = kinds & moved[None, :]
+            # Records whose instance stayed on its nodes (only the nodes'
+            # figures changed) keep their bounds, widened by the change of
+            # their target-independent part; the moved instance's records
+            # are scored in full.
+            soft = np.zeros_like(dirty)
+            if self.cache is not None:
+                stayed = (p == self.prev_nodes[0]) & (s == self.prev_nodes[1])
+                soft = dirty & stayed[None, :] & (self.evaluated >= 0)
+            dirty &= ~soft
             self._drift(self.prev, stats, kinds & ~dirty)
             cols = np.array([n for n in self.touched if self.tpos[n] >= 0], dtype=np.int64)
+            for kind in range(len(KINDS)):
+                recs = np.flatnonzero(soft[kind])
+                if len(recs):
+                    cost.refreshed += len(recs)
+                    dirty[kind, recs] = self._refresh(stats, base, kind, recs, p, s, cols)
             if len(cols):
                 for kind in range(len(KINDS)):
                     recs = np.flatnonzero(kinds[kind] & ~dirty[kind])
@@ -373,6 +452,7 @@ class Search:
                         cost.pairs += len(chunk) * len(cols)
                         cost.column_pairs += len(chunk) * len(cols)
         self.prev = stats
+        self.prev_nodes = (p.copy(), s.copy())
         self.touched = []
         pool: list[tuple] = []
         thr = min(cur_cv, base)
@@ -392,7 +472,8 @@ class Search:
             # visit records by increasing bound until one is above the best.
             nrec = kinds.shape[1]
             lb = self._bounds(base, kinds, dirty).ravel()
-            order = np.flatnonzero(np.isfinite(lb) | (lb < 0))
+            # The best score only falls: a record above it now is never visited.
+            order = np.flatnonzero(lb <= thr + _tol(thr))
             order = order[np.argsort(lb[order], kind="stable")]
             per = max(1, BATCH_PAIRS // nt)
             call = max(per, CALL_PAIRS // nt)
@@ -423,16 +504,10 @@ class Search:
         return result
 
     def _bounds(self, base: float, kinds: np.ndarray, dirty: np.ndarray) -> np.ndarray:
-        """Lower bound of each record's best score (-inf: must be scored; inf: no record)."""
-        valid = self.touched_at[self.top_t] <= self.evaluated[..., None]
-        best_valid = np.where(valid, self.top_g, np.inf).min(axis=-1)
-        gain = np.minimum(np.minimum(best_valid, self.tail), self.aux)
-        with np.errstate(invalid="ignore"):
-            lb = base + gain - self.drift
-        # No feasible candidate: nothing to find; an unbounded drift: must rescore.
-        lb = np.where(np.isposinf(gain), np.inf, np.where(np.isinf(self.drift), -np.inf, lb))
-        lb = np.where(dirty, -np.inf, lb)
-        return np.where(kinds, lb, np.inf)
+        """Lower bound of each record's best score (-inf: must be scored; inf:
+        no record or no feasible candidate; an unbounded drift: must rescore)."""
+        return kernel_bounds(base, kinds, dirty, self.top_g, self.top_t, self.touched_at,
+                             self.evaluated, self.tail, self.aux, self.drift)  # fmt: skip
 
     def _pick(
         self, pool: list[tuple], thr: float, cur_cv: float
