@@ -20,7 +20,8 @@ scoring only the candidates that can still be the best:
   full, and every record is scored on the touched target nodes.  Records
   whose instance stayed on a touched node keep their bounds: their
   target-independent part (the instance's own slots, kept in the kernel's
-  ``SourceCache``) is recomputed and its change bounds theirs (see below).  For the other candidates only the cluster-wide sums changed: the
+  ``SourceCache``) is recomputed and its change bounds theirs (see below).
+  For the other candidates only the cluster-wide sums changed: the
   gain of a sum component is unchanged, and the gain of a standard
   deviation drifts by at most a bound computed from the records' figures
   and the change of the cluster's sums.  The bounds accumulate until the
