@@ -109,6 +109,15 @@ def _copy2(dst, src):  # type: ignore[no-untyped-def]
         dst[1, c] = src[1, c]
 
 
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
+def _add_part(acc, part):  # type: ignore[no-untyped-def]
+    """acc[:2] += part[:2]: a slot's change of the sums and sums of squares
+    computed once per record, added for one candidate (inlined: no call)."""
+    for c in range(20):
+        acc[0, c] += part[0, c]
+        acc[1, c] += part[1, c]
+
+
 @_jit
 def _unalloc(r):  # type: ignore[no-untyped-def]
     return math.trunc(r[TMEM]) - r[NMEM] - r[IMEM] - r[XPOS]
@@ -535,13 +544,10 @@ def _grid(  # type: ignore[no-untyped-def]
             # search bounds the change of the record's scores with it.
             d_full[r] = (c_fail[i] and not src_fail) or (c_gfail[i] and not g_fail)
             for c in range(20):
-                for q in range(2):
-                    new = acc0[q, c] + acc_s[q, c] + acc_g[q, c]
-                    old = c_acc[0, i, q, c] + c_acc[1, i, q, c] + c_acc[2, i, q, c]
-                    if q == 0:
-                        d_a[r, c] = new - old
-                    else:
-                        d_b[r, c] = new - old
+                d_a[r, c] = (acc0[0, c] + acc_s[0, c] + acc_g[0, c]) - (
+                    c_acc[0, i, 0, c] + c_acc[1, i, 0, c] + c_acc[2, i, 0, c])
+                d_b[r, c] = (acc0[1, c] + acc_s[1, c] + acc_g[1, c]) - (
+                    c_acc[0, i, 1, c] + c_acc[1, i, 1, c] + c_acc[2, i, 1, c])
         if share and (cmode == 1 or cmode == 3):
             for c in range(20):
                 c_acc[0, i, 0, c] = acc0[0, c]
@@ -676,16 +682,12 @@ def _grid(  # type: ignore[no-untyped-def]
                 _slot(rs, acc, mt, s, on[s], off[s], False)
             elif kind == REPLACE_AND_FAILOVER:
                 if use_gen:
-                    for c in range(20):
-                        acc[0, c] += acc_g[0, c]
-                        acc[1, c] += acc_g[1, c]
+                    _add_part(acc, acc_g)
                 else:
                     _slot(rp, acc, mt, p, on[p], off[p], False)
                 if share:
                     # x + 0.0 == x: the same sums as adding the slot here.
-                    for c in range(20):
-                        acc[0, c] += acc_s[0, c]
-                        acc[1, c] += acc_s[1, c]
+                    _add_part(acc, acc_s)
                 else:
                     _slot(rs, acc, mt, s, on[s], off[s], True)
                 _slot(rt, acc, mt, t, on[t], off[t], False)
@@ -696,9 +698,7 @@ def _grid(  # type: ignore[no-untyped-def]
                         _slot(rs, acc, mt, s, on[s], off[s], kind == REPLACE_SECONDARY)
                 elif kind == REPLACE_PRIMARY:
                     if use_gen:
-                        for c in range(20):
-                            acc[0, c] += acc_g[0, c]
-                            acc[1, c] += acc_g[1, c]
+                        _add_part(acc, acc_g)
                     else:
                         _slot(rs, acc, mt, s, on[s], off[s], False)
                 _slot(
