@@ -130,12 +130,7 @@ class _Listen(StreamServerEndpointService):
                              f"{e.socketError}") from None
         if self.tls and self._waitingForPort is not None:
             # as listenSSL's port: its log lines say TLS
-            self._waitingForPort.addCallback(_tls_port)
-
-
-def _tls_port(port: Any) -> Any:
-    port._type = "TLS"
-    return port
+            self._waitingForPort.addCallback(tlsproto.labelled_tls)
 
 
 class AgentService(service.MultiService):

@@ -55,7 +55,12 @@ def listen_tls(reactor: Any, port: int, factory: Any, options: Any,
                interface: str = "") -> Any:
     """``reactor.listenSSL(port, factory, options, interface=interface)``,
     with :class:`ServerTLSProtocol`."""
-    listening = reactor.listenTCP(port, ServerTLSFactory(options, False, factory),
-                                  interface=interface)
-    listening._type = "TLS"  # as listenSSL's: its log lines say so
-    return listening
+    return labelled_tls(reactor.listenTCP(port, ServerTLSFactory(options, False, factory),
+                                          interface=interface))
+
+
+def labelled_tls(port: Any) -> Any:
+    """A TCP port that serves :class:`ServerTLSFactory`, labelled TLS as
+    ``listenSSL``'s ports are (Twisted's log lines name the type)."""
+    port._type = "TLS"
+    return port
